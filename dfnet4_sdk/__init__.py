@@ -1,0 +1,6 @@
+"""dfnet4-sdk: streaming DeepFilterNet speech enhancement on every edge backend."""
+
+from dfnet4_sdk._version import __version__
+from dfnet4_sdk.runtime import Runtime
+
+__all__ = ["Runtime", "__version__"]

@@ -1,0 +1,357 @@
+"""libDF's front-end in numpy: STFT, ERB features, unit-norm features, mask, deep filter.
+
+Everything here reproduces libDF 0.5.6 (``libdf``, PyPI deepfilterlib), which the tests use as
+the oracle. Two forms share one implementation of each formula:
+
+- whole-signal functions (``stft``, ``istft``, ``erb_features`` ...) for files and training;
+- ``FrontEnd`` (constants, shared, read-only) + ``FrontEndState`` (one stream's memories) with
+  one call per hop for streaming. Feeding the same audio hop by hop gives the same numbers.
+
+Shapes: N samples, T frames, F = fft_size/2 + 1 bins, E = nb_erb bands, D = nb_df bins,
+O = deep-filter order (taps). Audio is float32, spectra complex64, features float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from dfnet4_sdk.errors import AudioInputError, ConfigError
+from dfnet4_sdk.params import DspParams
+
+ERB_NORM_INIT_DB = (-60.0, -90.0)  # libDF MEAN_NORM_INIT: state of the ERB exponential mean
+UNIT_NORM_INIT = (0.001, 0.0001)  # libDF UNIT_NORM_INIT: state of the complex unit norm
+ERB_POWER_EPS = 1e-10  # added to the band power before log10
+ERB_FEATURE_SCALE_DB = 40.0  # normalised dB are divided by this
+POST_FILTER_EPS = 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Constants: window, ERB bands, filterbanks
+
+
+def vorbis_window(fft_size: int) -> np.ndarray:
+    """libDF's analysis = synthesis window [fft_size] float32:
+    w[n] = sin(pi/2 * sin^2(pi * (n + 0.5) / fft_size)), computed in float64 as libDF does."""
+    n = np.arange(fft_size, dtype=np.float64)
+    inner = np.sin(0.5 * np.pi * (n + 0.5) / (fft_size // 2))
+    return np.sin(0.5 * np.pi * inner**2).astype(np.float32)
+
+
+def _freq_to_erb(freq_hz: np.ndarray | float) -> np.ndarray | float:
+    return 9.265 * np.log1p(np.asarray(freq_hz, dtype=np.float64) / (24.7 * 9.265))
+
+
+def _erb_to_freq(erb: np.ndarray | float) -> np.ndarray | float:
+    return 24.7 * 9.265 * (np.exp(np.asarray(erb, dtype=np.float64) / 9.265) - 1.0)
+
+
+def erb_band_widths(params: DspParams) -> np.ndarray:
+    """Number of STFT bins in each ERB band (libDF ``erb_fb``); sums to ``params.freq_bins``."""
+    freq_width_hz = params.sample_rate_hz / params.fft_size
+    erb_high = _freq_to_erb(params.sample_rate_hz / 2)
+    step = erb_high / params.nb_erb
+    widths = np.zeros(params.nb_erb, dtype=np.int64)
+    prev_bin = 0
+    bins_over = 0  # bins already given to earlier bands to enforce the minimum width
+    for band in range(params.nb_erb):
+        edge_bin = int(np.round(_erb_to_freq((band + 1) * step) / freq_width_hz))
+        nb_bins = edge_bin - prev_bin - bins_over
+        if nb_bins < params.min_nb_erb_freqs:
+            bins_over = params.min_nb_erb_freqs - nb_bins
+            nb_bins = params.min_nb_erb_freqs
+        else:
+            bins_over = 0
+        widths[band] = nb_bins
+        prev_bin = edge_bin
+    widths[-1] += 1  # rfft has fft/2 + 1 bins
+    widths[-1] -= max(int(widths.sum()) - params.freq_bins, 0)
+    assert widths.sum() == params.freq_bins, widths
+    return widths
+
+
+def erb_inverse_filterbank(params: DspParams) -> np.ndarray:
+    """[E, F] float32 0/1 matrix: ``mask @ inv`` copies each band's gain to its bins."""
+    band_of_bin = np.repeat(np.arange(params.nb_erb), erb_band_widths(params))
+    return (np.arange(params.nb_erb)[:, None] == band_of_bin[None, :]).astype(np.float32)
+
+
+def erb_filterbank(params: DspParams) -> np.ndarray:
+    """[F, E] float32 band-mean matrix: ``power @ fb`` is the mean power of each band."""
+    widths = erb_band_widths(params).astype(np.float32)
+    return np.ascontiguousarray(erb_inverse_filterbank(params).T / widths[None, :])
+
+
+def _libdf_linspace(start: float, stop: float, num: int) -> np.ndarray:
+    # ndarray's linspace in float32 (start + i * step), bit-equal to libdf's norm initial states.
+    step = (np.float32(stop) - np.float32(start)) / np.float32(max(num - 1, 1))
+    return np.float32(start) + np.arange(num, dtype=np.float32) * step
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame-at-a-time form: shared constants + one stream's state
+
+
+@dataclass
+class FrontEndState:
+    """One stream's front-end memories, all float32 and updated in place."""
+
+    analysis_memory: np.ndarray  # [fft - hop] last input samples
+    synthesis_memory: np.ndarray  # [fft - hop] overlap-add tail
+    erb_norm_state: np.ndarray  # [E] exponential mean of the band dB
+    unit_norm_state: np.ndarray  # [D] exponential mean of |X| on the deep-filter bins
+
+    @classmethod
+    def initial(cls, params: DspParams) -> "FrontEndState":
+        memory = params.fft_size - params.hop_size_samples
+        return cls(
+            analysis_memory=np.zeros(memory, dtype=np.float32),
+            synthesis_memory=np.zeros(memory, dtype=np.float32),
+            erb_norm_state=_libdf_linspace(*ERB_NORM_INIT_DB, params.nb_erb),
+            unit_norm_state=_libdf_linspace(*UNIT_NORM_INIT, params.nb_df),
+        )
+
+    def copy(self) -> "FrontEndState":
+        return FrontEndState(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+
+
+class FrontEnd:
+    """Precomputed constants of one ``DspParams``; holds no stream state (share it freely).
+
+    Per hop: ``analysis_frame`` -> ``features_frame`` -> (model) -> ``apply_erb_mask`` /
+    deep filter -> ``synthesis_frame``. The batch methods (``analysis``, ``features``,
+    ``synthesis``) do the same on T frames at once and leave ``state`` where the frame form
+    would; the whole-signal functions call them with a fresh state.
+    """
+
+    def __init__(self, params: DspParams) -> None:
+        if params.fft_size != 2 * params.hop_size_samples:  # DspParams enforces it too
+            raise ConfigError(f"FrontEnd needs fft_size == 2 * hop_size_samples, got {params}")
+        # So both memories are exactly one hop: a frame is [memory, new hop] and overlap-add
+        # adds the previous frame's second half to this frame's first half.
+        self.params = params
+        self.hop = params.hop_size_samples
+        self.fft_size = params.fft_size
+        self.nb_df = params.nb_df
+        self.window = vorbis_window(params.fft_size)
+        # libDF normalises in analysis only: wnorm = hop / fft / sum(w^2) = 2*hop/fft^2 = 1/960.
+        self.analysis_scale = np.float32(
+            params.hop_size_samples / params.fft_size / np.sum(self.window.astype(np.float64) ** 2)
+        )
+        self.erb_widths = erb_band_widths(params)
+        self.erb_fb = erb_filterbank(params)
+        self.erb_inv_fb = erb_inverse_filterbank(params)
+        self.band_starts = np.concatenate(([0], np.cumsum(self.erb_widths)[:-1]))
+        self.band_of_bin = np.repeat(np.arange(params.nb_erb), self.erb_widths)
+        # libDF multiplies each bin's power by 1/width before summing the band.
+        self._bin_weight = (np.float32(1.0) / self.erb_widths.astype(np.float32))[self.band_of_bin]
+        self.norm_alpha = np.float32(params.norm_alpha)
+        self._one_minus_alpha = np.float32(1.0) - self.norm_alpha
+
+    # -- shared formulas (any number of leading frame dims) -------------------------------------
+
+    def _windowed_rfft(self, frames: np.ndarray) -> np.ndarray:
+        """[..., fft] float32 -> [..., F] complex64: rfft(frame * w) * wnorm."""
+        return np.fft.rfft(frames * self.window, axis=-1) * self.analysis_scale
+
+    def _windowed_irfft(self, spec: np.ndarray) -> np.ndarray:
+        """[..., F] complex -> [..., fft] float32: unnormalised irfft (libDF's) times w."""
+        spec = np.asarray(spec, dtype=np.complex64)
+        return np.fft.irfft(spec, n=self.fft_size, axis=-1, norm="forward") * self.window
+
+    def _erb_db(self, spec: np.ndarray) -> np.ndarray:
+        """[..., F] -> [..., E] float32: 10*log10(mean band power + 1e-10)."""
+        power = spec.real * spec.real + spec.imag * spec.imag
+        band_power = np.add.reduceat(power * self._bin_weight, self.band_starts, axis=-1)
+        return np.log10(band_power + np.float32(ERB_POWER_EPS)) * np.float32(10.0)
+
+    def _ema_update(self, mean: np.ndarray, x: np.ndarray) -> None:
+        """mean <- x*(1-alpha) + mean*alpha, in place, float32 like libDF."""
+        mean *= self.norm_alpha
+        mean += x * self._one_minus_alpha
+
+    def _erb_feature(self, erb_db: np.ndarray, erb_mean: np.ndarray) -> np.ndarray:
+        return (erb_db - erb_mean) / np.float32(ERB_FEATURE_SCALE_DB)
+
+    def _unit_feature(self, spec_df: np.ndarray, mag_mean: np.ndarray) -> np.ndarray:
+        return spec_df / np.sqrt(mag_mean)
+
+    # -- one hop ---------------------------------------------------------------------------------
+
+    def analysis_frame(self, hop_samples: np.ndarray, state: FrontEndState) -> np.ndarray:
+        """[hop] float32 -> [F] complex64; shifts ``state.analysis_memory``."""
+        buf = np.concatenate((state.analysis_memory, np.asarray(hop_samples, dtype=np.float32)))
+        state.analysis_memory[:] = buf[self.hop :]
+        return self._windowed_rfft(buf)
+
+    def features_frame(self, spec: np.ndarray, state: FrontEndState) -> tuple[np.ndarray, np.ndarray]:
+        """[F] complex64 -> (feat_erb [E] float32, feat_spec [D] complex64); updates both norms."""
+        erb_db = self._erb_db(spec)
+        self._ema_update(state.erb_norm_state, erb_db)
+        spec_df = spec[: self.nb_df]
+        self._ema_update(state.unit_norm_state, np.abs(spec_df))
+        return (
+            self._erb_feature(erb_db, state.erb_norm_state),
+            self._unit_feature(spec_df, state.unit_norm_state),
+        )
+
+    def synthesis_frame(self, spec: np.ndarray, state: FrontEndState) -> np.ndarray:
+        """[F] complex -> [hop] float32; overlap-adds with ``state.synthesis_memory``."""
+        frame = self._windowed_irfft(spec)
+        out = frame[: self.hop] + state.synthesis_memory
+        state.synthesis_memory[:] = frame[self.hop :]
+        return out
+
+    def apply_erb_mask(self, spec: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """[..., F] complex * [..., E] gains expanded to bins (0/1 inverse filterbank)."""
+        return spec * np.asarray(mask, dtype=np.float32)[..., self.band_of_bin]
+
+    # -- T frames at once (same numbers, same final state) ---------------------------------------
+
+    def analysis(self, audio: np.ndarray, state: FrontEndState) -> np.ndarray:
+        """[N] float32 -> [T = N // hop, F] complex64. Only whole hops are consumed (as libDF):
+        the last N % hop samples are ignored; a stream must keep them for its next call."""
+        audio = np.asarray(audio, dtype=np.float32)
+        nb_frames = len(audio) // self.hop
+        if nb_frames == 0:
+            return np.zeros((0, self.params.freq_bins), dtype=np.complex64)
+        padded = np.concatenate((state.analysis_memory, audio[: nb_frames * self.hop]))
+        frames = np.lib.stride_tricks.sliding_window_view(padded, self.fft_size)[:: self.hop]
+        state.analysis_memory[:] = padded[len(padded) - len(state.analysis_memory) :]
+        return self._windowed_rfft(frames)
+
+    def features(self, spec: np.ndarray, state: FrontEndState) -> tuple[np.ndarray, np.ndarray]:
+        """[T, F] -> (feat_erb [T, E], feat_spec [T, D]). The exponential means run frame by
+        frame; everything else is vectorised."""
+        erb_db = self._erb_db(spec)
+        spec_df = spec[:, : self.nb_df]
+        magnitude = np.abs(spec_df)
+        erb_mean = np.empty_like(erb_db)
+        mag_mean = np.empty_like(magnitude)
+        for t in range(len(spec)):
+            self._ema_update(state.erb_norm_state, erb_db[t])
+            self._ema_update(state.unit_norm_state, magnitude[t])
+            erb_mean[t] = state.erb_norm_state
+            mag_mean[t] = state.unit_norm_state
+        return self._erb_feature(erb_db, erb_mean), self._unit_feature(spec_df, mag_mean)
+
+    def synthesis(self, spec: np.ndarray, state: FrontEndState) -> np.ndarray:
+        """[T, F] complex -> [T * hop] float32 (overlap-add of hop-shifted windowed frames)."""
+        hop = self.hop
+        nb_frames = len(spec)
+        if nb_frames == 0:
+            return np.zeros(0, dtype=np.float32)
+        frames = self._windowed_irfft(spec)  # [T, 2*hop]
+        out = np.zeros((nb_frames + 1) * hop, dtype=np.float32)
+        out[: nb_frames * hop] += frames[:, :hop].reshape(-1)
+        out[hop:] += frames[:, hop:].reshape(-1)
+        out[:hop] += state.synthesis_memory
+        state.synthesis_memory[:] = out[nb_frames * hop :]
+        return out[: nb_frames * hop]
+
+
+@functools.lru_cache(maxsize=8)
+def front_end(params: DspParams) -> FrontEnd:
+    """Shared ``FrontEnd`` for ``params`` (cached: building one computes the window and bands)."""
+    return FrontEnd(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-signal form
+
+
+def _check_audio(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise AudioInputError(f"expected mono audio of shape [N], got shape {audio.shape}; pass one channel")
+    return audio.astype(np.float32, copy=False)
+
+
+def _check_spec(spec: np.ndarray, params: DspParams) -> np.ndarray:
+    spec = np.asarray(spec)
+    if spec.ndim != 2 or spec.shape[1] != params.freq_bins:
+        raise AudioInputError(
+            f"expected a spectrogram of shape [T, {params.freq_bins}] for fft_size={params.fft_size}, "
+            f"got {spec.shape}"
+        )
+    return spec.astype(np.complex64, copy=False)
+
+
+def stft(audio: np.ndarray, params: DspParams) -> np.ndarray:
+    """[N] -> [T = N // hop, F] complex64, as ``libdf.DF.analysis`` (memory starts at zero).
+
+    Frame t covers samples (t-1)*hop .. (t+1)*hop (zeros before 0). A trailing partial hop
+    (N % hop samples) is dropped, as libDF does; zero-pad first to keep it."""
+    fe = front_end(params)
+    return fe.analysis(_check_audio(audio), FrontEndState.initial(params))
+
+
+def istft(spec: np.ndarray, params: DspParams) -> np.ndarray:
+    """[T, F] -> [T * hop] float32, as ``libdf.DF.synthesis``. ``istft(stft(x))`` is x delayed
+    by ``params.stft_delay_samples`` (fft - hop) samples."""
+    fe = front_end(params)
+    return fe.synthesis(_check_spec(spec, params), FrontEndState.initial(params))
+
+
+def erb_features(spec: np.ndarray, params: DspParams) -> np.ndarray:
+    """[T, F] -> [T, E] float32: band dB minus their exponential mean, / 40 (libDF ``feat_erb``)."""
+    state = FrontEndState.initial(params)
+    return front_end(params).features(_check_spec(spec, params), state)[0]
+
+
+def unit_norm_features(spec: np.ndarray, params: DspParams) -> np.ndarray:
+    """[T, F] -> [T, D] complex64: bins 0..D-1 divided by sqrt of the exponential mean of |X|."""
+    state = FrontEndState.initial(params)
+    return front_end(params).features(_check_spec(spec, params), state)[1]
+
+
+def apply_erb_mask(spec: np.ndarray, mask: np.ndarray, params: DspParams) -> np.ndarray:
+    """spec [..., F] times mask [..., E] expanded to bins by the 0/1 inverse filterbank."""
+    if np.shape(spec)[-1] != params.freq_bins or np.shape(mask)[-1] != params.nb_erb:
+        raise AudioInputError(
+            f"expected spec [..., {params.freq_bins}] and mask [..., {params.nb_erb}], "
+            f"got {np.shape(spec)} and {np.shape(mask)}"
+        )
+    return front_end(params).apply_erb_mask(spec, mask)
+
+
+def deep_filter(spec: np.ndarray, coefs: np.ndarray, df_lookahead_frames: int) -> np.ndarray:
+    """Complex multi-frame filter on the first D bins.
+
+    spec [T, F_all] complex, coefs [T, D, O] complex -> [T, D] complex64, with tap 0 the oldest:
+    out[t, f] = sum_i coefs[t, f, i] * spec[t - (O - 1 - lookahead) + i, f] (zeros outside)."""
+    spec = np.asarray(spec)
+    coefs = np.asarray(coefs)
+    nb_frames, nb_df, order = coefs.shape
+    if spec.ndim != 2 or spec.shape[0] != nb_frames or spec.shape[1] < nb_df:
+        raise AudioInputError(f"expected spec [{nb_frames}, >={nb_df}] for coefs {coefs.shape}, got {spec.shape}")
+    if not 0 <= df_lookahead_frames < order:
+        raise AudioInputError(f"df_lookahead_frames must be in 0..{order - 1}, got {df_lookahead_frames}")
+    past = order - 1 - df_lookahead_frames
+    padded = np.pad(spec[:, :nb_df], ((past, df_lookahead_frames), (0, 0)))
+    taps = np.lib.stride_tricks.sliding_window_view(padded, order, axis=0)  # [T, D, O]
+    return np.sum(coefs * taps, axis=-1).astype(np.complex64, copy=False)
+
+
+def deep_filter_frame(spec_history: np.ndarray, coefs: np.ndarray) -> np.ndarray:
+    """One frame of ``deep_filter``: spec_history [O, F_all] (oldest first, i.e. frames
+    t-(O-1-lookahead) .. t+lookahead), coefs [D, O] -> [D] complex64."""
+    nb_df = coefs.shape[0]
+    return np.einsum("fi,if->f", coefs, spec_history[:, :nb_df]).astype(np.complex64, copy=False)
+
+
+def post_filter(noisy_spec: np.ndarray, enhanced_spec: np.ndarray, beta: float = 0.02) -> np.ndarray:
+    """libDF's spectral post-filter (``post_filter`` in lib.rs), any shape, float32 arithmetic:
+    g = clamp(|Y| / (|X| + 1e-12), 1e-12, 1), pf = (1+beta) / (1 + beta / sin^2(pi*g/2)),
+    returns Y * pf. libDF runs it in chunks of 4 bins and so skips the last F % 4 bins (the
+    Nyquist bin at 481 bins); here every bin is filtered."""
+    noisy_mag = np.abs(np.asarray(noisy_spec, dtype=np.complex64))
+    enhanced = np.asarray(enhanced_spec, dtype=np.complex64)
+    eps = np.float32(POST_FILTER_EPS)
+    gain = np.clip(np.abs(enhanced) / (noisy_mag + eps), eps, np.float32(1.0))
+    gain_sin = gain * np.sin(gain * np.float32(np.pi / 2))
+    beta = np.float32(beta)
+    pf = ((np.float32(1.0) + beta) * gain / (np.float32(1.0) + beta * (gain / gain_sin) ** 2)) / gain
+    return enhanced * pf

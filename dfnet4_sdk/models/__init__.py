@@ -1,0 +1,134 @@
+"""Model family registry, checkpoints, and resolution of ``--model`` arguments.
+
+``load_model`` accepts a model name (``dfn3``, a DfNet4 preset name), a checkpoint
+written by ``save_checkpoint`` (``.pt``), or an official DFN3 archive / directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dfnet4_sdk.errors import ModelImportError, ModelNotAvailableError
+from dfnet4_sdk.models.base import EnhancementModel
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "dfnet4-sdk-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+DEFAULT_MODEL = "dfn3"  # until the project ships its own trained DfNet4Lite
+
+# family -> (module, class)
+_FAMILIES = {
+    "dfn3": ("dfnet4_sdk.models.dfnet3", "DfNet3"),
+    "dfnet4": ("dfnet4_sdk.models.dfnet4", "DfNet4"),
+    "dfnet4-lite": ("dfnet4_sdk.models.dfnet4", "DfNet4"),
+}
+
+
+def model_class(family: str) -> type[EnhancementModel]:
+    if family not in _FAMILIES:
+        raise ModelNotAvailableError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
+    module, cls = _FAMILIES[family]
+    return getattr(importlib.import_module(module), cls)
+
+
+def preset_names() -> tuple[str, ...]:
+    from dfnet4_sdk.models import dfnet4
+
+    return tuple(dfnet4.PRESETS)
+
+
+def save_checkpoint(model: EnhancementModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights plus the config that rebuilds the model (loading needs no other file)."""
+    from dfnet4_sdk import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "family": model.family,
+        "config": model.config_dict(),
+        "state_dict": model.state_dict(),
+        "sdk_version": __version__,
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> EnhancementModel:
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise ModelImportError(f"{path} is not a readable dfnet4-sdk checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelImportError(
+            f"{path} is not a dfnet4-sdk checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
+            "write checkpoints with dfnet4_sdk.models.save_checkpoint or `dfsdk import-dfn3 -o model.pt`"
+        )
+    model = model_class(payload["family"]).from_config(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("DFNET4_SDK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dfnet4_sdk"
+    return Path(root)
+
+
+def load_dfn3_cached() -> EnhancementModel:
+    """The official DFN3 weights from the ``[dfn3]`` extra, imported once and cached as a checkpoint."""
+    from dfnet4_sdk.models.dfn3_import import find_dfn3_archive, load_dfn3
+
+    archive = find_dfn3_archive()
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    cached = _cache_dir() / f"dfn3-{digest}.pt"
+    if cached.exists():
+        try:
+            return load_checkpoint(cached)
+        except ModelImportError:
+            log.warning("ignoring unreadable cached model %s; importing again", cached)
+    model = load_dfn3(archive)
+    try:
+        save_checkpoint(model, cached, extra={"source": str(archive), "archive_sha256_prefix": digest})
+    except OSError as e:  # a read-only home must not stop enhancement
+        log.warning("could not cache imported DFN3 at %s: %s", cached, e)
+    return model
+
+
+def load_model(spec: str | Path | EnhancementModel | None = None) -> EnhancementModel:
+    """Resolve a model name, checkpoint or DFN3 archive to an eval-mode model."""
+    if isinstance(spec, EnhancementModel):
+        return spec.eval()
+    spec = DEFAULT_MODEL if spec is None else spec
+    text = str(spec)
+    path = Path(text)
+    if path.exists():
+        if path.is_dir() or text.endswith((".tar.gz", ".tgz", ".zip")):
+            from dfnet4_sdk.models.dfn3_import import load_dfn3
+
+            return load_dfn3(path)
+        return load_checkpoint(path)
+    if text == "dfn3":
+        return load_dfn3_cached()
+    presets = preset_names()
+    if text in presets:
+        from dfnet4_sdk.models.dfnet4 import DfNet4
+
+        log.warning("model %r is an untrained preset (random weights): output is not enhanced speech", text)
+        return DfNet4.from_preset(text).eval()
+    raise ModelNotAvailableError(
+        f"model {text!r} is neither an existing file/directory nor a known name; "
+        f"use 'dfn3', a preset ({', '.join(presets)}), a checkpoint .pt or a DFN3 .tar.gz"
+    )

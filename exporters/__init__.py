@@ -1,0 +1,1 @@
+"""Installed as `dfnet4_sdk.exporters`."""
