@@ -40,7 +40,8 @@ def main(verbose: int) -> None:
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (default: INPUT_enhanced.<ext> beside the input).")
 @click.option("--model", default=None, help="Model name (dfn3, a DfNet4 preset), checkpoint .pt or DFN3 archive.")
-@click.option("--backend", type=click.Choice(["torch"]), default=None, help="Backend (default: best available).")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default=None,
+              help="Backend (default: the bundle's, else torch). A non-bundle model is exported once and cached.")
 @click.option("--atten-lim-db", type=float, default=100.0, show_default=True, help="Maximum attenuation in dB (100 = none).")
 @click.option("--post-filter", is_flag=True, help="Enable libDF's post-filter (beta 0.02).")
 @click.option("--post-filter-beta", type=float, default=None, help="Post-filter strength (implies --post-filter).")
@@ -92,6 +93,42 @@ def import_dfn3(archive, output_path, overwrite):
     save_checkpoint(model, output_path, extra={"source": str(source)})
     n_params = sum(p.numel() for p in model.parameters())
     click.echo(f"imported {source} -> {output_path} ({n_params:,} parameters)")
+
+
+@main.command()
+@click.option("--model", default=None, help="Model name, checkpoint .pt or DFN3 archive (default: the default model).")
+@click.option("--target", type=click.Choice(["onnx"]), required=True, help="Export target.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle directory to write.")
+@click.option("--fixture-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Real clip for the golden fixtures (default: a synthetic voiced signal in noise).")
+@click.option("--fixture-seconds", type=float, default=1.0, show_default=True)
+@click.option("--archive", is_flag=True, help="Also write OUTPUT.dfbundle, a single-file copy.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@_fail_on_sdk_errors
+def export(model, target, precision, output_dir, fixture_audio, fixture_seconds, archive, overwrite):
+    """Export MODEL to a streaming bundle for TARGET, validated against PyTorch."""
+    from dfnet4_sdk.audio_io import read_audio, resample
+    from dfnet4_sdk.bundle import pack
+    from dfnet4_sdk.exporters.base import converter_for, export_bundle
+    from dfnet4_sdk.models import load_model
+
+    torch_model = load_model(model)
+    audio = source = None
+    if fixture_audio is not None:
+        audio, sr = read_audio(fixture_audio)
+        audio = resample(audio.mean(axis=1), sr, torch_model.dsp.sample_rate_hz)
+        audio = audio[: int(fixture_seconds * torch_model.dsp.sample_rate_hz)]
+        source = fixture_audio.name
+    bundle = export_bundle(torch_model, converter_for(target), output_dir, precision=precision,
+                           fixture_audio=audio, fixture_source=source, overwrite=overwrite)
+    v = bundle.manifest.validation
+    worst = max(err for errs in v["graph_rel_error"].values() for err in errs.values())
+    click.echo(f"exported {bundle.manifest.model_family} -> {bundle.root} ({target} {precision}); "
+               f"validated: worst graph error {worst:.1e}, audio SNR vs PyTorch {v['audio_snr_db']:.1f} dB")
+    if archive:
+        click.echo(f"archive: {pack(bundle.root)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

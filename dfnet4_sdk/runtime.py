@@ -18,21 +18,35 @@ from typing import Any, Callable
 import numpy as np
 
 from dfnet4_sdk.audio_io import resample, to_float32
-from dfnet4_sdk.errors import AudioInputError
+from dfnet4_sdk.errors import AudioInputError, ConfigError
 from dfnet4_sdk.stream import EnhancementStream, StreamOptions
 
 log = logging.getLogger(__name__)
 
 
 def _resolve_backend(model: Any, backend: str | None, num_threads: int):
+    """A bundle runs on the backend it was exported for; anything else is a PyTorch model,
+    run by the torch backend or exported once for the named backend and cached."""
+    from dfnet4_sdk.bundle import Bundle, is_bundle
     from dfnet4_sdk.runtimes import load_backend
 
-    backend = backend or "torch"
-    if backend == "torch":
-        from dfnet4_sdk.models import load_model
+    if isinstance(model, Bundle) or (isinstance(model, (str, Path)) and is_bundle(model)):
+        bundle = model if isinstance(model, Bundle) else Bundle.load(model)
+        target = bundle.manifest.backend
+        if backend not in (None, target):
+            raise ConfigError(
+                f"bundle {bundle.root} was exported for {target!r}, not {backend!r}; "
+                f"export one with `dfsdk export --model MODEL --target {backend} -o DIR`"
+            )
+        return load_backend(target, bundle, num_threads=num_threads)
+    from dfnet4_sdk.models import load_model
 
-        model = load_model(model)
-    return load_backend(backend, model, num_threads=num_threads)
+    torch_model = load_model(model)
+    if backend in (None, "torch"):
+        return load_backend("torch", torch_model, num_threads=num_threads)
+    from dfnet4_sdk.exporters.cache import cached_export
+
+    return load_backend(backend, cached_export(torch_model, backend), num_threads=num_threads)
 
 
 class Runtime:

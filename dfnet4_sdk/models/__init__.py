@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path) -> EnhancementModel:
     return model.eval()
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     root = os.environ.get("DFNET4_SDK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dfnet4_sdk"
     return Path(root)
 
@@ -93,7 +93,7 @@ def load_dfn3_cached() -> EnhancementModel:
 
     archive = find_dfn3_archive()
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
-    cached = _cache_dir() / f"dfn3-{digest}.pt"
+    cached = cache_dir() / f"dfn3-{digest}.pt"
     if cached.exists():
         try:
             return load_checkpoint(cached)

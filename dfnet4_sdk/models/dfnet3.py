@@ -1,0 +1,516 @@
+"""DeepFilterNet3 (Schröter et al., Interspeech 2023) on the SDK's streaming blocks.
+
+This is an *inference import* of the official ONNX export (``DeepFilterNet3_onnx.tar.gz``) and a
+distillation teacher, not a training recipe: the export folded every BatchNorm into the conv
+before it, so each conv block here is grouped conv (+ 1x1 pointwise) with a bias and an
+activation, exactly the arithmetic of the ONNX graphs. Weights come from
+``dfnet4_sdk.models.dfn3_import.load_dfn3``.
+
+Dimension letters (see ``base``): B batch, T frames, E nb_erb, F nb_df, O df_order, C conv_ch.
+Derived sizes: the ERB path halves frequency twice (E/4 = 8 bands at E = 32), so the embedding
+is D = C * E / 4 = 512 wide; the DF path's second conv halves F (96 -> 48) before a grouped
+linear maps C * F / 2 = 3072 to D.
+
+    enc(feat_erb [B,1,T,E], feat_spec [B,2,T,F])
+        -> e0 [B,C,T,E], e1 [B,C,T,E/2], e2 [B,C,T,E/4], e3 [B,C,T,E/4],
+           emb [B,T,D], c0 [B,C,T,F], lsnr [B,T,1]
+    erb_dec(emb, e3, e2, e1, e0) -> erb_mask [B,1,T,E]
+    df_dec(emb, c0) -> df_coefs [B,T,F,2*O]   (last axis: tap-major, re/im minor)
+
+Components are causal and never shift time (see ``base``); the feature look-ahead of
+``conv_lookahead`` frames is applied by ``EnhancementModel.forward`` or by the streaming runtime.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dfnet4_sdk.errors import ConfigError
+from dfnet4_sdk.models.base import EnhancementModel, StateSpec, StreamingComponent, TensorDict
+from dfnet4_sdk.models.layers import GRU, CausalConv2d, GroupedLinear
+from dfnet4_sdk.params import DspParams
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "dfn3"
+DF_GRU_LINEAR_GROUPS = 8  # upstream builds df_gru's SqueezedGRU with its default linear_groups=8
+DF_SKIP_OPTIONS = ("none", "identity", "groupedlinear")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters (config.ini of an upstream export)
+
+
+@dataclass(frozen=True)
+class Dfn3Params:
+    """DFN3's architecture and DSP keys, named as in config.ini; defaults are the official model's."""
+
+    # [df]
+    sr: int = 48000
+    fft_size: int = 960
+    hop_size: int = 480
+    nb_erb: int = 32
+    nb_df: int = 96
+    norm_tau: float = 1.0
+    lsnr_min: float = -15.0
+    lsnr_max: float = 35.0
+    min_nb_erb_freqs: int = 2
+    df_order: int = 5
+    df_lookahead: int = 2
+    # [deepfilternet]
+    conv_lookahead: int = 2
+    conv_ch: int = 64
+    conv_kernel: tuple[int, int] = (1, 3)
+    conv_kernel_inp: tuple[int, int] = (3, 3)
+    emb_hidden_dim: int = 256
+    emb_num_layers: int = 3
+    enc_linear_groups: int = 32
+    linear_groups: int = 16
+    df_hidden_dim: int = 256
+    df_num_layers: int = 2
+    df_pathway_kernel_size_t: int = 5
+    df_gru_skip: str = "groupedlinear"
+    mask_pf: bool = False  # runtime post-filter hint; no weights
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conv_kernel", tuple(self.conv_kernel))
+        object.__setattr__(self, "conv_kernel_inp", tuple(self.conv_kernel_inp))
+        problems = _check_params(self)
+        if problems:
+            raise ConfigError("DeepFilterNet3 config cannot be represented: " + "; ".join(problems))
+        try:
+            self.dsp_params()
+        except ConfigError as exc:
+            raise ConfigError(f"DeepFilterNet3 [df] section: {exc}") from exc
+
+    @property
+    def emb_dim(self) -> int:
+        return self.conv_ch * self.nb_erb // 4  # 512: e3 [C, E/4] flattened
+
+    def dsp_params(self) -> DspParams:
+        return DspParams(
+            sample_rate_hz=self.sr,
+            fft_size=self.fft_size,
+            hop_size_samples=self.hop_size,
+            nb_erb=self.nb_erb,
+            nb_df=self.nb_df,
+            min_nb_erb_freqs=self.min_nb_erb_freqs,
+            norm_tau_s=self.norm_tau,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["conv_kernel"] = list(self.conv_kernel)
+        d["conv_kernel_inp"] = list(self.conv_kernel_inp)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Dfn3Params":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown Dfn3Params keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_config_ini(cls, text: str) -> "Dfn3Params":
+        """Parse an upstream config.ini ([df] and [deepfilternet] sections)."""
+        parser = configparser.ConfigParser()
+        try:
+            parser.read_string(text)
+        except configparser.Error as exc:
+            raise ConfigError(f"config.ini is not valid INI: {exc}") from exc
+        for section in ("df", "deepfilternet"):
+            if not parser.has_section(section):
+                raise ConfigError(
+                    f"config.ini has no [{section}] section (found {parser.sections()}); "
+                    "is this a DeepFilterNet3 export?"
+                )
+        model = parser.get("train", "model", fallback="deepfilternet3").strip()
+        if model != "deepfilternet3":
+            raise ConfigError(f"config.ini [train] model is {model!r}, expected 'deepfilternet3'")
+        return cls(**_read_ini(parser))
+
+
+# (section, key, type); every one must be present. Tuples are "a,b" lists of ints.
+_INI_KEYS = (
+    ("df", "sr", int), ("df", "fft_size", int), ("df", "hop_size", int), ("df", "nb_erb", int),
+    ("df", "nb_df", int), ("df", "norm_tau", float), ("df", "lsnr_min", float), ("df", "lsnr_max", float),
+    ("df", "min_nb_erb_freqs", int), ("df", "df_order", int), ("df", "df_lookahead", int),
+    ("deepfilternet", "conv_lookahead", int), ("deepfilternet", "conv_ch", int),
+    ("deepfilternet", "conv_kernel", tuple), ("deepfilternet", "conv_kernel_inp", tuple),
+    ("deepfilternet", "emb_hidden_dim", int), ("deepfilternet", "emb_num_layers", int),
+    ("deepfilternet", "enc_linear_groups", int), ("deepfilternet", "linear_groups", int),
+    ("deepfilternet", "df_hidden_dim", int), ("deepfilternet", "df_num_layers", int),
+    ("deepfilternet", "df_pathway_kernel_size_t", int),
+)
+# Keys upstream DFN3 reads that change the architecture, with the value this implementation
+# supports and upstream's default when the key is absent.
+_INI_FIXED = {"enc_concat": False, "df_n_iter": 1, "dfop_method": "df", "emb_gru_skip": "none", "emb_gru_skip_enc": "none"}
+
+
+def _read_ini(parser: configparser.ConfigParser) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for section, key, kind in _INI_KEYS:
+        if not parser.has_option(section, key):
+            raise ConfigError(f"config.ini [{section}] lacks the key {key!r}")
+        raw = parser.get(section, key).strip()
+        try:
+            if kind is tuple:
+                values[key] = tuple(int(v) for v in raw.split(","))
+                if len(values[key]) != 2:
+                    raise ValueError("need two comma-separated ints")
+            else:
+                values[key] = kind(float(raw)) if kind is int and "." in raw else kind(raw)
+        except ValueError as exc:
+            raise ConfigError(f"config.ini [{section}] {key} = {raw!r}: {exc}") from exc
+    dn = parser["deepfilternet"]
+    values["df_gru_skip"] = dn.get("df_gru_skip", "none").strip().lower()
+    values["mask_pf"] = _ini_bool(dn, "mask_pf", False)
+    for key, supported in _INI_FIXED.items():
+        if key not in dn:
+            continue
+        try:
+            found = _ini_bool(dn, key, supported) if isinstance(supported, bool) else type(supported)(dn[key].strip().lower())
+        except ValueError:
+            found = None
+        if found != supported:
+            raise ConfigError(f"config.ini [deepfilternet] {key} = {dn[key]!r} is not supported; only {supported!r}")
+    read = {k for s, k, _ in _INI_KEYS if s == "deepfilternet"} | {"df_gru_skip", "mask_pf", *_INI_FIXED}
+    ignored = sorted(set(dn) - read)
+    if ignored:  # training-only or unused by upstream's DFN3 (e.g. conv_depthwise, convt_kernel)
+        logger.debug("config.ini [deepfilternet] keys without effect on DFN3 inference: %s", ignored)
+    return values
+
+
+def _ini_bool(section: configparser.SectionProxy, key: str, default: bool) -> bool:
+    try:
+        return section.getboolean(key, fallback=default)
+    except ValueError as exc:
+        raise ConfigError(f"config.ini [{section.name}] {key} = {section[key]!r} is not a boolean") from exc
+
+
+def _check_params(p: Dfn3Params) -> list[str]:
+    problems = []
+    if len(p.conv_kernel) != 2 or p.conv_kernel[0] != 1 or p.conv_kernel[1] != 3:
+        # The decoder's transposed convs (fstride 2, output_padding 1) only double F with a 3-wide
+        # kernel, and have no time state: upstream DFN3 always uses (1, 3).
+        problems.append(f"conv_kernel must be 1,3, got {p.conv_kernel}")
+    if len(p.conv_kernel_inp) != 2 or min(p.conv_kernel_inp) < 1 or p.conv_kernel_inp[1] % 2 == 0:
+        problems.append(f"conv_kernel_inp must be (time >= 1, odd frequency size), got {p.conv_kernel_inp}")
+    if p.nb_erb % 4:
+        problems.append(f"nb_erb must divide by 4 (two frequency-stride-2 convs), got {p.nb_erb}")
+    if p.nb_df % 2:
+        problems.append(f"nb_df must be even (one frequency-stride-2 conv), got {p.nb_df}")
+    if p.emb_num_layers < 2:
+        problems.append(f"emb_num_layers must be >= 2 (erb_dec's GRU has emb_num_layers - 1), got {p.emb_num_layers}")
+    if p.df_num_layers < 1:
+        problems.append(f"df_num_layers must be >= 1, got {p.df_num_layers}")
+    if p.df_pathway_kernel_size_t < 1:
+        problems.append(f"df_pathway_kernel_size_t must be >= 1, got {p.df_pathway_kernel_size_t}")
+    if p.df_gru_skip not in DF_SKIP_OPTIONS:
+        problems.append(f"df_gru_skip must be one of {DF_SKIP_OPTIONS}, got {p.df_gru_skip!r}")
+    if p.df_gru_skip == "identity" and p.emb_dim != p.df_hidden_dim:
+        problems.append(f"df_gru_skip identity needs conv_ch*nb_erb/4 ({p.emb_dim}) == df_hidden_dim ({p.df_hidden_dim})")
+    for key, size, groups in (
+        ("enc_linear_groups", p.conv_ch * p.nb_df // 2, p.enc_linear_groups),
+        ("enc_linear_groups", p.emb_dim, p.enc_linear_groups),
+        ("linear_groups", p.emb_dim, p.linear_groups),
+        ("linear_groups", p.emb_hidden_dim, p.linear_groups),
+        ("linear_groups", p.df_hidden_dim, p.linear_groups),
+        ("linear_groups", p.nb_df * 2 * p.df_order, p.linear_groups),
+    ):
+        if groups < 1 or size % groups:
+            problems.append(f"{key} ({groups}) must divide the layer size {size}")
+    if p.df_hidden_dim % DF_GRU_LINEAR_GROUPS or p.emb_dim % DF_GRU_LINEAR_GROUPS:
+        problems.append(f"df_hidden_dim and conv_ch*nb_erb/4 must divide by {DF_GRU_LINEAR_GROUPS} (df_gru's groups)")
+    if not 0 <= p.df_lookahead < p.df_order:
+        problems.append(f"df_lookahead must be in 0..df_order-1, got {p.df_lookahead} (df_order {p.df_order})")
+    if p.conv_lookahead < p.df_lookahead:
+        problems.append(f"conv_lookahead ({p.conv_lookahead}) must be >= df_lookahead ({p.df_lookahead})")
+    if not p.lsnr_max > p.lsnr_min:
+        problems.append(f"lsnr_max ({p.lsnr_max}) must exceed lsnr_min ({p.lsnr_min})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks (generic; candidates for layers.py)
+
+
+class ConvNormAct(nn.Module):
+    """Upstream Conv2dNormAct with its BatchNorm folded: a causal conv with groups
+    gcd(in, out) when separable, then a 1x1 pointwise conv when grouped and the kernel is
+    larger than 1x1; the folded BN bias sits on the last conv; then the activation.
+    Time buffer (if kernel_t > 1): [B, C_in, kernel_t - 1, F_in]."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: tuple[int, int], fstride: int = 1,
+                 separable: bool = True, activation: nn.Module | None = None):
+        super().__init__()
+        groups = math.gcd(in_ch, out_ch) if separable else 1
+        has_pointwise = groups > 1 and max(kernel_size) > 1
+        self.conv = CausalConv2d(in_ch, out_ch, kernel_size, fstride=fstride, groups=groups, bias=not has_pointwise)
+        self.pointwise = nn.Conv2d(out_ch, out_ch, 1) if has_pointwise else None
+        self.act = activation if activation is not None else nn.ReLU()
+
+    @property
+    def kernel_t(self) -> int:
+        return self.conv.kernel_t
+
+    def forward(self, x: Tensor, buffer: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        y, buffer = self.conv(x, buffer)
+        if self.pointwise is not None:
+            y = self.pointwise(y)
+        return self.act(y), buffer
+
+    step = forward  # exact at T == 1
+
+
+class ConvTransposeNormAct(nn.Module):
+    """Upstream ConvTranspose2dNormAct with BN folded, frequency-only kernel (1, 3): a grouped
+    transposed conv that multiplies F by ``fstride``, a 1x1 pointwise conv with bias, ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: tuple[int, int], fstride: int):
+        super().__init__()
+        kernel_t, kernel_f = kernel_size
+        assert kernel_t == 1, "transposed convs here have no time state"
+        groups = math.gcd(in_ch, out_ch)
+        fpad = kernel_f // 2
+        self.convt = nn.ConvTranspose2d(in_ch, out_ch, kernel_size, stride=(1, fstride), padding=(0, fpad),
+                                        output_padding=(0, fpad), groups=groups, bias=groups == 1)
+        self.pointwise = nn.Conv2d(out_ch, out_ch, 1) if groups > 1 else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.convt(x)
+        if self.pointwise is not None:
+            y = self.pointwise(y)
+        return F.relu(y)
+
+
+class SqueezedGRU(nn.Module):
+    """Upstream SqueezedGRU_S: grouped linear in (+ReLU), GRU, optional grouped linear out (+ReLU).
+    State [B, num_layers, hidden]."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, groups: int, output_size: int | None = None):
+        super().__init__()
+        self.linear_in = GroupedLinear(input_size, hidden_size, groups)
+        self.gru = GRU(hidden_size, hidden_size, num_layers)
+        self.linear_out = GroupedLinear(hidden_size, output_size, groups) if output_size is not None else None
+
+    def state_shape(self) -> tuple[int, int, int]:
+        return (1, self.gru.num_layers, self.gru.hidden_size)
+
+    def _out(self, y: Tensor) -> Tensor:
+        return y if self.linear_out is None else F.relu(self.linear_out(y))
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x [B, T, I], h [B, L, H] -> (y [B, T, O], h)."""
+        y, h = self.gru(F.relu(self.linear_in(x)), h)
+        return self._out(y), h
+
+    def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, 1, I], h [B, L, H] -> (y [B, 1, O], h)."""
+        y, h = self.gru.step(F.relu(self.linear_in(x[:, 0])), h)
+        return self._out(y).unsqueeze(1), h
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+
+
+class Dfn3Encoder(StreamingComponent):
+    """ERB path (4 convs) + DF path (2 convs), embedding GRU and local-SNR head.
+    States: enc_erb_conv0 [B,1,kt-1,E], enc_df_conv0 [B,2,kt-1,F] (kt = conv_kernel_inp[0]),
+    enc_emb_gru [B,1,emb_hidden_dim]."""
+
+    input_names = ("feat_erb", "feat_spec")
+    output_names = ("e0", "e1", "e2", "e3", "emb", "c0", "lsnr")
+
+    def __init__(self, p: Dfn3Params):
+        super().__init__()
+        self.p = p
+        ch = p.conv_ch
+        self.erb_conv0 = ConvNormAct(1, ch, p.conv_kernel_inp)
+        self.erb_conv1 = ConvNormAct(ch, ch, p.conv_kernel, fstride=2)
+        self.erb_conv2 = ConvNormAct(ch, ch, p.conv_kernel, fstride=2)
+        self.erb_conv3 = ConvNormAct(ch, ch, p.conv_kernel, fstride=1)
+        self.df_conv0 = ConvNormAct(2, ch, p.conv_kernel_inp)
+        self.df_conv1 = ConvNormAct(ch, ch, p.conv_kernel, fstride=2)
+        self.df_fc_emb = GroupedLinear(ch * p.nb_df // 2, p.emb_dim, p.enc_linear_groups)
+        self.emb_gru = SqueezedGRU(p.emb_dim, p.emb_hidden_dim, 1, p.linear_groups, output_size=p.emb_dim)
+        self.lsnr_fc = nn.Linear(p.emb_dim, 1)
+
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        specs = []
+        if self.erb_conv0.kernel_t > 1:
+            specs.append(StateSpec("enc_erb_conv0", self.erb_conv0.conv.buffer_shape(self.p.nb_erb)))
+            specs.append(StateSpec("enc_df_conv0", self.df_conv0.conv.buffer_shape(self.p.nb_df)))
+        specs.append(StateSpec("enc_emb_gru", self.emb_gru.state_shape()))
+        return tuple(specs)
+
+    def forward(self, inputs, state=None):
+        if state is None:
+            state = self.initial_state(inputs["feat_erb"].shape[0])
+        return self._run(inputs, state, step=False)
+
+    def step(self, inputs, state):
+        return self._run(inputs, state, step=True)
+
+    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
+        new_state: TensorDict = {}
+        e0, new_state["enc_erb_conv0"] = self.erb_conv0(inputs["feat_erb"], state.get("enc_erb_conv0"))
+        e1, _ = self.erb_conv1(e0)
+        e2, _ = self.erb_conv2(e1)
+        e3, _ = self.erb_conv3(e2)
+        c0, new_state["enc_df_conv0"] = self.df_conv0(inputs["feat_spec"], state.get("enc_df_conv0"))
+        c1, _ = self.df_conv1(c0)  # [B, C, T, F/2]
+        cemb = F.relu(self.df_fc_emb(c1.permute(0, 2, 3, 1).flatten(2)))  # [B, T, D]
+        emb = e3.permute(0, 2, 3, 1).flatten(2) + cemb  # [B, T, D]
+        gru = self.emb_gru.step if step else self.emb_gru.forward
+        emb, new_state["enc_emb_gru"] = gru(emb, state["enc_emb_gru"])
+        lsnr = torch.sigmoid(self.lsnr_fc(emb)) * (self.p.lsnr_max - self.p.lsnr_min) + self.p.lsnr_min
+        new_state = {s.name: new_state[s.name] for s in self.state_specs()}
+        return {"e0": e0, "e1": e1, "e2": e2, "e3": e3, "emb": emb, "c0": c0, "lsnr": lsnr}, new_state
+
+
+class Dfn3ErbDecoder(StreamingComponent):
+    """GRU over the embedding, then a U-Net decoder with encoder skips (1x1 pathway convs) up to
+    the ERB mask. Only the GRU has state: erb_dec_emb_gru [B, emb_num_layers-1, emb_hidden_dim]."""
+
+    input_names = ("emb", "e3", "e2", "e1", "e0")
+    output_names = ("erb_mask",)
+
+    def __init__(self, p: Dfn3Params):
+        super().__init__()
+        self.p = p
+        ch = p.conv_ch
+        self.emb_gru = SqueezedGRU(p.emb_dim, p.emb_hidden_dim, p.emb_num_layers - 1, p.linear_groups, output_size=p.emb_dim)
+        self.conv3p = ConvNormAct(ch, ch, (1, 1))
+        self.convt3 = ConvNormAct(ch, ch, p.conv_kernel)
+        self.conv2p = ConvNormAct(ch, ch, (1, 1))
+        self.convt2 = ConvTransposeNormAct(ch, ch, p.conv_kernel, fstride=2)
+        self.conv1p = ConvNormAct(ch, ch, (1, 1))
+        self.convt1 = ConvTransposeNormAct(ch, ch, p.conv_kernel, fstride=2)
+        self.conv0p = ConvNormAct(ch, ch, (1, 1))
+        self.conv0_out = ConvNormAct(ch, 1, p.conv_kernel, activation=nn.Sigmoid())
+
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        return (StateSpec("erb_dec_emb_gru", self.emb_gru.state_shape()),)
+
+    def forward(self, inputs, state=None):
+        if state is None:
+            state = self.initial_state(inputs["emb"].shape[0])
+        return self._run(inputs, state, step=False)
+
+    def step(self, inputs, state):
+        return self._run(inputs, state, step=True)
+
+    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
+        gru = self.emb_gru.step if step else self.emb_gru.forward
+        emb, h = gru(inputs["emb"], state["erb_dec_emb_gru"])  # [B, T, D]
+        b, t = emb.shape[0], emb.shape[1]
+        emb = emb.reshape(b, t, self.p.nb_erb // 4, self.p.conv_ch).permute(0, 3, 1, 2)  # [B, C, T, E/4]
+        x = self.convt3(self.conv3p(inputs["e3"])[0] + emb)[0]  # [B, C, T, E/4]
+        x = self.convt2(self.conv2p(inputs["e2"])[0] + x)  # [B, C, T, E/2]
+        x = self.convt1(self.conv1p(inputs["e1"])[0] + x)  # [B, C, T, E]
+        m = self.conv0_out(self.conv0p(inputs["e0"])[0] + x)[0]  # [B, 1, T, E]
+        return {"erb_mask": m}, {"erb_dec_emb_gru": h}
+
+
+class Dfn3DfDecoder(StreamingComponent):
+    """DF coefficients: GRU over the embedding (+ grouped-linear skip) -> tanh grouped linear,
+    plus a causal (kt x 1) pathway conv over c0. States: df_dec_convp [B,C,kt-1,F]
+    (kt = df_pathway_kernel_size_t), df_dec_gru [B, df_num_layers, df_hidden_dim].
+
+    ``df_fc_a`` is upstream's DF mixing weight ("alpha"); DFN3's runtime ignores it, so it is not
+    a graph output; ``df_alpha`` computes it for checks."""
+
+    input_names = ("emb", "c0")
+    output_names = ("df_coefs",)
+
+    def __init__(self, p: Dfn3Params):
+        super().__init__()
+        self.p = p
+        self.out_ch = 2 * p.df_order  # (tap, re/im)
+        self.df_convp = ConvNormAct(p.conv_ch, self.out_ch, (p.df_pathway_kernel_size_t, 1))
+        self.df_gru = SqueezedGRU(p.emb_dim, p.df_hidden_dim, p.df_num_layers, DF_GRU_LINEAR_GROUPS)
+        self.df_skip = GroupedLinear(p.emb_dim, p.df_hidden_dim, p.linear_groups) if p.df_gru_skip == "groupedlinear" else None
+        self.df_out = GroupedLinear(p.df_hidden_dim, p.nb_df * self.out_ch, p.linear_groups)
+        self.df_fc_a = nn.Linear(p.df_hidden_dim, 1)
+
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        specs = []
+        if self.df_convp.kernel_t > 1:
+            specs.append(StateSpec("df_dec_convp", self.df_convp.conv.buffer_shape(self.p.nb_df)))
+        specs.append(StateSpec("df_dec_gru", self.df_gru.state_shape()))
+        return tuple(specs)
+
+    def forward(self, inputs, state=None):
+        if state is None:
+            state = self.initial_state(inputs["emb"].shape[0])
+        return self._run(inputs, state, step=False)
+
+    def step(self, inputs, state):
+        return self._run(inputs, state, step=True)
+
+    def _hidden(self, emb: Tensor, h: Tensor, step: bool) -> tuple[Tensor, Tensor]:
+        gru = self.df_gru.step if step else self.df_gru.forward
+        c, h = gru(emb, h)  # [B, T, H]
+        if self.df_skip is not None:
+            c = c + self.df_skip(emb)
+        elif self.p.df_gru_skip == "identity":
+            c = c + emb
+        return c, h
+
+    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
+        emb = inputs["emb"]
+        c, h = self._hidden(emb, state["df_dec_gru"], step)
+        path, buf = self.df_convp(inputs["c0"], state.get("df_dec_convp"))  # [B, 2*O, T, F]
+        b, t = emb.shape[0], emb.shape[1]
+        coefs = torch.tanh(self.df_out(c)).reshape(b, t, self.p.nb_df, self.out_ch) + path.permute(0, 2, 3, 1)
+        new_state = {"df_dec_gru": h}
+        if buf is not None:
+            new_state["df_dec_convp"] = buf
+        return {"df_coefs": coefs}, new_state
+
+    def df_alpha(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Upstream's DF alpha [B, T, 1] (sequence form); unused by DFN3 inference."""
+        h = state["df_dec_gru"] if state is not None else None
+        c, _ = self._hidden(inputs["emb"], h, step=False)
+        return torch.sigmoid(self.df_fc_a(c))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class DfNet3(EnhancementModel):
+    """DeepFilterNet3 as three streaming components (BN folded: inference import / teacher)."""
+
+    family = FAMILY
+
+    def __init__(self, params: Dfn3Params | None = None):
+        params = params if params is not None else Dfn3Params()
+        super().__init__(params.dsp_params(), params.df_order, params.df_lookahead, params.conv_lookahead)
+        self.params = params
+        self.enc = Dfn3Encoder(params)
+        self.erb_dec = Dfn3ErbDecoder(params)
+        self.df_dec = Dfn3DfDecoder(params)
+
+    def config_dict(self) -> dict:
+        return {"family": FAMILY, **self.params.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "DfNet3":
+        config = dict(config)
+        family = config.pop("family", FAMILY)
+        if family != FAMILY:
+            raise ConfigError(f"config family is {family!r}, expected {FAMILY!r}")
+        return cls(Dfn3Params.from_dict(config))

@@ -1,0 +1,120 @@
+"""`dfsdk run` and `dfsdk import-dfn3` as a user calls them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from conftest import data_file, load_clip
+
+from dfnet4_sdk.cli import main
+from dfnet4_sdk.metrics import estimate_delay
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture()
+def noisy_wav(tmp_path) -> Path:
+    path = tmp_path / "noisy.wav"
+    sf.write(path, load_clip("noisy_real/gtcrn_mix_16k.flac", sample_rate=16000, seconds=2.0), 16000)
+    return path
+
+
+def test_console_script_enhances_a_file(tmp_path):
+    """The installed `dfsdk` entry point, in a subprocess, on a 48 kHz FLAC."""
+    src = tmp_path / "street.flac"
+    shutil.copy(data_file("noisy_real/dns5_blind_street_48k.flac"), src)
+    out = tmp_path / "street_clean.flac"
+    exe = Path(sys.executable).with_name("dfsdk")
+    proc = subprocess.run([str(exe), "run", str(src), "-o", str(out), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    x, sr_in = sf.read(src, dtype="float32")
+    y, sr_out = sf.read(out, dtype="float32")
+    assert sr_out == sr_in == 48000 and y.shape == x.shape
+    assert np.sum(y**2) < 0.8 * np.sum(x**2)
+
+
+def test_run_resamples_and_keeps_length_rate_and_alignment(noisy_wav, tmp_path):
+    out = tmp_path / "out.wav"
+    result = run_cli("run", str(noisy_wav), "-o", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    x, sr_in = sf.read(noisy_wav, dtype="float32")
+    y, sr_out = sf.read(out, dtype="float32")
+    assert (sr_out, y.shape) == (sr_in, x.shape)
+    assert estimate_delay(x, y, 1600) == 0
+
+
+def test_run_default_output_name_and_options(noisy_wav):
+    result = run_cli("run", str(noisy_wav), "--quiet", "--atten-lim-db", "20", "--post-filter")
+    assert result.exit_code == 0, result.output
+    assert (noisy_wav.parent / "noisy_enhanced.wav").is_file()
+
+
+def test_run_enhances_every_channel(tmp_path):
+    x = load_clip("noisy_real/gtcrn_mix_16k.flac", sample_rate=16000, seconds=1.5)
+    stereo = np.stack([x, np.roll(x, 800)], axis=1)
+    src, out = tmp_path / "stereo.wav", tmp_path / "stereo_out.wav"
+    sf.write(src, stereo, 16000, subtype="FLOAT")
+    assert run_cli("run", str(src), "-o", str(out), "--quiet").exit_code == 0
+    y, _ = sf.read(out, dtype="float32")
+    assert y.shape == stereo.shape
+    assert not np.allclose(y[:, 0], y[:, 1])
+
+
+def test_existing_output_is_kept_unless_overwrite(noisy_wav, tmp_path):
+    out = tmp_path / "exists.wav"
+    out.write_bytes(b"keep me")
+    result = run_cli("run", str(noisy_wav), "-o", str(out), "--quiet")
+    assert result.exit_code != 0 and "--overwrite" in result.output
+    assert out.read_bytes() == b"keep me"
+    assert run_cli("run", str(noisy_wav), "-o", str(out), "--quiet", "--overwrite").exit_code == 0
+    assert sf.info(out).frames == sf.info(noisy_wav).frames
+
+
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_bytes(b"RIFF not really audio"), "cannot read"),
+        (lambda p: sf.write(p, np.zeros((0,), np.float32), 16000), "no samples"),
+        (lambda p: sf.write(p, np.array([0.0, np.nan, 0.1] * 100, np.float32), 16000, subtype="FLOAT"), "NaN"),
+    ],
+    ids=["missing", "corrupt", "empty", "nan"],
+)
+def test_bad_input_files_fail_clearly_and_write_nothing(tmp_path, make_input, message):
+    src, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    make_input(src)
+    result = run_cli("run", str(src), "-o", str(out), "--quiet")
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not out.exists()
+    assert list(tmp_path.glob(".out.*")) == []  # no temporary left behind
+
+
+def test_unsupported_output_format_fails_before_work(noisy_wav, tmp_path):
+    result = run_cli("run", str(noisy_wav), "-o", str(tmp_path / "out.xyz"), "--quiet")
+    assert result.exit_code != 0 and "unknown audio format" in result.output
+
+
+def test_import_dfn3_writes_a_checkpoint_that_run_uses(noisy_wav, tmp_path):
+    ckpt = tmp_path / "dfn3.pt"
+    result = run_cli("import-dfn3", "-o", str(ckpt))
+    assert result.exit_code == 0, result.output
+    assert "2,1" in result.output  # parameter count printed
+    out_default, out_ckpt = tmp_path / "a.wav", tmp_path / "b.wav"
+    assert run_cli("run", str(noisy_wav), "-o", str(out_default), "--quiet").exit_code == 0
+    assert run_cli("run", str(noisy_wav), "-o", str(out_ckpt), "--quiet", "--model", str(ckpt)).exit_code == 0
+    np.testing.assert_array_equal(sf.read(out_default)[0], sf.read(out_ckpt)[0])
+
+
+def test_unknown_model_name_is_a_clear_error(noisy_wav, tmp_path):
+    result = run_cli("run", str(noisy_wav), "-o", str(tmp_path / "o.wav"), "--model", "nope", "--quiet")
+    assert result.exit_code != 0 and "neither an existing file" in result.output
