@@ -29,3 +29,11 @@ class ModelNotAvailableError(DfSdkError, LookupError):
 
 class BackendNotAvailableError(DfSdkError, ImportError):
     """A backend's package is not installed or cannot run on this platform."""
+
+
+class BundleError(DfSdkError, ValueError):
+    """A bundle is missing, tampered with, or was written for another SDK/schema version."""
+
+
+class ExportError(DfSdkError, RuntimeError):
+    """An export failed or its validation against PyTorch exceeded the declared tolerances."""

@@ -61,6 +61,9 @@ class GraphSpec:
     file: str | None = None
     sha256: str | None = None
     precision: str = "fp32"
+    # Our tensor name -> the name inside the graph file, where a converter renames tensors
+    # (TFLite signatures say args_0 / output_0, CoreML sanitises dots). Empty: names are ours.
+    tensor_names: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -92,7 +95,9 @@ class Manifest:
     sdk_version: str
     backend: str = "torch"
     precision: str = "fp32"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    quantization: Mapping[str, Any] = field(default_factory=dict)  # scheme and per-graph choices
+    validation: Mapping[str, Any] = field(default_factory=dict)  # errors measured at export, tolerances
+    fixtures: Mapping[str, str] = field(default_factory=dict)  # {"file": ..., "sha256": ..., "source": ...}
     schema_version: int = SCHEMA_VERSION
 
     @property

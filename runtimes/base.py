@@ -18,6 +18,7 @@ from dfnet4_sdk.manifest import Manifest
 # name -> (module, class, pip extra that provides it)
 _REGISTRY = {
     "torch": ("dfnet4_sdk.runtimes.torch_backend", "TorchBackend", "torch"),
+    "onnx": ("dfnet4_sdk.runtimes.onnx_backend", "OnnxBackend", "onnx"),
 }
 BACKEND_NAMES = tuple(_REGISTRY)
 

@@ -1,0 +1,126 @@
+"""ONNX: TorchScript-based ``torch.onnx.export`` (opset 17, fixed single-frame shapes),
+onnxslim clean-up, ``onnx.checker``, DSP facts in ``metadata_props``.
+
+The dynamo exporter also works with torch 2.13 but names outputs by node and splits weights
+into ``.onnx.data``; the TorchScript path keeps our tensor names and one file per graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import onnx
+import torch
+from torch import nn
+
+from dfnet4_sdk.manifest import GraphSpec
+
+log = logging.getLogger(__name__)
+OPSET = 17
+
+
+class OnnxConverter:
+    target = "onnx"
+    suffix = ".onnx"
+    precisions = ("fp32", "fp16", "int8")
+
+    def convert(
+        self,
+        module: nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        spec: GraphSpec,
+        path: Path,
+        precision: str,
+        metadata: Mapping[str, str],
+    ) -> dict[str, str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deprecated, still the better path
+            torch.onnx.export(
+                module,
+                example_inputs,
+                str(path),
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        model = onnx.load(str(path))
+        model = _slim(model)
+        if precision == "fp16":
+            model = _to_fp16(model, spec)
+        for key, value in {**metadata, "graph": spec.name, "precision": precision}.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(path))
+        if precision == "int8":
+            _quantize_dynamic_int8(path)
+        _check_io_names(path, spec)
+        return {}
+
+
+def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    try:
+        return onnxslim.slim(model)
+    except Exception as e:  # onnxslim is an optimisation; the unslimmed graph is valid
+        log.warning("onnxslim failed (%s); keeping the unslimmed graph", e)
+        return model
+
+
+def _to_fp16(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
+    """fp16 weights and activations with fp32 graph inputs/outputs, so states stay fp32 between
+    frames and the manifest's dtypes do not change."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    return _toposort(model)  # the converter appends its input casts at the end of the node list
+
+
+def _toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    graph = model.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError("ONNX graph has a cycle or a dangling input")
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
+
+
+def _quantize_dynamic_int8(path: Path) -> None:
+    """Weight-only int8 for MatMul/Gemm (activations quantized on the fly); state I/O stays fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_suffix(".fp32.onnx")
+    path.rename(tmp)
+    try:
+        quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_io_names(path: Path, spec: GraphSpec) -> None:
+    model = onnx.load(str(path), load_external_data=False)
+    got_in = [i.name for i in model.graph.input]
+    got_out = [o.name for o in model.graph.output]
+    problems = []
+    if sorted(got_in) != sorted(spec.input_names):
+        problems.append(f"inputs {got_in} != {list(spec.input_names)}")
+    if sorted(got_out) != sorted(spec.output_names):
+        problems.append(f"outputs {got_out} != {list(spec.output_names)}")
+    if problems:
+        from dfnet4_sdk.errors import ExportError
+
+        raise ExportError(f"ONNX graph {spec.name}: " + "; ".join(problems))

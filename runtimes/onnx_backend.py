@@ -1,0 +1,39 @@
+"""onnxruntime backend: one InferenceSession per graph of an ONNX bundle."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from dfnet4_sdk.bundle import Bundle
+from dfnet4_sdk.errors import BundleError
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, bundle: Bundle, num_threads: int = 1):
+        if not isinstance(bundle, Bundle):
+            raise TypeError(f"OnnxBackend needs a Bundle, got {type(bundle).__name__}")
+        if bundle.manifest.backend != "onnx":
+            raise BundleError(f"bundle {bundle.root} was exported for {bundle.manifest.backend!r}, not onnx")
+        self.manifest = bundle.manifest
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self._sessions = {
+            g.name: ort.InferenceSession(str(bundle.graph_path(g.name)), opts, providers=["CPUExecutionProvider"])
+            for g in self.manifest.graphs
+        }
+        self._inputs = {g.name: g.input_names for g in self.manifest.graphs}
+        self._outputs = {g.name: list(g.output_names) for g in self.manifest.graphs}
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: np.ascontiguousarray(inputs[k], dtype=np.float32) for k in self._inputs[graph]}
+        values = self._sessions[graph].run(self._outputs[graph], feed)
+        return dict(zip(self._outputs[graph], values))
