@@ -276,13 +276,30 @@ def _graph_metadata(manifest: Manifest) -> dict[str, str]:
     }
 
 
+# target -> (module, converter class); imported lazily so each toolchain stays optional.
+CONVERTERS = {
+    "onnx": ("dfnet4_sdk.exporters.onnx", "OnnxConverter", "onnx"),
+    "tflite": ("dfnet4_sdk.exporters.tflite", "TfliteConverter", "tflite"),
+    "coreml": ("dfnet4_sdk.exporters.coreml", "CoremlConverter", "coreml"),
+}
+EXPORT_TARGETS = tuple(CONVERTERS)
+
+
 def converter_for(target: str) -> GraphConverter:
     """The converter of a target name (imports its toolchain lazily)."""
-    if target == "onnx":
-        from dfnet4_sdk.exporters.onnx import OnnxConverter
+    import importlib
 
-        return OnnxConverter()
-    raise ConfigError(f"unknown export target {target!r}; choose one of onnx")
+    if target not in CONVERTERS:
+        raise ConfigError(f"unknown export target {target!r}; choose one of {list(CONVERTERS)}")
+    module_name, class_name, extra = CONVERTERS[target]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ExportError(
+            f"exporting to {target} needs a package that is not installed ({e.name or e}); "
+            f'install it with: pip install "dfnet4-sdk[{extra}]"'
+        ) from e
+    return getattr(module, class_name)()
 
 
 def export(model: Any, target: str, out_dir: str | Path, precision: str = "fp32", **kwargs) -> Bundle:

@@ -19,6 +19,8 @@ from dfnet4_sdk.manifest import Manifest
 _REGISTRY = {
     "torch": ("dfnet4_sdk.runtimes.torch_backend", "TorchBackend", "torch"),
     "onnx": ("dfnet4_sdk.runtimes.onnx_backend", "OnnxBackend", "onnx"),
+    "tflite": ("dfnet4_sdk.runtimes.tflite_backend", "TfliteBackend", "tflite"),
+    "coreml": ("dfnet4_sdk.runtimes.coreml_backend", "CoremlBackend", "coreml"),
 }
 BACKEND_NAMES = tuple(_REGISTRY)
 
