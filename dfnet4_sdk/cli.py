@@ -131,5 +131,56 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
         click.echo(f"archive: {pack(bundle.root)}")
 
 
+@main.command()
+@click.argument("bundle_or_model", required=False)
+@click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Real noisy speech to stream (default: the DNS5 clip of ../shared/data when present).")
+@click.option("--model", "reference_model", default=None,
+              help="PyTorch reference for a BUNDLE (name, checkpoint or archive; default: the bundle's family).")
+@click.option("--full", is_flag=True, help="Stream 10 s per cell (default 3 s).")
+@click.option("--target", "targets", multiple=True, help="Only these targets (repeatable).")
+@click.option("--write-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results table (Markdown) here, e.g. docs/CONFORMANCE.md.")
+@_fail_on_sdk_errors
+def conformance(bundle_or_model, audio_path, reference_model, full, targets, write_docs):
+    """Check a bundle, or every target x precision of a model (default: all models), against PyTorch."""
+    from dfnet4_sdk import conformance as conf
+    from dfnet4_sdk.audio_io import read_audio, resample
+    from dfnet4_sdk.bundle import Bundle, is_bundle
+    from dfnet4_sdk.errors import AudioFileError
+
+    if audio_path is None:
+        audio_path = Path(__file__).resolve().parents[2] / "shared" / "data" / "noisy_real" / "dns5_blind_street_48k.flac"
+        if not audio_path.is_file():
+            raise AudioFileError("no default conformance clip here; pass --audio with a real noisy speech file")
+    audio, sr = read_audio(audio_path)
+    seconds = 10.0 if full else 3.0
+    bundle = None
+    if bundle_or_model and is_bundle(bundle_or_model):
+        bundle = Bundle.load(bundle_or_model)
+        m = bundle.manifest
+        cells = [(reference_model or m.model_family, m.backend, m.precision)]
+    else:
+        models = [bundle_or_model] if bundle_or_model else list(conf.MODELS)
+        cells = [(mo, t, p) for mo in models for (t, p) in conf.MATRIX if not targets or t in targets]
+    results = []
+    for model_name, target, precision in cells:
+        from dfnet4_sdk.models import load_model
+
+        rate = load_model(model_name).dsp.sample_rate_hz
+        mono = resample(audio.mean(axis=1), sr, rate)
+        clip, fixture = mono[: int(seconds * rate)], mono[int(4 * rate) : int(5 * rate)]
+        r = conf.run_cell(model_name, target, precision, clip, fixture, bundle=bundle)
+        results.append(r)
+        click.echo(f"{r.cell_id:28s} {r.status:11s} graph err {r.worst_graph_error:.1e}  audio SNR {r.audio_snr_db:6.1f} dB"
+                   + ("" if r.official_snr_db is None else f"  official {r.official_snr_db:.1f} dB")
+                   + ("" if not r.problems else "  " + "; ".join(r.problems)))
+    if write_docs:
+        write_docs.write_text(conf.markdown_table(results, audio_path.name, seconds))
+        click.echo(f"wrote {write_docs}")
+    if any(r.status == "fail" for r in results):
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

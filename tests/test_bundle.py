@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import load_clip
+from audio_data import load_clip
 
 from dfnet4_sdk import Runtime
 from dfnet4_sdk.bundle import Bundle, pack

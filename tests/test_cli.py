@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import data_file, load_clip
+from audio_data import data_file, load_clip
 
 from dfnet4_sdk.cli import main
 from dfnet4_sdk.metrics import estimate_delay

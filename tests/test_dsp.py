@@ -6,19 +6,17 @@ Every comparison prints its measured error (``pytest -s`` shows them).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
+import libdf  # PyPI deepfilterlib: the oracle of these tests ([dev] extra)
 import numpy as np
 import pytest
+import soundfile
+from audio_data import data_file
 
 from dfnet4_sdk import dsp
 from dfnet4_sdk.errors import AudioInputError
 from dfnet4_sdk.params import DspParams
 
-libdf = pytest.importorskip("libdf", reason="libdf (PyPI deepfilterlib) is the oracle of these tests")
-soundfile = pytest.importorskip("soundfile")
-
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MIN_SECONDS = 5.0
 
 P48 = DspParams()  # DFN3: 48 kHz, fft 960, hop 480, 32 ERB bands, 96 DF bins, min 2 bins per band
@@ -33,9 +31,7 @@ DFN3_ERB_WIDTHS = [2] * 13 + [5, 5, 7, 7, 8, 10, 12, 13, 15, 18, 20, 24, 28, 31,
 def _load_speech(params: DspParams, clips: list[str]) -> np.ndarray:
     parts = []
     for clip in clips:
-        path = DATA_DIR / clip
-        if not path.exists():
-            pytest.skip(f"test audio {path} not found (shared data folder missing)")
+        path = data_file(clip)
         audio, sr = soundfile.read(str(path), dtype="float32", always_2d=False)
         assert sr == params.sample_rate_hz, (path, sr)
         parts.append(audio)

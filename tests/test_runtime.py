@@ -86,7 +86,7 @@ def test_output_length_equals_input_length(rt, speech_mix_48k, n_samples):
 
 @pytest.mark.parametrize("sample_rate", [8000, 16000, 44100])
 def test_enhance_any_sample_rate_returns_same_length_and_rate(rt, sample_rate):
-    from conftest import load_clip
+    from audio_data import load_clip
 
     x = load_clip("noisy_real/gtcrn_mix_16k.flac", sample_rate=sample_rate, seconds=3.0)
     y = rt.enhance(x, sample_rate)

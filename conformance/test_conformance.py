@@ -1,0 +1,42 @@
+"""model x backend x precision against PyTorch fp32, with declared tolerances.
+
+Run `pytest conformance/ -s` (add `--full` for 10 s per cell); `dfsdk conformance --write-docs`
+runs the same matrix and writes docs/CONFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+from clips import CLIP, load_clip
+
+from dfnet4_sdk.conformance import MATRIX, MODELS, cell_id, run_cell
+from dfnet4_sdk.exporters.base import EXPORT_TARGETS, TOLERANCES
+
+CELLS = [(m, t, p) for m in MODELS for (t, p) in MATRIX]
+
+
+def test_every_registered_cell_has_a_declared_tolerance():
+    """A target or precision without a tolerance entry would be an unchecked promise."""
+    missing = [(t, p) for (t, p) in MATRIX if (t, p) not in TOLERANCES]
+    assert not missing, f"no tolerance declared for {missing}"
+    assert {t for t, _ in MATRIX} == set(EXPORT_TARGETS)
+
+
+@pytest.mark.parametrize("model,target,precision", CELLS, ids=[cell_id(t, p, m) for m, t, p in CELLS])
+def test_cell(model, target, precision, clip_seconds, tmp_path_factory, request):
+    from dfnet4_sdk.models import load_model
+
+    sr = load_model(model).dsp.sample_rate_hz
+    audio = load_clip(sr, clip_seconds, offset_s=0.0)
+    fixture = load_clip(sr, 1.0, offset_s=4.0)
+    result = run_cell(model, target, precision, audio, fixture, work_dir=tmp_path_factory.mktemp("cells"))
+    print(
+        f"\n{result.cell_id}: {result.status} on {result.execution or '-'}; worst graph error "
+        f"{result.worst_graph_error:.2e} (tol {result.tolerance_graph:.0e}), audio SNR {result.audio_snr_db:.1f} dB "
+        f"(tol {result.tolerance_snr_db:.0f})"
+        + ("" if result.official_snr_db is None else f", vs official {result.official_snr_db:.1f} dB")
+        + f" over {clip_seconds:.0f} s of {CLIP}"
+    )
+    if result.status == "unsupported":
+        pytest.skip(f"{result.cell_id} cannot run here: {'; '.join(result.problems)}")
+    assert result.status == "pass", "; ".join(result.problems)

