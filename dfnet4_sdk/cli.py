@@ -182,5 +182,35 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
         raise SystemExit(1)
 
 
+@main.command()
+@click.option("--model", "models", multiple=True, help="Models to measure (repeatable; default: dfn3).")
+@click.option("--backend", "backends", multiple=True, help="Backends (repeatable; default: torch and onnx).")
+@click.option("--precision", "precisions", multiple=True, help="Precisions for exported backends (default: fp32).")
+@click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Clip to process (default: the DNS5 clip of ../shared/data).")
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("BENCHMARKS.md"), show_default=True, help="Markdown report to write.")
+@_fail_on_sdk_errors
+def bench(models, backends, precisions, audio_path, seconds, output_path):
+    """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
+    from dfnet4_sdk import bench as b
+    from dfnet4_sdk.errors import AudioFileError
+
+    if audio_path is None:
+        audio_path = Path(__file__).resolve().parents[2] / "shared" / "data" / "noisy_real" / "dns5_blind_street_48k.flac"
+        if not audio_path.is_file():
+            raise AudioFileError("no default benchmark clip here; pass --audio")
+    cells = [
+        (m, be, p)
+        for m in (models or ("dfn3",))
+        for be in (backends or ("torch", "onnx"))
+        for p in ((precisions or ("fp32",)) if be != "torch" else ("fp32",))
+    ]
+    results = b.run(cells, str(audio_path), seconds, echo=click.echo)
+    output_path.write_text(b.to_markdown(results, audio_path.name, seconds))
+    click.echo(f"wrote {output_path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

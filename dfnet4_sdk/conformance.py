@@ -71,10 +71,11 @@ def run_cell(
     bundle: Bundle | None = None,
 ) -> CellResult:
     """Export (unless ``bundle`` is given) and check one cell on ``audio`` (model rate)."""
-    from dfnet4_sdk.exporters.base import ALL_STAGES, TOLERANCES, converter_for, export_bundle, record_reference, validate_graphs
+    from dfnet4_sdk.exporters.base import (
+        TOLERANCES, converter_for, export_bundle, exported_audio_snr, record_reference, validate_graphs,
+    )
     from dfnet4_sdk.models import load_model
     from dfnet4_sdk.runtimes import load_backend
-    from dfnet4_sdk.stream import EnhancementStream
 
     started = time.perf_counter()
     cid = cell_id(target, precision, model_name)
@@ -101,9 +102,7 @@ def run_cell(
     result.graph_rel_error = {
         f"{g}.{name}": err for g, errs in validate_graphs(backend, recorder).items() for name, err in errs.items()
     }
-    stream = EnhancementStream(backend, ALL_STAGES)
-    exported = np.concatenate([stream.process(audio), stream.flush()])
-    result.audio_snr_db = snr_db(reference, exported)
+    result.audio_snr_db = exported_audio_snr(backend, audio, reference)
     for name, err in result.graph_rel_error.items():
         if not err <= tol.graph_rel_error:
             result.problems.append(f"{name} relative error {err:.2e} > {tol.graph_rel_error:.0e}")

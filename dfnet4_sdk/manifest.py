@@ -12,6 +12,8 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+import numpy as np
+
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.params import DspParams
 
@@ -40,6 +42,7 @@ class StateSpecEntry:
     graph: str
     shape: tuple[int, ...]
     init_value: float = 0.0
+    init_values: tuple[float, ...] | None = None  # per-element initial values, if not constant
 
     @property
     def input_name(self) -> str:
@@ -51,6 +54,16 @@ class StateSpecEntry:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if self.init_values is not None:
+            object.__setattr__(self, "init_values", tuple(float(v) for v in self.init_values))
+
+    def initial(self) -> np.ndarray:
+        if self.init_values is not None:
+            return np.asarray(self.init_values, dtype=np.float32).reshape(self.shape).copy()
+        return np.full(self.shape, self.init_value, dtype=np.float32)
+
+
+GRAPH_KINDS = ("component", "frame")
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,13 @@ class GraphSpec:
     # Our tensor name -> the name inside the graph file, where a converter renames tensors
     # (TFLite signatures say args_0 / output_0, CoreML sanitises dots). Empty: names are ours.
     tensor_names: Mapping[str, str] = field(default_factory=dict)
+    # "component": enc / erb_dec / df_dec; "frame": the optional fused graph of a whole hop
+    # (features + components + gating + mask + deep filter), see dfnet4_sdk/models/frame.py.
+    kind: str = "component"
+
+    @property
+    def state_inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(t for t in self.inputs if t.role == "state_in")
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -111,7 +131,17 @@ class Manifest:
         raise KeyError(f"manifest has no graph {name!r}; graphs: {[g.name for g in self.graphs]}")
 
     def states_of(self, graph: str) -> tuple[StateSpecEntry, ...]:
-        return tuple(s for s in self.states if s.graph == graph)
+        """The states a graph reads and writes (the frame graph: all of them)."""
+        names = {t.name for t in self.graph(graph).state_inputs}
+        return tuple(s for s in self.states if s.input_name in names)
+
+    @property
+    def component_graphs(self) -> tuple[GraphSpec, ...]:
+        return tuple(g for g in self.graphs if g.kind == "component")
+
+    @property
+    def frame_graph(self) -> GraphSpec | None:
+        return next((g for g in self.graphs if g.kind == "frame"), None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -78,11 +78,22 @@ class EnhancementStream:
     the enhanced samples that are ready, delay-compensated; ``flush`` returns the rest, so the
     total output length equals the total input length. ``reset`` rebuilds every state."""
 
-    def __init__(self, backend, options: StreamOptions | None = None):
+    def __init__(self, backend, options: StreamOptions | None = None, fused: bool | None = None):
+        """``fused``: run the fused frame graph (one call per hop) when the manifest has one
+        (None, the default), always (True: error without one) or never (False)."""
         self.backend = backend
         self.manifest: Manifest = backend.manifest
         self.options = options or StreamOptions()
         m = self.manifest
+        if fused and m.frame_graph is None:
+            raise ConfigError(f"{m.model_family} {m.backend} bundle has no fused frame graph; re-export it or use fused=False")
+        self._fused = m.frame_graph is not None and fused is not False
+        o = self.options
+        self._thresholds = np.clip(
+            np.array([o.min_db_thresh, o.max_db_erb_thresh, o.max_db_df_thresh], dtype=np.float32), -1e9, 1e9
+        )
+        self._spec_in = np.zeros((1, m.dsp.freq_bins, 2), dtype=np.float32)
+        self._needs_samples = "frame_samples" in m.graph("enc").input_names
         self.hop_size_samples = m.dsp.hop_size_samples
         self.latency_samples = m.latency_samples
         self._front_end = dsp.FrontEnd(m.dsp)
@@ -92,19 +103,13 @@ class EnhancementStream:
         # History of analysed frames: frame t-L and its DF window t-L-(O-1-Ld) .. t-L+Ld.
         self._history_len = s.conv_lookahead_frames + s.df_order - s.df_lookahead_frames
         self._df_first = self._history_len - 1 - s.conv_lookahead_frames - (s.df_order - 1 - s.df_lookahead_frames)
-        self._graph_names = tuple(g.name for g in m.graphs)
-        self._frame_input_names = tuple(
-            t.name for g in m.graphs for t in g.inputs if t.role == "feature"
-        )
         self.reset()
 
     # -- state -------------------------------------------------------------------------------
     def reset(self) -> None:
         m = self.manifest
         self._dsp_state = dsp.FrontEndState.initial(m.dsp)
-        self._model_state = {
-            s.input_name: np.full(s.shape, s.init_value, dtype=np.float32) for s in m.states
-        }
+        self._model_state = {s.input_name: s.initial() for s in m.states}
         self._history = np.zeros((self._history_len, m.dsp.freq_bins), dtype=np.complex64)
         self._pending = np.zeros(0, dtype=np.float32)
         self._samples_in = 0
@@ -159,7 +164,41 @@ class EnhancementStream:
                 return np.zeros(hop_samples.size, dtype=np.float32)
         fe, st = self._front_end, self._dsp_state
         spec = fe.analysis_frame(hop_samples, st)
-        feat_erb, feat_spec = fe.features_frame(spec, st)
+        if self._fused:
+            return fe.synthesis_frame(self._enhance_fused(spec, hop_samples), st)
+        return fe.synthesis_frame(self._enhance_split(spec, hop_samples), st)
+
+    def _enhance_fused(self, spec: np.ndarray, hop_samples: np.ndarray) -> np.ndarray:
+        """Features, the three components, gating, mask and deep filter in one graph call."""
+        self._spec_in[0, :, 0] = spec.real
+        self._spec_in[0, :, 1] = spec.imag
+        feed = {"spec": self._spec_in, "gating_thresholds_db": self._thresholds, **self._model_state}
+        if self._needs_samples:
+            feed["frame_samples"] = np.asarray(hop_samples, dtype=np.float32).reshape(1, 1, 1, -1)
+        out = self.backend.run("frame", feed)
+        for s in self.manifest.states_of("frame"):
+            self._model_state[s.input_name] = out[s.output_name]
+        lsnr = float(out["lsnr"].reshape(-1)[0])
+        self.last_lsnr_db = lsnr
+        e = out["spec_enhanced"].reshape(-1, 2)
+        enhanced = e[:, 0] + 1j * e[:, 1]
+        if self.options.post_filter_beta > 0 or self.options.atten_lim_gain is not None:
+            n = out["spec_noisy"].reshape(-1, 2)
+            enhanced = self._finish(n[:, 0] + 1j * n[:, 1], enhanced, apply_stages(lsnr, self.options)[0])
+        return enhanced
+
+    def _finish(self, noisy: np.ndarray, enhanced: np.ndarray, apply_erb: bool) -> np.ndarray:
+        """libDF's post-filter (when the ERB stage ran) and attenuation limit."""
+        if apply_erb and self.options.post_filter_beta > 0:
+            enhanced = post_filter_libdf(noisy, enhanced, self.options.post_filter_beta)
+        lim = self.options.atten_lim_gain
+        if lim is not None:
+            enhanced = enhanced * (1.0 - lim) + noisy * lim
+        return enhanced
+
+    def _enhance_split(self, spec: np.ndarray, hop_samples: np.ndarray) -> np.ndarray:
+        """The same with the three component graphs and the DSP in numpy (gating skips graphs)."""
+        feat_erb, feat_spec = self._front_end.features_frame(spec, self._dsp_state)
         self._history[:-1] = self._history[1:]
         self._history[-1] = spec
 
@@ -183,12 +222,7 @@ class EnhancementStream:
         if apply_df:
             coefs = self._run_graph("df_dec", enc_out)["df_coefs"]
             enhanced[: self.manifest.dsp.nb_df] = self._deep_filter(coefs)
-        if apply_erb and self.options.post_filter_beta > 0:
-            enhanced = post_filter_libdf(noisy, enhanced, self.options.post_filter_beta)
-        lim = self.options.atten_lim_gain
-        if lim is not None:
-            enhanced = enhanced * (1.0 - lim) + noisy * lim
-        return fe.synthesis_frame(enhanced, st)
+        return self._finish(noisy, enhanced, apply_erb)
 
     def _run_graph(self, name: str, values: dict) -> dict:
         graph = self.manifest.graph(name)

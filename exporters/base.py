@@ -97,6 +97,30 @@ class StepModule(nn.Module):
         return tuple(outputs[n] for n in self.output_names) + tuple(new_state[n] for n in self.state_names)
 
 
+class FrameStepModule(nn.Module):
+    """The fused frame graph (models/frame.py) with positional I/O in manifest order."""
+
+    def __init__(self, model: EnhancementModel, spec: GraphSpec):
+        super().__init__()
+        from dfnet4_sdk.models.frame import FrameModule
+
+        self.frame = FrameModule(model)
+        self.input_names = [t.name for t in spec.inputs]
+        self.output_names = [t.name for t in spec.outputs if t.role != "state_out"]
+        self.state_names = [t.name.removeprefix("state_in.") for t in spec.inputs if t.role == "state_in"]
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = dict(zip(self.input_names, args))
+        state = {n: values[f"state_in.{n}"] for n in self.state_names}
+        outputs, new_state = self.frame(values["spec"], values["gating_thresholds_db"], state, values.get("frame_samples"))
+        return tuple(outputs[n] for n in self.output_names) + tuple(new_state[n] for n in self.state_names)
+
+
+# Targets whose exports include the fused frame graph (fp32 only: its features take
+# log10 of band powers near 1e-10, which fp16 cannot represent).
+FUSED_TARGETS = ("onnx",)
+
+
 class RecordingBackend:
     """Wraps a backend and records every graph call (inputs and outputs), frame by frame."""
 
@@ -127,13 +151,16 @@ def synthetic_fixture_audio(sample_rate: int, seconds: float = 1.0, seed: int = 
 
 
 def record_reference(model: EnhancementModel, audio: np.ndarray) -> tuple[RecordingBackend, np.ndarray]:
-    """Stream ``audio`` through the PyTorch backend with every stage on; returns the recorder
-    (per-graph calls) and the enhanced audio."""
+    """Stream ``audio`` through the PyTorch backend with every stage on, once through the three
+    component graphs and once through the fused frame graph; returns the recorder (every graph's
+    calls) and the enhanced audio."""
     from dfnet4_sdk.runtimes.torch_backend import TorchBackend
 
     recorder = RecordingBackend(TorchBackend(model))
-    stream = EnhancementStream(recorder, ALL_STAGES)
+    stream = EnhancementStream(recorder, ALL_STAGES, fused=False)
     enhanced = np.concatenate([stream.process(audio), stream.flush()])
+    stream = EnhancementStream(recorder, ALL_STAGES, fused=True)
+    np.concatenate([stream.process(audio), stream.flush()])
     return recorder, enhanced
 
 
@@ -141,7 +168,7 @@ def make_fixtures(manifest: Manifest, recorder: RecordingBackend, audio: np.ndar
     """Golden fixtures: per-frame frame inputs and model outputs, initial and final states, and
     the audio in/out, so a device port can check itself from the manifest alone."""
     fixtures: dict[str, np.ndarray] = {"audio_in": audio, "audio_out": enhanced}
-    for g in manifest.graphs:
+    for g in manifest.component_graphs:
         calls = recorder.calls[g.name]
         for t in g.inputs:
             if t.role == "feature":
@@ -159,7 +186,7 @@ def validate_graphs(backend, recorder: RecordingBackend) -> dict[str, dict[str, 
     back) and measure every output's max error relative to the reference's range."""
     errors: dict[str, dict[str, float]] = {}
     for g in backend.manifest.graphs:
-        states = {s.input_name: np.full(s.shape, s.init_value, np.float32) for s in backend.manifest.states_of(g.name)}
+        states = {s.input_name: s.initial() for s in backend.manifest.states_of(g.name)}
         worst: dict[str, float] = {}
         scale: dict[str, float] = {}
         for inputs, ref_out in recorder.calls[g.name]:
@@ -184,6 +211,7 @@ def export_bundle(
     fixture_audio: np.ndarray | None = None,
     fixture_source: str | None = None,
     overwrite: bool = False,
+    fused: bool | None = None,
 ) -> Bundle:
     """Export ``model`` for ``converter.target`` at ``precision`` into the bundle ``out_dir``."""
     from dfnet4_sdk.runtimes import load_backend
@@ -201,18 +229,20 @@ def export_bundle(
         fixture_source = "synthetic voiced signal + noise, 5 dB SNR (dfnet4_sdk.exporters.base.synthetic_fixture_audio)"
     recorder, enhanced = record_reference(model, fixture_audio)
 
-    base = describe_model(model, backend=target, precision=precision)
+    if fused is None:
+        fused = target in FUSED_TARGETS and precision == "fp32"
+    base = describe_model(model, backend=target, precision=precision, include_frame=fused)
     metadata = _graph_metadata(base)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
         graphs = []
         for spec in base.graphs:
-            comp = model.components[spec.name]
+            module = FrameStepModule(model, spec) if spec.kind == "frame" else StepModule(model.components[spec.name], spec)
             example = tuple(torch.from_numpy(np.asarray(recorder.calls[spec.name][0][0][t.name])) for t in spec.inputs)
             file = f"{spec.name}{converter.suffix}"
             with torch.no_grad():
-                names = converter.convert(StepModule(comp, spec), example, spec, staging / file, precision, metadata)
+                names = converter.convert(module, example, spec, staging / file, precision, metadata)
             graphs.append(replace(spec, file=file, sha256=file_sha256(staging / file), tensor_names=names))
         fixtures = make_fixtures(base, recorder, fixture_audio, enhanced)
         np.savez_compressed(staging / FIXTURES_NAME, **fixtures)
@@ -226,9 +256,7 @@ def export_bundle(
 
         backend = load_backend(target, Bundle.load(staging))
         graph_errors = validate_graphs(backend, recorder)
-        stream = EnhancementStream(backend, ALL_STAGES)
-        exported_audio = np.concatenate([stream.process(fixture_audio), stream.flush()])
-        audio_snr = snr_db(enhanced, exported_audio)
+        audio_snr = exported_audio_snr(backend, fixture_audio, enhanced)
         problems = [
             f"{g}.{name}: relative error {err:.2e} > {tolerance.graph_rel_error:.0e}"
             for g, errs in graph_errors.items() for name, err in errs.items() if not err <= tolerance.graph_rel_error
@@ -251,6 +279,18 @@ def export_bundle(
         raise
     log.info("exported %s %s %s to %s (audio SNR vs torch %.1f dB)", model.family, target, precision, out_dir, audio_snr)
     return Bundle.load(out_dir)
+
+
+def exported_audio_snr(backend, audio: np.ndarray, reference: np.ndarray) -> float:
+    """Worst SNR of the enhanced audio against ``reference`` over the backend's paths (the three
+    component graphs, and the fused frame graph when the bundle has one)."""
+    paths = (False, True) if backend.manifest.frame_graph is not None else (False,)
+    worst = math.inf
+    for fused in paths:
+        stream = EnhancementStream(backend, ALL_STAGES, fused=fused)
+        out = np.concatenate([stream.process(audio), stream.flush()])
+        worst = min(worst, snr_db(reference, out))
+    return worst
 
 
 def _graph_metadata(manifest: Manifest) -> dict[str, str]:

@@ -19,9 +19,11 @@ class TorchBackend:
             raise TypeError(f"TorchBackend needs an EnhancementModel, got {type(model).__name__}")
         # torch's thread pool is process-wide; the last backend created decides it.
         torch.set_num_threads(num_threads)
+        from dfnet4_sdk.models.frame import FRAME_GRAPH, FrameModule
+
         self.model = model.eval()
         self.manifest = describe_model(model, backend=self.name)
-        self._components = model.components
+        self._components = {**model.components, FRAME_GRAPH: FrameModule(model).eval()}
         self._state_names = {
             g.name: [(s.name, s.input_name, s.output_name) for s in self.manifest.states_of(g.name)]
             for g in self.manifest.graphs
@@ -30,9 +32,16 @@ class TorchBackend:
     @torch.inference_mode()
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         comp = self._components[graph]
-        tensors = {k: torch.from_numpy(np.asarray(inputs[k], dtype=np.float32)) for k in comp.input_names}
         state = {name: torch.from_numpy(np.asarray(inputs[i], dtype=np.float32)) for name, i, _ in self._state_names[graph]}
-        outputs, new_state = comp.step(tensors, state)
+        if graph == "frame":
+            spec = torch.from_numpy(np.asarray(inputs["spec"], dtype=np.float32))
+            thresholds = torch.from_numpy(np.asarray(inputs["gating_thresholds_db"], dtype=np.float32))
+            samples = inputs.get("frame_samples")
+            samples = None if samples is None else torch.from_numpy(np.asarray(samples, dtype=np.float32))
+            outputs, new_state = comp(spec, thresholds, state, samples)
+        else:
+            tensors = {k: torch.from_numpy(np.asarray(inputs[k], dtype=np.float32)) for k in comp.input_names}
+            outputs, new_state = comp.step(tensors, state)
         result = {k: v.numpy() for k, v in outputs.items()}
         for name, _, o in self._state_names[graph]:
             result[o] = new_state[name].numpy()

@@ -37,10 +37,17 @@ def test_export_validates_against_pytorch(onnx_bundle):
 
 def test_manifest_describes_everything_an_app_needs(onnx_bundle):
     m = onnx_bundle.manifest
-    assert [g.name for g in m.graphs] == ["enc", "erb_dec", "df_dec"]
+    assert [g.name for g in m.graphs] == ["enc", "erb_dec", "df_dec", "frame"]
+    assert [g.kind for g in m.graphs] == ["component"] * 3 + ["frame"]
     assert m.latency_samples == 1440 and m.dsp.sample_rate_hz == 48000
-    state_names = {s.name for s in m.states}
-    assert state_names == {"enc_erb_conv0", "enc_df_conv0", "enc_emb_gru", "erb_dec_emb_gru", "df_dec_convp", "df_dec_gru"}
+    assert {s.name for s in m.states} == {
+        "enc_erb_conv0", "enc_df_conv0", "enc_emb_gru", "erb_dec_emb_gru", "df_dec_convp", "df_dec_gru",
+        "frame_erb_norm", "frame_unit_norm", "frame_spec_history",
+    }
+    # The fused graph reads and writes every state; its DSP states start where libDF's do.
+    assert {t.name for t in m.frame_graph.state_inputs} == {s.input_name for s in m.states}
+    erb_norm = next(s for s in m.states if s.name == "frame_erb_norm").initial()
+    np.testing.assert_allclose(erb_norm[0, [0, -1]], [-60.0, -90.0])
     for g in m.graphs:
         model = onnx.load(str(onnx_bundle.graph_path(g.name)))
         assert [i.name for i in model.graph.input] == list(g.input_names)
@@ -55,12 +62,13 @@ def test_golden_fixtures_replay_from_the_manifest_alone(onnx_bundle):
     manifest = json.loads((root / "manifest.json").read_text())
     fixtures = np.load(root / manifest["fixtures"]["file"])
     sessions = {g["name"]: ort.InferenceSession(str(root / g["file"])) for g in manifest["graphs"]}
-    state = {s["name"]: np.full(s["shape"], s["init_value"], np.float32) for s in manifest["states"]}
+    state = {s["name"]: np.full(s["shape"], s["init_value"], np.float32) for s in manifest["states"] if s["graph"] != "frame"}
     n_frames = fixtures["enc/feat_erb"].shape[0]
     worst = 0.0
+    components = [g for g in manifest["graphs"] if g["kind"] == "component"]
     for t in range(n_frames):
         values = {"feat_erb": fixtures["enc/feat_erb"][t], "feat_spec": fixtures["enc/feat_spec"][t]}
-        for g in manifest["graphs"]:
+        for g in components:
             feed = {}
             for tensor in g["inputs"]:
                 name = tensor["name"]

@@ -56,6 +56,7 @@ class StateSpec:
     name: str
     shape: tuple[int, ...]
     init_value: float = 0.0
+    init_values: tuple[float, ...] | None = None  # per-element initial values (batch item 0), if not constant
 
     @property
     def input_name(self) -> str:
@@ -66,6 +67,9 @@ class StateSpec:
         return f"state_out.{self.name}"
 
     def initial(self, batch_size: int = 1, device=None, dtype=torch.float32) -> Tensor:
+        if self.init_values is not None:
+            one = torch.tensor(self.init_values, device=device, dtype=dtype).reshape(1, *self.shape[1:])
+            return one.expand(batch_size, *self.shape[1:]).clone()
         return torch.full((batch_size, *self.shape[1:]), self.init_value, device=device, dtype=dtype)
 
 

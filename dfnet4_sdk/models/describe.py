@@ -21,8 +21,11 @@ def frame_input_example(model: EnhancementModel) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def describe_model(model: EnhancementModel, backend: str = "torch", precision: str = "fp32") -> Manifest:
-    """Run one zero frame through ``step`` to learn every tensor's shape, and describe the graphs."""
+def describe_model(
+    model: EnhancementModel, backend: str = "torch", precision: str = "fp32", include_frame: bool = True
+) -> Manifest:
+    """Run one zero frame through ``step`` to learn every tensor's shape, and describe the three
+    component graphs plus, if ``include_frame``, the fused frame graph (models/frame.py)."""
     values = frame_input_example(model)
     roles = {name: "feature" for name in values}
     graphs, states = [], []
@@ -40,8 +43,12 @@ def describe_model(model: EnhancementModel, backend: str = "torch", precision: s
             roles[k] = role
         outs += [TensorSpec(s.output_name, tuple(new_state[s.name].shape), "state_out") for s in specs]
         values.update(outputs)
-        states += [StateSpecEntry(s.name, name, s.shape, s.init_value) for s in specs]
+        states += [StateSpecEntry(s.name, name, s.shape, s.init_value, s.init_values) for s in specs]
         graphs.append(GraphSpec(name=name, inputs=tuple(inputs), outputs=tuple(outs), precision=precision))
+    if include_frame:
+        frame_graph, frame_states = describe_frame_graph(model, precision)
+        graphs.append(frame_graph)
+        states += frame_states
     return Manifest(
         model_family=model.family,
         model_config=model.config_dict(),
@@ -53,3 +60,24 @@ def describe_model(model: EnhancementModel, backend: str = "torch", precision: s
         backend=backend,
         precision=precision,
     )
+
+
+@torch.no_grad()
+def describe_frame_graph(model: EnhancementModel, precision: str = "fp32") -> tuple[GraphSpec, list[StateSpecEntry]]:
+    from dfnet4_sdk.models.frame import FRAME_GRAPH, THRESHOLDS_INPUT, FrameModule
+
+    frame = FrameModule(model)
+    spec = torch.zeros(1, model.dsp.freq_bins, 2)
+    samples = frame_input_example(model).get("frame_samples")
+    outputs, new_state = frame(spec, torch.tensor([-15.0, 35.0, 35.0]), frame.initial_state(), samples)
+    specs = frame.state_specs()
+    inputs = [TensorSpec("spec", tuple(spec.shape), "feature"), TensorSpec(THRESHOLDS_INPUT, (3,), "feature")]
+    if samples is not None:
+        inputs.append(TensorSpec("frame_samples", tuple(samples.shape), "feature"))
+    inputs += [TensorSpec(s.input_name, s.shape, "state_in") for s in specs]
+    outs = [TensorSpec(k, tuple(v.shape), "output") for k, v in outputs.items()]
+    outs += [TensorSpec(s.output_name, tuple(new_state[s.name].shape), "state_out") for s in specs]
+    own = [s for s in specs if s.name.startswith("frame_")]
+    states = [StateSpecEntry(s.name, FRAME_GRAPH, s.shape, s.init_value, s.init_values) for s in own]
+    graph = GraphSpec(name=FRAME_GRAPH, inputs=tuple(inputs), outputs=tuple(outs), precision=precision, kind="frame")
+    return graph, states

