@@ -42,10 +42,18 @@ def _resolve_backend(model: Any, backend: str | None, num_threads: int):
     from dfnet4_sdk.models import load_model
 
     torch_model = load_model(model)
-    if backend in (None, "torch"):
+    if backend == "torch":
         return load_backend("torch", torch_model, num_threads=num_threads)
     from dfnet4_sdk.exporters.cache import cached_export
 
+    if backend is None:
+        # Best available: onnxruntime runs the fused frame graph several times faster than eager
+        # PyTorch; the export happens once per model and is cached.
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+            return load_backend("torch", torch_model, num_threads=num_threads)
+        backend = "onnx"
     return load_backend(backend, cached_export(torch_model, backend), num_threads=num_threads)
 
 
@@ -55,12 +63,15 @@ class Runtime:
     Args:
         model: a model name ("dfn3", a DfNet4 preset), a checkpoint, a DFN3 archive, or an
             ``EnhancementModel``; None for the default model.
-        backend: "torch" (more backends come with exported bundles); None picks the best available.
+        backend: "torch", "onnx", "tflite" or "coreml". None: a bundle's own backend, else the best
+            available (onnx when installed: the model is exported once and cached, else torch).
         atten_lim_db: maximum attenuation in dB (100 = unlimited), as libDF.
         post_filter_beta: libDF's post-filter strength (0 = off, 0.02 = upstream's choice).
         min_db_thresh, max_db_erb_thresh, max_db_df_thresh: libDF's local-SNR gating.
         skip_silent_hops: output zeros for digitally silent hops without touching state (libDF).
         num_threads: intra-op threads of the backend.
+        input_sample_rate: the rate of the chunks given to ``process`` (default: the model's);
+            other rates are resampled in and out on the fly (soxr, delay-compensated).
     """
 
     def __init__(
@@ -75,6 +86,7 @@ class Runtime:
         max_db_df_thresh: float = 35.0,
         skip_silent_hops: bool = True,
         num_threads: int = 1,
+        input_sample_rate: int | None = None,
     ):
         self.options = StreamOptions(
             atten_lim_db=atten_lim_db,
@@ -86,13 +98,23 @@ class Runtime:
         )
         self.backend = _resolve_backend(model, backend, num_threads)
         self.manifest = self.backend.manifest
-        self._streams: list[EnhancementStream] = []
+        self.input_sample_rate = _check_rate(input_sample_rate or self.manifest.dsp.sample_rate_hz)
+        self._streams: list[_Channel] = []
         self._channel_layout: int | None = None  # None: not started; 0: mono 1-D; C: [N, C]
+
+    def clone(self) -> "Runtime":
+        """A new, independent stream over the same loaded model (for another thread or speaker):
+        no state is shared, the graphs are not loaded again."""
+        other = object.__new__(Runtime)
+        other.options, other.backend, other.manifest = self.options, self.backend, self.manifest
+        other.input_sample_rate = self.input_sample_rate
+        other._streams, other._channel_layout = [], None
+        return other
 
     # -- read-only facts ---------------------------------------------------------------------
     @property
     def sample_rate(self) -> int:
-        """The model's sample rate; ``process`` expects audio at this rate."""
+        """The model's sample rate (``process`` expects ``input_sample_rate``, by default this)."""
         return self.manifest.dsp.sample_rate_hz
 
     @property
@@ -141,7 +163,7 @@ class Runtime:
         if self._channel_layout is None:
             n = max(layout, 1)
             while len(self._streams) < n:
-                self._streams.append(EnhancementStream(self.backend, self.options))
+                self._streams.append(_Channel(self.backend, self.options, self.input_sample_rate))
             del self._streams[n:]
             for s in self._streams:
                 s.reset()
@@ -166,8 +188,7 @@ class Runtime:
         audio = to_float32(audio)
         if audio.shape[0] == 0:
             raise AudioInputError("audio is empty; nothing to enhance")
-        if sample_rate <= 0:
-            raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
+        _check_rate(sample_rate)
         self.reset()
         x = resample(audio, sample_rate, self.sample_rate)
         step = max(int(chunk_seconds * self.sample_rate), self.hop_size_samples)
@@ -184,6 +205,59 @@ class Runtime:
         if y.shape[0] < n:
             y = np.concatenate([y, np.zeros((n - y.shape[0], *y.shape[1:]), dtype=np.float32)])
         return y[:n]
+
+
+MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ = 4000, 768000
+
+
+def _check_rate(sample_rate: int) -> int:
+    if not MIN_SAMPLE_RATE_HZ <= int(sample_rate) <= MAX_SAMPLE_RATE_HZ or int(sample_rate) != sample_rate:
+        raise AudioInputError(
+            f"sample_rate must be an integer in [{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}] Hz, got {sample_rate}"
+        )
+    return int(sample_rate)
+
+
+class _Channel:
+    """One channel: (resampler in) -> EnhancementStream -> (resampler out). Output length after
+    ``flush`` equals input length at the input rate."""
+
+    def __init__(self, backend, options: StreamOptions, input_rate: int):
+        self.stream = EnhancementStream(backend, options)
+        self.input_rate = input_rate
+        self.model_rate = backend.manifest.dsp.sample_rate_hz
+        self.reset()
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self.samples_in = self.samples_out = 0
+        self._in = self._out = None
+        if self.input_rate != self.model_rate:
+            import soxr
+
+            self._in = soxr.ResampleStream(self.input_rate, self.model_rate, 1, dtype="float32", quality="HQ")
+            self._out = soxr.ResampleStream(self.model_rate, self.input_rate, 1, dtype="float32", quality="HQ")
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        self.samples_in += x.size
+        if self._in is None:
+            y = self.stream.process(x)
+        else:
+            y = self._out.resample_chunk(self.stream.process(self._in.resample_chunk(x)))
+        y = y[: max(0, self.samples_in - self.samples_out)]  # never run ahead of the input
+        self.samples_out += y.size
+        return y
+
+    def flush(self) -> np.ndarray:
+        if self._in is None:
+            y = self.stream.flush()
+        else:
+            rest = self.stream.process(self._in.resample_chunk(np.zeros(0, np.float32), last=True))
+            y = self._out.resample_chunk(np.concatenate([rest, self.stream.flush()]), last=True)
+        owed = self.samples_in - self.samples_out
+        y = np.concatenate([y, np.zeros(max(0, owed - y.size), np.float32)])[:owed]
+        self.reset()
+        return y
 
 
 def enhance_file(

@@ -215,3 +215,50 @@ def test_fused_frame_graph_equals_the_three_graphs(dfn3, noisy_real_48k, options
     snr = snr_db(outs[0], outs[1])
     print(f"\nfused vs split ({options}): {snr:.1f} dB")
     assert snr >= 90.0
+
+
+def test_streaming_at_another_input_rate_keeps_length_and_alignment(dfn3):
+    from audio_data import load_clip
+
+    x = load_clip("noisy_real/gtcrn_mix_16k.flac", sample_rate=16000, seconds=3.0)
+    rt = Runtime(dfn3, input_sample_rate=16000)
+    out = np.concatenate([rt.process(x[i : i + 160]) for i in range(0, len(x), 160)] + [rt.flush()])
+    assert out.shape == x.shape
+    assert estimate_delay(x, out, 1600) == 0
+    whole = Runtime(dfn3).enhance(x, 16000)
+    assert snr_db(whole, out) > 30.0  # same enhancement; only the resampler edges differ
+
+
+def test_clones_stream_independently_in_threads(dfn3, speech_mix_48k):
+    """One loaded model, one stream per thread, no shared state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, noisy = speech_mix_48k
+    a, b = noisy[:48000], noisy[48000:96000]
+    rt = Runtime(dfn3)
+    expected = [rt.enhance(a, 48000), rt.enhance(b, 48000)]
+    clones = [rt.clone(), rt.clone()]
+    assert clones[0].backend is rt.backend
+
+    def run(i):
+        x = (a, b)[i]
+        return np.concatenate([clones[i].process(x[j : j + 480 * 7]) for j in range(0, len(x), 480 * 7)] + [clones[i].flush()])
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(run, [0, 1]))
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+def test_clipped_and_huge_chunks(dfn3):
+    rt = Runtime(dfn3)
+    loud = np.clip(np.random.default_rng(1).standard_normal(48000 * 2).astype(np.float32) * 3, -1.5, 1.5)
+    out = np.concatenate([rt.process(loud), rt.flush()])
+    assert out.shape == loud.shape and np.isfinite(out).all()
+
+
+def test_unsupported_sample_rate_is_refused(dfn3):
+    with pytest.raises(AudioInputError, match="sample_rate"):
+        Runtime(dfn3, input_sample_rate=100)
+    with pytest.raises(AudioInputError, match="sample_rate"):
+        Runtime(dfn3).enhance(np.zeros(100, np.float32), 1_000_000)
