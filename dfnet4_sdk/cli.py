@@ -40,8 +40,9 @@ def main(verbose: int) -> None:
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (default: INPUT_enhanced.<ext> beside the input).")
 @click.option("--model", default=None, help="Model name (dfn3, a DfNet4 preset), checkpoint .pt or DFN3 archive.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default=None,
-              help="Backend (default: the bundle's, else torch). A non-bundle model is exported once and cached.")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
+              help="Backend (default: the bundle's, else onnx when installed, else torch). "
+                   "A model that is not a bundle is exported once for the backend and cached.")
 @click.option("--atten-lim-db", type=float, default=100.0, show_default=True, help="Maximum attenuation in dB (100 = none).")
 @click.option("--post-filter", is_flag=True, help="Enable libDF's post-filter (beta 0.02).")
 @click.option("--post-filter-beta", type=float, default=None, help="Post-filter strength (implies --post-filter).")
@@ -97,7 +98,7 @@ def import_dfn3(archive, output_path, overwrite):
 
 @main.command()
 @click.option("--model", default=None, help="Model name, checkpoint .pt or DFN3 archive (default: the default model).")
-@click.option("--target", type=click.Choice(["onnx"]), required=True, help="Export target.")
+@click.option("--target", type=click.Choice(["onnx", "tflite", "coreml"]), required=True, help="Export target.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Bundle directory to write.")
