@@ -49,8 +49,11 @@ def main(verbose: int) -> None:
 @click.option("--threads", type=int, default=1, show_default=True, help="Backend threads.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write before/after spectrograms of the input and output to this PNG.")
 @_fail_on_sdk_errors
-def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post_filter_beta, threads, overwrite, quiet):
+def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post_filter_beta, threads, overwrite, quiet,
+        plot_path):
     """Enhance INPUT_PATH (any sample rate, mono or multi-channel, wav/flac/...)."""
     from tqdm import tqdm
 
@@ -59,6 +62,10 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
     if output_path is None:
         output_path = input_path.with_name(f"{input_path.stem}_enhanced{input_path.suffix or '.wav'}")
     beta = post_filter_beta if post_filter_beta is not None else (0.02 if post_filter else 0.0)
+    if plot_path is not None:
+        from dfnet4_sdk.plotting import check_plotting_available
+
+        check_plotting_available()  # fail before enhancing when matplotlib is missing
 
     def make_runtime() -> Runtime:
         return Runtime(model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta, num_threads=threads)
@@ -70,6 +77,61 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
     rt = summary["runtime"]
     click.echo(f"wrote {summary['output']} ({summary['seconds']:.2f} s, {summary['channels']} ch, "
                f"{summary['sample_rate']} Hz, model {rt.model_family}, backend {rt.backend.name})")
+    if plot_path is not None:
+        from dfnet4_sdk.plotting import plot_spectrogram_files
+
+        plot_spectrogram_files(plot_path, {"input": input_path, "enhanced": output_path}, title=input_path.name)
+        click.echo(f"wrote {plot_path}")
+
+
+DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_eval"
+
+
+@main.command("eval")
+@click.argument("source", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default=None,
+              help="Model to enhance with (name, checkpoint, DFN3 archive or bundle; default: the default model).")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
+              help="Backend (default: the bundle's, else the best available).")
+@click.option("--system", "systems", multiple=True,
+              help="Only these systems: noisy, enhanced, clean (DNSMOS only) or a reference label such as "
+                   "deepfilternet3 (repeatable; default: noisy, enhanced and every reference found).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one row per item and system (every metric) to this CSV.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the summary table (Markdown) here.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write one spectrogram PNG per item into this folder.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Backend threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_on_sdk_errors
+def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, threads, quiet):
+    """Score noisy, enhanced and reference audio with PESQ, STOI, ESTOI, SI-SDR and DNSMOS.
+
+    SOURCE is a folder of X_noisy.* files with X_clean.* (and X_<label>.* outputs of other
+    systems) beside them, searched recursively, or a CSV manifest name,noisy,clean[,label...]
+    (default: ../shared/data/dev_eval). Needs the [eval] extra.
+    """
+    from tqdm import tqdm
+
+    from dfnet4_sdk import evaluation as ev
+    from dfnet4_sdk.runtime import Runtime
+
+    items = ev.find_eval_items(source or DEFAULT_EVAL_DIR)
+    runtime = Runtime(model, backend=backend, num_threads=threads) if not systems or "enhanced" in systems else None
+    with tqdm(total=len(items), unit="item", desc="evaluating", disable=quiet, file=sys.stderr) as bar:
+        rows = ev.evaluate(items, runtime, systems=systems or None, plot_dir=plot_dir,
+                           progress=lambda done, item: bar.update(1))
+    table = ev.to_markdown(ev.summarise(rows))
+    click.echo(table, nl=False)
+    if csv_path:
+        ev.to_csv(rows, csv_path)
+        click.echo(f"wrote {csv_path}")
+    if markdown_path:
+        markdown_path.write_text(table)
+        click.echo(f"wrote {markdown_path}")
+    if plot_dir:
+        click.echo(f"wrote {len(items)} spectrograms to {plot_dir}")
 
 
 @main.command("import-dfn3")

@@ -118,3 +118,25 @@ def test_import_dfn3_writes_a_checkpoint_that_run_uses(noisy_wav, tmp_path):
 def test_unknown_model_name_is_a_clear_error(noisy_wav, tmp_path):
     result = run_cli("run", str(noisy_wav), "-o", str(tmp_path / "o.wav"), "--model", "nope", "--quiet")
     assert result.exit_code != 0 and "neither an existing file" in result.output
+
+
+def test_run_plot_writes_a_spectrogram_png(noisy_wav, tmp_path):
+    png = tmp_path / "before_after.png"
+    result = run_cli("run", str(noisy_wav), "-o", str(tmp_path / "o.wav"), "--quiet", "--plot", str(png))
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_eval_scores_a_folder_and_writes_tables(tmp_path):
+    """Two VoiceBank+DEMAND pairs copied into a folder of the documented layout."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for n in ("p287_005", "p287_006"):
+        for kind in ("clean", "noisy"):
+            shutil.copy(data_file(f"dev_eval/vbd_train/{n}_{kind}.flac"), folder / f"{n}_{kind}.flac")
+    csv, md = tmp_path / "rows.csv", tmp_path / "summary.md"
+    result = run_cli("eval", str(folder), "--quiet", "--csv", str(csv), "--markdown", str(md))
+    assert result.exit_code == 0, result.output
+    lines = csv.read_text().splitlines()
+    assert len(lines) == 1 + 2 * 2  # header + 2 items x (noisy, enhanced)
+    assert "enhanced" in md.read_text() and "PESQ" in md.read_text()
