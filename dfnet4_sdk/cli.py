@@ -84,7 +84,18 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
         click.echo(f"wrote {plot_path}")
 
 
-DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_eval"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # beside a source checkout
+DEFAULT_EVAL_DIR = SHARED_DATA / "dev_eval"
+
+
+def _default_clip() -> Path:
+    """Real noisy speech for conformance and benchmarks: the DNS5 clip of ../shared/data."""
+    from dfnet4_sdk.errors import AudioFileError
+
+    path = SHARED_DATA / "noisy_real" / "dns5_blind_street_48k.flac"
+    if not path.is_file():
+        raise AudioFileError(f"no default clip at {path}; pass --audio with a real noisy speech file")
+    return path
 
 
 @main.command("eval")
@@ -210,12 +221,8 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
     from dfnet4_sdk import conformance as conf
     from dfnet4_sdk.audio_io import read_audio, resample
     from dfnet4_sdk.bundle import Bundle, is_bundle
-    from dfnet4_sdk.errors import AudioFileError
 
-    if audio_path is None:
-        audio_path = Path(__file__).resolve().parents[2] / "shared" / "data" / "noisy_real" / "dns5_blind_street_48k.flac"
-        if not audio_path.is_file():
-            raise AudioFileError("no default conformance clip here; pass --audio with a real noisy speech file")
+    audio_path = audio_path or _default_clip()
     audio, sr = read_audio(audio_path)
     seconds = 10.0 if full else 3.0
     bundle = None
@@ -258,12 +265,8 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 def bench(models, backends, precisions, audio_path, seconds, output_path):
     """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
     from dfnet4_sdk import bench as b
-    from dfnet4_sdk.errors import AudioFileError
 
-    if audio_path is None:
-        audio_path = Path(__file__).resolve().parents[2] / "shared" / "data" / "noisy_real" / "dns5_blind_street_48k.flac"
-        if not audio_path.is_file():
-            raise AudioFileError("no default benchmark clip here; pass --audio")
+    audio_path = audio_path or _default_clip()
     cells = [
         (m, be, p)
         for m in (models or ("dfn3",))

@@ -327,19 +327,9 @@ EXPORT_TARGETS = tuple(CONVERTERS)
 
 def converter_for(target: str) -> GraphConverter:
     """The converter of a target name (imports its toolchain lazily)."""
-    import importlib
+    from dfnet4_sdk.plugins import load_registered
 
-    if target not in CONVERTERS:
-        raise ConfigError(f"unknown export target {target!r}; choose one of {list(CONVERTERS)}")
-    module_name, class_name, extra = CONVERTERS[target]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ExportError(
-            f"exporting to {target} needs a package that is not installed ({e.name or e}); "
-            f'install it with: pip install "dfnet4-sdk[{extra}]"'
-        ) from e
-    return getattr(module, class_name)()
+    return load_registered(CONVERTERS, target, "export target", ExportError)()
 
 
 def export(model: Any, target: str, out_dir: str | Path, precision: str = "fp32", **kwargs) -> Bundle:

@@ -7,7 +7,6 @@ ordinary inputs (``state_in.<name>``) and outputs (``state_out.<name>``). Everyt
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
@@ -37,14 +36,6 @@ class Backend(Protocol):
 
 def load_backend(name: str, model: Any, num_threads: int = 1) -> Backend:
     """Instantiate backend ``name`` for ``model`` (what that backend loads: see its module)."""
-    if name not in _REGISTRY:
-        raise BackendNotAvailableError(f"unknown backend {name!r}; choose one of {list(BACKEND_NAMES)}")
-    module_name, class_name, extra = _REGISTRY[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise BackendNotAvailableError(
-            f"backend {name!r} needs a package that is not installed ({e.name or e}); "
-            f'install it with: pip install "dfnet4-sdk[{extra}]"'
-        ) from e
-    return getattr(module, class_name)(model, num_threads=num_threads)
+    from dfnet4_sdk.plugins import load_registered
+
+    return load_registered(_REGISTRY, name, "backend", BackendNotAvailableError)(model, num_threads=num_threads)

@@ -90,11 +90,18 @@ class StreamingComponent(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None = None) -> tuple[TensorDict, TensorDict]:
         """Sequence form over all T frames; ``state`` None means the initial state."""
-        raise NotImplementedError
+        if state is None:
+            state = self.initial_state(next(iter(inputs.values())).shape[0])
+        return self._run(inputs, state, step=False)
 
     def step(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> tuple[TensorDict, TensorDict]:
         """Exact single-frame form: inputs have T == 1; returns (outputs, new state).
         Must be export-friendly: no Python loops over time, no einsum/cumsum, no chunk."""
+        return self._run(inputs, state, step=True)
+
+    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool) -> tuple[TensorDict, TensorDict]:
+        """Shared body of ``forward`` and ``step`` for components whose two forms differ only
+        in which form of each block they call; others override ``forward`` and ``step``."""
         raise NotImplementedError
 
 

@@ -355,14 +355,6 @@ class Dfn3Encoder(StreamingComponent):
         specs.append(StateSpec("enc_emb_gru", self.emb_gru.state_shape()))
         return tuple(specs)
 
-    def forward(self, inputs, state=None):
-        if state is None:
-            state = self.initial_state(inputs["feat_erb"].shape[0])
-        return self._run(inputs, state, step=False)
-
-    def step(self, inputs, state):
-        return self._run(inputs, state, step=True)
-
     def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
         new_state: TensorDict = {}
         e0, new_state["enc_erb_conv0"] = self.erb_conv0(inputs["feat_erb"], state.get("enc_erb_conv0"))
@@ -404,14 +396,6 @@ class Dfn3ErbDecoder(StreamingComponent):
     def state_specs(self) -> tuple[StateSpec, ...]:
         return (StateSpec("erb_dec_emb_gru", self.emb_gru.state_shape()),)
 
-    def forward(self, inputs, state=None):
-        if state is None:
-            state = self.initial_state(inputs["emb"].shape[0])
-        return self._run(inputs, state, step=False)
-
-    def step(self, inputs, state):
-        return self._run(inputs, state, step=True)
-
     def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
         gru = self.emb_gru.step if step else self.emb_gru.forward
         emb, h = gru(inputs["emb"], state["erb_dec_emb_gru"])  # [B, T, D]
@@ -451,14 +435,6 @@ class Dfn3DfDecoder(StreamingComponent):
             specs.append(StateSpec("df_dec_convp", self.df_convp.conv.buffer_shape(self.p.nb_df)))
         specs.append(StateSpec("df_dec_gru", self.df_gru.state_shape()))
         return tuple(specs)
-
-    def forward(self, inputs, state=None):
-        if state is None:
-            state = self.initial_state(inputs["emb"].shape[0])
-        return self._run(inputs, state, step=False)
-
-    def step(self, inputs, state):
-        return self._run(inputs, state, step=True)
 
     def _hidden(self, emb: Tensor, h: Tensor, step: bool) -> tuple[Tensor, Tensor]:
         gru = self.df_gru.step if step else self.df_gru.forward
