@@ -94,6 +94,8 @@ class EnhancementStream:
         )
         self._spec_in = np.zeros((1, m.dsp.freq_bins, 2), dtype=np.float32)
         self._needs_samples = "frame_samples" in m.graph("enc").input_names
+        # (state_in name, state_out name) of each graph, resolved once: a hop must not search the manifest.
+        self._state_io = {g.name: [(s.input_name, s.output_name) for s in m.states_of(g.name)] for g in m.graphs}
         self.hop_size_samples = m.dsp.hop_size_samples
         self.latency_samples = m.latency_samples
         self._front_end = dsp.FrontEnd(m.dsp)
@@ -176,8 +178,8 @@ class EnhancementStream:
         if self._needs_samples:
             feed["frame_samples"] = np.asarray(hop_samples, dtype=np.float32).reshape(1, 1, 1, -1)
         out = self.backend.run("frame", feed)
-        for s in self.manifest.states_of("frame"):
-            self._model_state[s.input_name] = out[s.output_name]
+        for state_in, state_out in self._state_io["frame"]:
+            self._model_state[state_in] = out[state_out]
         lsnr = float(out["lsnr"].reshape(-1)[0])
         self.last_lsnr_db = lsnr
         e = out["spec_enhanced"].reshape(-1, 2)
@@ -230,8 +232,8 @@ class EnhancementStream:
         for t in graph.inputs:
             inputs[t.name] = self._model_state[t.name] if t.role == "state_in" else values[t.name]
         outputs = self.backend.run(name, inputs)
-        for s in self.manifest.states_of(name):
-            self._model_state[s.input_name] = outputs[s.output_name]
+        for state_in, state_out in self._state_io[name]:
+            self._model_state[state_in] = outputs[state_out]
         return outputs
 
     def _deep_filter(self, df_coefs: np.ndarray) -> np.ndarray:

@@ -9,13 +9,14 @@ Nothing is written to the output directory unless validation passes (as optimum 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -59,7 +60,13 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 
 
 class GraphConverter(Protocol):
-    """One target's converter (``exporters/onnx.py``, ...)."""
+    """One target's converter (``exporters/onnx.py``, ...).
+
+    Optional, for quantizing converters: a keyword parameter ``calibration`` of ``convert``
+    (the graph's recorded per-frame inputs, a list of name -> array dicts, passed at int8 /
+    int16x8 only), and an attribute ``quantization`` (graph name -> what was done), which
+    goes into the manifest's ``quantization``.
+    """
 
     target: str
     suffix: str
@@ -115,6 +122,9 @@ class FrameStepModule(nn.Module):
         outputs, new_state = self.frame(values["spec"], values["gating_thresholds_db"], state, values.get("frame_samples"))
         return tuple(outputs[n] for n in self.output_names) + tuple(new_state[n] for n in self.state_names)
 
+
+# Precisions whose converters get calibration frames (see GraphConverter).
+QUANTIZED_PRECISIONS = ("int8", "int16x8")
 
 # Targets whose exports include the fused frame graph (fp32 only: its features take
 # log10 of band powers near 1e-10, which fp16 cannot represent).
@@ -212,8 +222,12 @@ def export_bundle(
     fixture_source: str | None = None,
     overwrite: bool = False,
     fused: bool | None = None,
+    calibration: Sequence[np.ndarray] | None = None,
 ) -> Bundle:
-    """Export ``model`` for ``converter.target`` at ``precision`` into the bundle ``out_dir``."""
+    """Export ``model`` for ``converter.target`` at ``precision`` into the bundle ``out_dir``.
+
+    ``calibration``: clips at the model's rate streamed through PyTorch to record each graph's
+    inputs for quantizing converters (default: the fixture audio)."""
     from dfnet4_sdk.runtimes import load_backend
 
     target = converter.target
@@ -233,6 +247,11 @@ def export_bundle(
         fused = target in FUSED_TARGETS and precision == "fp32"
     base = describe_model(model, backend=target, precision=precision, include_frame=fused)
     metadata = _graph_metadata(base)
+    calibrating = precision in QUANTIZED_PRECISIONS and "calibration" in inspect.signature(converter.convert).parameters
+    if calibrating:
+        from dfnet4_sdk.exporters.quantize import calibration_frames
+
+        frames = calibration_frames(model, calibration if calibration is not None else [fixture_audio])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
@@ -241,14 +260,23 @@ def export_bundle(
             module = FrameStepModule(model, spec) if spec.kind == "frame" else StepModule(model.components[spec.name], spec)
             example = tuple(torch.from_numpy(np.asarray(recorder.calls[spec.name][0][0][t.name])) for t in spec.inputs)
             file = f"{spec.name}{converter.suffix}"
+            extra = {"calibration": frames.get(spec.name)} if calibrating else {}
             with torch.no_grad():
-                names = converter.convert(module, example, spec, staging / file, precision, metadata)
+                names = converter.convert(module, example, spec, staging / file, precision, metadata, **extra)
             graphs.append(replace(spec, file=file, sha256=file_sha256(staging / file), tensor_names=names))
         fixtures = make_fixtures(base, recorder, fixture_audio, enhanced)
         np.savez_compressed(staging / FIXTURES_NAME, **fixtures)
+        done = getattr(converter, "quantization", None) or {}
+        quantization = {g.name: done[g.name] for g in graphs if g.name in done}
+        if quantization:
+            quantization = {"precision": precision, "graphs": quantization,
+                            "calibration": ("fixture audio" if calibration is None else
+                                            f"{len(calibration)} clips, {sum(len(c) for c in calibration) / model.dsp.sample_rate_hz:.1f} s")
+                            if calibrating else "none"}
         manifest = replace(
             base,
             graphs=tuple(graphs),
+            quantization=quantization,
             fixtures={"file": FIXTURES_NAME, "sha256": file_sha256(staging / FIXTURES_NAME),
                       "source": fixture_source or "user-provided audio"},
         )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -23,9 +24,17 @@ OPSET = 17
 
 
 class OnnxConverter:
+    """int8 (see ``exporters/quantize.py``): each graph's Gemm / MatMul weights become 8-bit
+    ``MatMulNBits`` (block-wise symmetric, int8 activations per block at run time), other ops
+    and every state stay float; with calibration frames the per-graph variant is chosen by
+    measurement (``choose_onnx_int8``) and recorded in ``quantization``."""
+
     target = "onnx"
     suffix = ".onnx"
     precisions = ("fp32", "fp16", "int8")
+
+    def __init__(self) -> None:
+        self.quantization: dict[str, dict[str, Any]] = {}  # graph -> scheme and measurements
 
     def convert(
         self,
@@ -35,6 +44,7 @@ class OnnxConverter:
         path: Path,
         precision: str,
         metadata: Mapping[str, str],
+        calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
     ) -> dict[str, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deprecated, still the better path
@@ -58,7 +68,7 @@ class OnnxConverter:
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(path))
         if precision == "int8":
-            _quantize_dynamic_int8(path)
+            self.quantization[spec.name] = _quantize_int8(path, spec, calibration)
         _check_io_names(path, spec)
         return {}
 
@@ -99,14 +109,28 @@ def _toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _quantize_dynamic_int8(path: Path) -> None:
-    """Weight-only int8 for MatMul/Gemm (activations quantized on the fly); state I/O stays fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _quantize_int8(path: Path, spec: GraphSpec, calibration) -> dict[str, Any]:
+    """Quantize the float graph at ``path`` in place (its ``metadata_props`` gain the scheme);
+    return what the manifest records."""
+    import json
+
+    from dfnet4_sdk.exporters.base import TOLERANCES
+    from dfnet4_sdk.exporters.quantize import ONNX_CANDIDATES, choose_onnx_int8, quantize_onnx
 
     tmp = path.with_suffix(".fp32.onnx")
     path.rename(tmp)
     try:
-        quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        if calibration is not None and len(calibration) >= 20:
+            info = choose_onnx_int8(tmp, path, calibration, spec, TOLERANCES[("onnx", "int8")].graph_rel_error)
+        else:
+            scheme = ONNX_CANDIDATES[0]  # no calibration: the default, unmeasured here
+            quantize_onnx(tmp, path, scheme)
+            info = {**scheme.describe(), "measured_on": "nothing (no calibration frames); validated at export only"}
+        model = onnx.load(str(path))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "quantization", json.dumps({k: v for k, v in info.items() if k != "candidates"})
+        onnx.save(model, str(path))
+        return info
     finally:
         tmp.unlink(missing_ok=True)
 
