@@ -128,7 +128,7 @@ QUANTIZED_PRECISIONS = ("int8", "int16x8")
 
 # Targets whose exports include the fused frame graph (fp32 only: its features take
 # log10 of band powers near 1e-10, which fp16 cannot represent).
-FUSED_TARGETS = ("onnx",)
+FUSED_TARGETS = ("onnx", "tflite")
 
 
 class RecordingBackend:

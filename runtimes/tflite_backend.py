@@ -1,0 +1,90 @@
+"""LiteRT (TFLite) backend: one ``ai_edge_litert`` Interpreter per graph of a TFLite bundle.
+
+Everything is resolved once at load: each graph's signature (named after the graph), and
+for every manifest tensor its signature name (``GraphSpec.tensor_names``) and interpreter
+tensor index. A call then only copies the inputs in, invokes, and copies the outputs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from dfnet4_sdk.bundle import Bundle
+from dfnet4_sdk.errors import BundleError, ConfigError
+from dfnet4_sdk.manifest import GraphSpec
+
+
+@dataclass(frozen=True)
+class _LoadedGraph:
+    interpreter: Interpreter
+    set_tensor: Callable[[int, np.ndarray], None]
+    invoke: Callable[[], None]
+    get_tensor: Callable[[int], np.ndarray]
+    inputs: tuple[tuple[str, int], ...]  # (our name, tensor index)
+    outputs: tuple[tuple[str, int], ...]
+
+
+class TfliteBackend:
+    name = "tflite"
+
+    def __init__(self, bundle: Bundle, num_threads: int = 1):
+        if not isinstance(bundle, Bundle):
+            raise TypeError(f"TfliteBackend needs a Bundle, got {type(bundle).__name__}")
+        if bundle.manifest.backend != "tflite":
+            raise BundleError(f"bundle {bundle.root} was exported for {bundle.manifest.backend!r}, not tflite")
+        if num_threads < 1:
+            raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
+        self.manifest = bundle.manifest
+        self._graphs = {g.name: _load_graph(bundle, g, num_threads) for g in self.manifest.graphs}
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g = self._graphs[graph]
+        try:
+            for name, index in g.inputs:
+                g.set_tensor(index, np.ascontiguousarray(inputs[name], dtype=np.float32))
+        except KeyError:
+            missing = [n for n, _ in g.inputs if n not in inputs]
+            raise KeyError(f"graph {graph!r} needs inputs {[n for n, _ in g.inputs]}; missing {missing}") from None
+        g.invoke()
+        return {name: g.get_tensor(index) for name, index in g.outputs}
+
+
+def _load_graph(bundle: Bundle, spec: GraphSpec, num_threads: int) -> _LoadedGraph:
+    path = bundle.graph_path(spec.name)
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+    except ValueError as e:
+        raise BundleError(f"{path} is not a loadable TFLite model: {e}") from e
+    signatures = interpreter.get_signature_list()
+    if spec.name not in signatures:
+        raise BundleError(f"{path} has no signature {spec.name!r} (found {list(signatures)}); re-export the bundle")
+    runner = interpreter.get_signature_runner(spec.name)
+    in_details, out_details = runner.get_input_details(), runner.get_output_details()
+    problems = []
+
+    def resolve(tensors, details, kind) -> tuple[tuple[str, int], ...]:
+        resolved = []
+        for t in tensors:
+            file_name = spec.tensor_names.get(t.name)
+            if file_name is None:
+                problems.append(f"{kind} {t.name!r} has no entry in the manifest's tensor_names")
+            elif file_name not in details:
+                problems.append(f"{kind} {t.name!r} ({file_name!r}) is not in the signature {sorted(details)}")
+            elif tuple(details[file_name]["shape"]) != t.shape:
+                problems.append(f"{kind} {t.name!r}: shape {tuple(details[file_name]['shape'])} in the file, "
+                                f"{t.shape} in the manifest")
+            else:
+                resolved.append((t.name, int(details[file_name]["index"])))
+        return tuple(resolved)
+
+    inputs = resolve(spec.inputs, in_details, "input")
+    outputs = resolve(spec.outputs, out_details, "output")
+    if problems:
+        raise BundleError(f"{path} does not match its manifest entry: " + "; ".join(problems))
+    del runner  # it holds the interpreter's wrapper, and invoke() refuses while anything does
+    interpreter.allocate_tensors()
+    return _LoadedGraph(interpreter, interpreter.set_tensor, interpreter.invoke, interpreter.get_tensor, inputs, outputs)
