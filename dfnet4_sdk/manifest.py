@@ -63,7 +63,7 @@ class StateSpecEntry:
         return np.full(self.shape, self.init_value, dtype=np.float32)
 
 
-GRAPH_KINDS = ("component", "frame")
+GRAPH_KINDS = ("component", "frame", "block")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class GraphSpec:
     # (TFLite signatures say args_0 / output_0, CoreML sanitises dots). Empty: names are ours.
     tensor_names: Mapping[str, str] = field(default_factory=dict)
     # "component": enc / erb_dec / df_dec; "frame": the optional fused graph of a whole hop
-    # (features + components + gating + mask + deep filter), see dfnet4_sdk/models/frame.py.
+    # (features + components + gating + mask + deep filter), see dfnet4_sdk/models/frame.py;
+    # "block": <component>_block, the sequence form over a fixed number of frames (offline path).
     kind: str = "component"
 
     @property
@@ -138,6 +139,10 @@ class Manifest:
     @property
     def component_graphs(self) -> tuple[GraphSpec, ...]:
         return tuple(g for g in self.graphs if g.kind == "component")
+
+    @property
+    def block_graphs(self) -> tuple[GraphSpec, ...]:
+        return tuple(g for g in self.graphs if g.kind == "block")
 
     @property
     def frame_graph(self) -> GraphSpec | None:

@@ -27,7 +27,7 @@ from dfnet4_sdk.errors import ConfigError, ExportError
 from dfnet4_sdk.manifest import GraphSpec, Manifest
 from dfnet4_sdk.metrics import snr_db
 from dfnet4_sdk.models.base import EnhancementModel, StreamingComponent
-from dfnet4_sdk.models.describe import describe_model
+from dfnet4_sdk.models.describe import BLOCK_FRAMES, describe_model
 from dfnet4_sdk.stream import EnhancementStream, StreamOptions
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,22 @@ class FrameStepModule(nn.Module):
 # Precisions whose converters get calibration frames (see GraphConverter).
 QUANTIZED_PRECISIONS = ("int8", "int16x8")
 
+class BlockModule(nn.Module):
+    """A component's sequence form over a fixed block of frames, positional I/O (offline path)."""
+
+    def __init__(self, component: StreamingComponent, spec: GraphSpec):
+        super().__init__()
+        self.step_module = StepModule(component, spec)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.step_module
+        k = len(m.feature_names)
+        outputs, new_state = m.component.forward(dict(zip(m.feature_names, args[:k])), dict(zip(m.state_names, args[k:])))
+        return tuple(outputs[n] for n in m.output_names) + tuple(new_state[n] for n in m.state_names)
+
+
+# Targets whose fp32 exports include the block graphs of the offline path.
+BLOCK_TARGETS = ("onnx",)
 # Targets whose exports include the fused frame graph (fp32 only: its features take
 # log10 of band powers near 1e-10, which fp16 cannot represent).
 FUSED_TARGETS = ("onnx", "tflite")
@@ -196,6 +212,8 @@ def validate_graphs(backend, recorder: RecordingBackend) -> dict[str, dict[str, 
     back) and measure every output's max error relative to the reference's range."""
     errors: dict[str, dict[str, float]] = {}
     for g in backend.manifest.graphs:
+        if g.kind == "block":  # checked end to end by exported_audio_snr (offline path)
+            continue
         states = {s.input_name: s.initial() for s in backend.manifest.states_of(g.name)}
         worst: dict[str, float] = {}
         scale: dict[str, float] = {}
@@ -223,6 +241,7 @@ def export_bundle(
     overwrite: bool = False,
     fused: bool | None = None,
     calibration: Sequence[np.ndarray] | None = None,
+    blocks: bool | None = None,
 ) -> Bundle:
     """Export ``model`` for ``converter.target`` at ``precision`` into the bundle ``out_dir``.
 
@@ -245,7 +264,10 @@ def export_bundle(
 
     if fused is None:
         fused = target in FUSED_TARGETS and precision == "fp32"
-    base = describe_model(model, backend=target, precision=precision, include_frame=fused)
+    if blocks is None:
+        blocks = target in BLOCK_TARGETS and precision == "fp32"
+    base = describe_model(model, backend=target, precision=precision, include_frame=fused,
+                          block_frames=BLOCK_FRAMES if blocks else None)
     metadata = _graph_metadata(base)
     calibrating = precision in QUANTIZED_PRECISIONS and "calibration" in inspect.signature(converter.convert).parameters
     if calibrating:
@@ -257,8 +279,12 @@ def export_bundle(
     try:
         graphs = []
         for spec in base.graphs:
-            module = FrameStepModule(model, spec) if spec.kind == "frame" else StepModule(model.components[spec.name], spec)
-            example = tuple(torch.from_numpy(np.asarray(recorder.calls[spec.name][0][0][t.name])) for t in spec.inputs)
+            if spec.kind == "block":
+                module = BlockModule(model.components[spec.name.removesuffix("_block")], spec)
+                example = tuple(torch.zeros(t.shape) for t in spec.inputs)
+            else:
+                module = FrameStepModule(model, spec) if spec.kind == "frame" else StepModule(model.components[spec.name], spec)
+                example = tuple(torch.from_numpy(np.asarray(recorder.calls[spec.name][0][0][t.name])) for t in spec.inputs)
             file = f"{spec.name}{converter.suffix}"
             extra = {"calibration": frames.get(spec.name)} if calibrating else {}
             with torch.no_grad():
@@ -312,12 +338,16 @@ def export_bundle(
 def exported_audio_snr(backend, audio: np.ndarray, reference: np.ndarray) -> float:
     """Worst SNR of the enhanced audio against ``reference`` over the backend's paths (the three
     component graphs, and the fused frame graph when the bundle has one)."""
+    from dfnet4_sdk.offline import enhance_offline
+
     paths = (False, True) if backend.manifest.frame_graph is not None else (False,)
     worst = math.inf
     for fused in paths:
         stream = EnhancementStream(backend, ALL_STAGES, fused=fused)
         out = np.concatenate([stream.process(audio), stream.flush()])
         worst = min(worst, snr_db(reference, out))
+    if backend.manifest.block_graphs:
+        worst = min(worst, snr_db(reference, enhance_offline(backend, audio, ALL_STAGES)))
     return worst
 
 

@@ -24,6 +24,7 @@ class TorchBackend:
         self.model = model.eval()
         self.manifest = describe_model(model, backend=self.name)
         self._components = {**model.components, FRAME_GRAPH: FrameModule(model).eval()}
+        self._components.update({f"{name}_block": comp for name, comp in model.components.items()})
         self._state_names = {
             g.name: [(s.name, s.input_name, s.output_name) for s in self.manifest.states_of(g.name)]
             for g in self.manifest.graphs
@@ -41,7 +42,8 @@ class TorchBackend:
             outputs, new_state = comp(spec, thresholds, state, samples)
         else:
             tensors = {k: torch.from_numpy(np.asarray(inputs[k], dtype=np.float32)) for k in comp.input_names}
-            outputs, new_state = comp.step(tensors, state)
+            form = comp.forward if graph.endswith("_block") else comp.step
+            outputs, new_state = form(tensors, state)
         result = {k: v.numpy() for k, v in outputs.items()}
         for name, _, o in self._state_names[graph]:
             result[o] = new_state[name].numpy()

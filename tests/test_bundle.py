@@ -37,8 +37,9 @@ def test_export_validates_against_pytorch(onnx_bundle):
 
 def test_manifest_describes_everything_an_app_needs(onnx_bundle):
     m = onnx_bundle.manifest
-    assert [g.name for g in m.graphs] == ["enc", "erb_dec", "df_dec", "frame"]
-    assert [g.kind for g in m.graphs] == ["component"] * 3 + ["frame"]
+    assert [g.name for g in m.graphs] == ["enc", "erb_dec", "df_dec", "frame", "enc_block", "erb_dec_block", "df_dec_block"]
+    assert [g.kind for g in m.graphs] == ["component"] * 3 + ["frame"] + ["block"] * 3
+    assert m.graph("enc_block").inputs[0].shape == (1, 1, 100, 32)  # 100 frames per offline call
     assert m.latency_samples == 1440 and m.dsp.sample_rate_hz == 48000
     assert {s.name for s in m.states} == {
         "enc_erb_conv0", "enc_df_conv0", "enc_emb_gru", "erb_dec_emb_gru", "df_dec_convp", "df_dec_gru",
@@ -48,7 +49,7 @@ def test_manifest_describes_everything_an_app_needs(onnx_bundle):
     assert {t.name for t in m.frame_graph.state_inputs} == {s.input_name for s in m.states}
     erb_norm = next(s for s in m.states if s.name == "frame_erb_norm").initial()
     np.testing.assert_allclose(erb_norm[0, [0, -1]], [-60.0, -90.0])
-    for g in m.graphs:
+    for g in m.component_graphs:
         model = onnx.load(str(onnx_bundle.graph_path(g.name)))
         assert [i.name for i in model.graph.input] == list(g.input_names)
         meta = {p.key: p.value for p in model.metadata_props}
@@ -143,12 +144,14 @@ def test_fp16_export_meets_its_tolerance(dfn3, tmp_path):
     assert b.manifest.precision == "fp16"
 
 
-def test_export_that_misses_its_tolerance_writes_nothing(dfn3, tmp_path):
-    """Naive dynamic int8 of DFN3 loses too much (quantization that works is its own issue):
-    validation must refuse it and leave no bundle behind."""
+def test_export_that_misses_its_tolerance_writes_nothing(dfn3, tmp_path, monkeypatch):
+    """A tolerance no export can meet: validation must refuse it and leave no bundle behind."""
+    from dfnet4_sdk.exporters import base
+
+    monkeypatch.setitem(base.TOLERANCES, ("onnx", "fp16"), base.Tolerance(graph_rel_error=1e-12, audio_snr_db=400.0))
     audio = load_clip("noisy_real/dns5_blind_street_48k.flac", seconds=0.5, offset_s=2.0)
-    out = tmp_path / "int8"
-    with pytest.raises(ExportError, match="failed validation"):
-        export_bundle(dfn3, converter_for("onnx"), out, precision="int8", fixture_audio=audio)
+    out = tmp_path / "fp16"
+    with pytest.raises(ExportError, match="failed validation.*audio SNR"):
+        export_bundle(dfn3, converter_for("onnx"), out, precision="fp16", fixture_audio=audio)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []

@@ -8,6 +8,8 @@ from dfnet4_sdk import __version__
 from dfnet4_sdk.manifest import GraphSpec, Manifest, StateSpecEntry, StreamingSpec, TensorSpec
 from dfnet4_sdk.models.base import COMPONENT_NAMES, MODEL_OUTPUT_SHAPES, EnhancementModel
 
+BLOCK_FRAMES = 100  # frames per offline block graph call (1 s at a 10 ms hop)
+
 
 def frame_input_example(model: EnhancementModel) -> dict[str, torch.Tensor]:
     """Zero tensors for one frame of every frame input the model's enc takes."""
@@ -22,10 +24,16 @@ def frame_input_example(model: EnhancementModel) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def describe_model(
-    model: EnhancementModel, backend: str = "torch", precision: str = "fp32", include_frame: bool = True
+    model: EnhancementModel,
+    backend: str = "torch",
+    precision: str = "fp32",
+    include_frame: bool = True,
+    block_frames: int | None = BLOCK_FRAMES,
 ) -> Manifest:
     """Run one zero frame through ``step`` to learn every tensor's shape, and describe the three
-    component graphs plus, if ``include_frame``, the fused frame graph (models/frame.py)."""
+    component graphs plus, if ``include_frame``, the fused frame graph (models/frame.py) and, if
+    ``block_frames``, the block graphs (each component's sequence form over that many frames,
+    state carried between blocks) that the offline path uses."""
     values = frame_input_example(model)
     roles = {name: "feature" for name in values}
     graphs, states = [], []
@@ -49,6 +57,8 @@ def describe_model(
         frame_graph, frame_states = describe_frame_graph(model, precision)
         graphs.append(frame_graph)
         states += frame_states
+    if block_frames:
+        graphs += describe_block_graphs(model, block_frames, precision)
     return Manifest(
         model_family=model.family,
         model_config=model.config_dict(),
@@ -60,6 +70,31 @@ def describe_model(
         backend=backend,
         precision=precision,
     )
+
+
+@torch.no_grad()
+def describe_block_graphs(model: EnhancementModel, block_frames: int, precision: str = "fp32") -> list[GraphSpec]:
+    """``<component>_block`` graphs: the sequence form over ``block_frames`` frames, with the
+    same state tensors as the single-frame graphs."""
+    values = {k: v.repeat_interleave(block_frames, dim=2) for k, v in frame_input_example(model).items()}
+    roles = {name: "feature" for name in values}
+    graphs = []
+    for name in COMPONENT_NAMES:
+        comp = model.components[name]
+        specs = comp.state_specs()
+        outputs, new_state = comp.forward({k: values[k] for k in comp.input_names}, comp.initial_state(1))
+        inputs = [TensorSpec(k, tuple(values[k].shape), roles[k]) for k in comp.input_names]
+        inputs += [TensorSpec(s.input_name, s.shape, "state_in") for s in specs]
+        outs = []
+        for k, v in outputs.items():
+            role = "output" if k in MODEL_OUTPUT_SHAPES else "intermediate"
+            outs.append(TensorSpec(k, tuple(v.shape), role))
+            roles[k] = role
+        outs += [TensorSpec(s.output_name, tuple(new_state[s.name].shape), "state_out") for s in specs]
+        values.update(outputs)
+        graphs.append(GraphSpec(name=f"{name}_block", inputs=tuple(inputs), outputs=tuple(outs),
+                                precision=precision, kind="block"))
+    return graphs
 
 
 @torch.no_grad()
