@@ -148,10 +148,12 @@ def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, th
 @main.command("import-dfn3")
 @click.argument("archive", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint to write (model.pt).")
+              help="model.pt for a checkpoint, or a directory for a streaming bundle.")
+@click.option("--target", type=click.Choice(["onnx", "tflite", "coreml"]), default="onnx", show_default=True,
+              help="Bundle target when OUTPUT is a directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @_fail_on_sdk_errors
-def import_dfn3(archive, output_path, overwrite):
+def import_dfn3(archive, output_path, target, overwrite):
     """Import the official DeepFilterNet3 weights (ARCHIVE, or the [dfn3] extra's copy)."""
     from dfnet4_sdk.errors import AudioFileError
     from dfnet4_sdk.models import save_checkpoint
@@ -159,13 +161,15 @@ def import_dfn3(archive, output_path, overwrite):
 
     if output_path.exists() and not overwrite:
         raise AudioFileError(f"output {output_path} exists; pass --overwrite to replace it")
-    if output_path.suffix != ".pt":
-        raise click.BadParameter("only .pt checkpoints can be written yet (bundles come with `dfsdk export`)",
-                                 param_hint="--output")
     source = archive or find_dfn3_archive()
     model = load_dfn3(source)
-    save_checkpoint(model, output_path, extra={"source": str(source)})
     n_params = sum(p.numel() for p in model.parameters())
+    if output_path.suffix == ".pt":
+        save_checkpoint(model, output_path, extra={"source": str(source)})
+    else:
+        from dfnet4_sdk.exporters.base import converter_for, export_bundle
+
+        export_bundle(model, converter_for(target), output_path, overwrite=overwrite)
     click.echo(f"imported {source} -> {output_path} ({n_params:,} parameters)")
 
 

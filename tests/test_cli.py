@@ -140,3 +140,11 @@ def test_eval_scores_a_folder_and_writes_tables(tmp_path):
     lines = csv.read_text().splitlines()
     assert len(lines) == 1 + 2 * 2  # header + 2 items x (noisy, enhanced)
     assert "enhanced" in md.read_text() and "PESQ" in md.read_text()
+
+
+def test_import_dfn3_straight_into_a_bundle(tmp_path, noisy_wav):
+    out = tmp_path / "dfn3_bundle"
+    result = run_cli("import-dfn3", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").is_file() and (out / "enc.onnx").is_file()
+    assert run_cli("run", str(noisy_wav), "-o", str(tmp_path / "x.wav"), "--model", str(out), "--quiet").exit_code == 0
