@@ -139,7 +139,13 @@ def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, th
         ev.to_csv(rows, csv_path)
         click.echo(f"wrote {csv_path}")
     if markdown_path:
-        markdown_path.write_text(table)
+        import datetime
+
+        who = "" if runtime is None else f" `enhanced` = {runtime.model_family} on the {runtime.backend.name} backend."
+        header = (f"# Evaluation\n\nWritten by `dfsdk eval` on {datetime.date.today().isoformat()} over "
+                  f"`{source or DEFAULT_EVAL_DIR.name}` ({len(items)} items).{who} Intrusive metrics after delay "
+                  "alignment; DNSMOS P.835 (SIG/BAK/OVRL) and P.808 from the models `speechmos` ships.\n\n")
+        markdown_path.write_text(header + table)
         click.echo(f"wrote {markdown_path}")
     if plot_dir:
         click.echo(f"wrote {len(items)} spectrograms to {plot_dir}")
