@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "dfnet4-sdk-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-DEFAULT_MODEL = "dfn3"  # until the project ships its own trained DfNet4Lite
+DEFAULT_MODEL = "dfn3"
+UNTRAINED_PRESET_SEED = 0  # until the project ships its own trained DfNet4Lite
 
 # family -> (module, class)
 _FAMILIES = {
@@ -127,7 +128,9 @@ def load_model(spec: str | Path | EnhancementModel | None = None) -> Enhancement
         from dfnet4_sdk.models.dfnet4 import DfNet4
 
         log.warning("model %r is an untrained preset (random weights): output is not enhanced speech", text)
-        return DfNet4.from_preset(text).eval()
+        with torch.random.fork_rng():  # the same untrained weights every time: reproducible conformance
+            torch.manual_seed(UNTRAINED_PRESET_SEED)
+            return DfNet4.from_preset(text).eval()
     raise ModelNotAvailableError(
         f"model {text!r} is neither an existing file/directory nor a known name; "
         f"use 'dfn3', a preset ({', '.join(presets)}), a checkpoint .pt or a DFN3 .tar.gz"
