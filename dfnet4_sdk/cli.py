@@ -188,10 +188,15 @@ def import_dfn3(archive, output_path, target, overwrite):
 @click.option("--fixture-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real clip for the golden fixtures (default: a synthetic voiced signal in noise).")
 @click.option("--fixture-seconds", type=float, default=1.0, show_default=True)
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Real noisy speech for int8 calibration (a ../shared/data-style folder or plain audio files); "
+                   "default: the fixture clip.")
+@click.option("--calibration-seconds", type=float, default=24.0, show_default=True)
 @click.option("--archive", is_flag=True, help="Also write OUTPUT.dfbundle, a single-file copy.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @_fail_on_sdk_errors
-def export(model, target, precision, output_dir, fixture_audio, fixture_seconds, archive, overwrite):
+def export(model, target, precision, output_dir, fixture_audio, fixture_seconds, calibration, calibration_seconds,
+           archive, overwrite):
     """Export MODEL to a streaming bundle for TARGET, validated against PyTorch."""
     from dfnet4_sdk.audio_io import read_audio, resample
     from dfnet4_sdk.bundle import pack
@@ -205,8 +210,13 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
         audio = resample(audio.mean(axis=1), sr, torch_model.dsp.sample_rate_hz)
         audio = audio[: int(fixture_seconds * torch_model.dsp.sample_rate_hz)]
         source = fixture_audio.name
+    clips = None
+    if calibration is not None:
+        from dfnet4_sdk.exporters.quantize import calibration_audio
+
+        clips = calibration_audio(calibration, torch_model.dsp.sample_rate_hz, seconds=calibration_seconds)
     bundle = export_bundle(torch_model, converter_for(target), output_dir, precision=precision,
-                           fixture_audio=audio, fixture_source=source, overwrite=overwrite)
+                           fixture_audio=audio, fixture_source=source, overwrite=overwrite, calibration=clips)
     v = bundle.manifest.validation
     worst = max(err for errs in v["graph_rel_error"].values() for err in errs.values())
     click.echo(f"exported {bundle.manifest.model_family} -> {bundle.root} ({target} {precision}); "
@@ -286,6 +296,17 @@ def bench(models, backends, precisions, audio_path, seconds, output_path):
     results = b.run(cells, str(audio_path), seconds, echo=click.echo)
     output_path.write_text(b.to_markdown(results, audio_path.name, seconds))
     click.echo(f"wrote {output_path}")
+
+
+def _register_optional_commands() -> None:
+    """Commands whose modules live in the exporters/ and training/ packages."""
+    from dfnet4_sdk.exporters.quantize_cli import qat, quantize
+
+    main.add_command(quantize)
+    main.add_command(qat)
+
+
+_register_optional_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

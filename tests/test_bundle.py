@@ -155,3 +155,23 @@ def test_export_that_misses_its_tolerance_writes_nothing(dfn3, tmp_path, monkeyp
         export_bundle(dfn3, converter_for("onnx"), out, precision="fp16", fixture_audio=audio)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_running_a_bundle_needs_no_torch(onnx_bundle):
+    """Apps that ship a bundle install no PyTorch: the runtime path must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from dfnet4_sdk import Runtime\n"
+        f"rt = Runtime({str(onnx_bundle.root)!r})\n"
+        "x = np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1\n"
+        "y = rt.enhance(x, 48000)\n"
+        "z = np.concatenate([rt.process(x), rt.flush()])\n"
+        "assert y.shape == z.shape == x.shape\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
