@@ -26,7 +26,46 @@ def _fail_on_sdk_errors(fn):
     return wrapper
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """Commands that live in exporters/ and training/ are imported only when invoked, so
+    `dfsdk run` on a bundle never imports torch."""
+
+    lazy = {
+        "train": "dfnet4_sdk.training.cli:train",
+        "distill": "dfnet4_sdk.training.cli:distill",
+        "fit-proxy": "dfnet4_sdk.training.cli:fit_proxy_command",
+        "quantize": "dfnet4_sdk.exporters.quantize_cli:quantize",
+        "qat": "dfnet4_sdk.exporters.quantize_cli:qat",
+    }
+    summaries = {
+        "train": "Train a model from a config file (supervised).",
+        "distill": "Distil a student from DFN3 from a config file.",
+        "fit-proxy": "Fit the DNSMOS proxy used by the proxy loss.",
+        "quantize": "Export a calibrated int8 bundle, or write the quantization report.",
+        "qat": "Quantization-aware fine-tuning, then an int8 bundle.",
+    }
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            summary = self.summaries.get(name) or click.Group.get_command(self, ctx, name).get_short_help_str(60)
+            rows.append((name, summary))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(__version__, prog_name="dfsdk")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -296,17 +335,6 @@ def bench(models, backends, precisions, audio_path, seconds, output_path):
     results = b.run(cells, str(audio_path), seconds, echo=click.echo)
     output_path.write_text(b.to_markdown(results, audio_path.name, seconds))
     click.echo(f"wrote {output_path}")
-
-
-def _register_optional_commands() -> None:
-    """Commands whose modules live in the exporters/ and training/ packages."""
-    from dfnet4_sdk.exporters.quantize_cli import qat, quantize
-
-    main.add_command(quantize)
-    main.add_command(qat)
-
-
-_register_optional_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,134 @@
+"""Loss terms: compressed spectral (model STFT and multi-resolution), ERB mask, local SNR, and
+the distillation terms against a teacher's outputs.
+
+Shapes: B batch, T frames, F_all STFT bins, E ERB bands, F deep-filtered bins, O taps,
+N samples. Spectra are real tensors [B, 1, T, F_all, 2] (re/im last), as the models use.
+
+Spectra of the libDF front-end are scaled by 1/960 (its analysis normalisation), so compressed
+magnitudes are small; ``SPECTRAL_SCALE`` brings each term to order 1 so config weights read
+as plain ratios (DFN3's own config uses factors 1000 / 500 for the same reason).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dfnet4_sdk import dsp
+from dfnet4_sdk.params import DspParams
+
+SPECTRAL_SCALE = 1000.0  # DFN3 SpectralLoss factor_magnitude / factor_complex
+MULTIRES_SCALE = 20.0  # torch.stft spectra are not scaled by 1/960; 20 puts multires level with spectral
+MASK_EXPONENT = 0.6  # DFN3 MaskLoss compares mask**0.6 with the ideal mask**0.6
+EPS = 1e-12
+
+
+def istft(spec: Tensor, params: DspParams) -> Tensor:
+    """Torch twin of ``dsp.istft`` (libDF synthesis): [B, 1, T, F_all, 2] -> [B, T*hop].
+    Output sample n is input sample n - (fft - hop), as for the numpy form."""
+    hop, fft = params.hop_size_samples, params.fft_size
+    window = torch.from_numpy(dsp.vorbis_window(fft)).to(spec.device)
+    frames = torch.fft.irfft(torch.view_as_complex(spec[:, 0].contiguous()), n=fft, dim=-1, norm="forward")
+    frames = frames * window  # [B, T, fft]
+    b, t, _ = frames.shape
+    first, second = frames[..., :hop].reshape(b, -1), frames[..., hop:].reshape(b, -1)
+    return first + F.pad(second, (hop, 0))[:, : t * hop]
+
+
+def _compress(x: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """x [..., 2] -> (|x|^gamma [...], x / |x| * |x|^gamma [..., 2])."""
+    mag = torch.sqrt(x.pow(2).sum(-1).clamp_min(EPS))
+    mag_c = mag.pow(gamma)
+    return mag_c, x * (mag_c / mag).unsqueeze(-1)
+
+
+def spectral_loss(est: Tensor, ref: Tensor, gamma: float, complex_weight: float, weight: Tensor | None = None) -> Tensor:
+    """Compressed magnitude + complex MSE. est, ref [..., F, 2]; weight broadcasts to [..., F]."""
+    mag_e, cpl_e = _compress(est, gamma)
+    mag_r, cpl_r = _compress(ref, gamma)
+    w = torch.ones_like(mag_e) if weight is None else weight.expand_as(mag_e)
+    norm = w.sum().clamp_min(1.0)
+    mag = ((mag_e - mag_r).pow(2) * w).sum() / norm
+    cpl = ((cpl_e - cpl_r).pow(2).sum(-1) * w).sum() / norm
+    return SPECTRAL_SCALE * ((1 - complex_weight) * mag + complex_weight * cpl)
+
+
+def band_weight(band_limit_hz: Tensor, freqs_hz: Tensor, hf_weight: float, item_weight: Tensor) -> Tensor:
+    """[B, 1, 1, F] per-bin weights: 1 up to each item's band limit, ``hf_weight`` above;
+    multiplied by ``item_weight`` [B] (0 for items without clean speech)."""
+    above = freqs_hz[None, :] > band_limit_hz[:, None] + 1.0
+    w = torch.where(above, torch.full_like(above, hf_weight, dtype=torch.float32), torch.ones_like(above, dtype=torch.float32))
+    return (w * item_weight[:, None]).reshape(len(band_limit_hz), 1, 1, -1)
+
+
+def stft_bins_hz(params: DspParams) -> Tensor:
+    return torch.arange(params.freq_bins, dtype=torch.float32) * params.sample_rate_hz / params.fft_size
+
+
+def multires_loss(
+    est: Tensor, ref: Tensor, sample_rate: int, fft_sizes: tuple[int, ...], gamma: float, complex_weight: float,
+    band_limit_hz: Tensor | None = None, hf_weight: float = 1.0, item_weight: Tensor | None = None,
+) -> Tensor:
+    """Compressed spectral loss over several STFT resolutions of waveforms est, ref [B, N]."""
+    total = est.new_zeros(())
+    item_weight = est.new_ones(est.shape[0]) if item_weight is None else item_weight
+    for n_fft in fft_sizes:
+        se, sr = _stft(est, n_fft), _stft(ref, n_fft)  # [B, T, F, 2]
+        freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float32, device=est.device) * sample_rate / n_fft
+        limit = band_limit_hz if band_limit_hz is not None else est.new_full((est.shape[0],), sample_rate / 2)
+        w = band_weight(limit, freqs, hf_weight, item_weight)[:, 0]  # [B, 1, F]
+        total = total + spectral_loss(se, sr, gamma, complex_weight, w) * (MULTIRES_SCALE / SPECTRAL_SCALE)
+    return total / len(fft_sizes)
+
+
+def _stft(x: Tensor, n_fft: int) -> Tensor:
+    """[B, N] -> [B, T, F, 2] with a Hann window and hop n_fft / 4."""
+    window = torch.hann_window(n_fft, device=x.device)
+    return torch.view_as_real(torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True)).transpose(1, 2)
+
+
+def erb_power(spec: Tensor, widths: Tensor) -> Tensor:
+    """[B, 1, T, F_all, 2] -> [B, 1, T, E] mean power per ERB band."""
+    p = spec.pow(2).sum(-1)
+    band = torch.repeat_interleave(torch.arange(len(widths), device=spec.device), widths.to(spec.device))
+    out = p.new_zeros(*p.shape[:-1], len(widths)).index_add_(-1, band, p)
+    return out / widths.to(p)
+
+
+def ideal_erb_mask(clean_spec: Tensor, noisy_spec: Tensor, widths: Tensor) -> Tensor:
+    """sqrt of the band power ratio, clipped to [0, 1]: [B, 1, T, E]."""
+    ratio = erb_power(clean_spec, widths) / erb_power(noisy_spec, widths).clamp_min(EPS)
+    return ratio.clamp(0, 1).sqrt()
+
+
+def mask_loss(mask: Tensor, ideal: Tensor, item_weight: Tensor) -> Tensor:
+    err = (mask.clamp_min(0).pow(MASK_EXPONENT) - ideal.pow(MASK_EXPONENT)).pow(2).mean(dim=(1, 2, 3))
+    return (err * item_weight).sum() / item_weight.sum().clamp_min(1.0)
+
+
+def local_snr_target(clean_spec: Tensor, noisy_spec: Tensor, lsnr_range: tuple[float, float]) -> Tensor:
+    """Per-frame SNR in dB of clean vs (noisy - clean), clipped to the model's range: [B, T, 1]."""
+    s = clean_spec.pow(2).sum(dim=(-1, -2))[:, 0]
+    n = (noisy_spec - clean_spec).pow(2).sum(dim=(-1, -2))[:, 0]
+    snr = 10 * torch.log10(s.clamp_min(EPS) / n.clamp_min(EPS))
+    return snr.clamp(*lsnr_range).unsqueeze(-1)
+
+
+def lsnr_loss(lsnr: Tensor, target: Tensor, item_weight: Tensor) -> Tensor:
+    err = (lsnr - target).pow(2).mean(dim=(1, 2))
+    return (err * item_weight).sum() / item_weight.sum().clamp_min(1.0)
+
+
+def mask_distill_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Bernoulli KL (as BCE) between teacher and student ERB gains, both softened by T on the
+    logit scale, times T^2 (Hinton et al.); masks in [0, 1]."""
+    logit = lambda m: torch.logit(m.clamp(1e-4, 1 - 1e-4))
+    target = torch.sigmoid(logit(teacher) / temperature)
+    return F.binary_cross_entropy_with_logits(logit(student) / temperature, target) * temperature**2
+
+
+def feature_distill_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
+    """MSE of projected student embeddings [B, T, Dt] to the teacher's, per-channel normalised."""
+    scale = teacher_emb.detach().pow(2).mean(dim=(0, 1), keepdim=True).clamp_min(1e-6)
+    return ((student_emb - teacher_emb).pow(2) / scale).mean()

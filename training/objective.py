@@ -1,0 +1,127 @@
+"""The training objective: every weighted loss term of one step, by name.
+
+    objective = Objective(cfg.loss, student, teacher)      # teacher None for `train`
+    out = run_model(student, batch)
+    terms = objective.generator_terms(out, batch, teacher_out)   # {name: weighted scalar}
+    loss = sum(terms.values())
+
+Supervised terms use items with clean speech only (``has_clean``) and weight bins above a
+band-limited file's limit by ``band_limited_hf_weight``; distillation terms use every item.
+A weight of 0 switches a term off (its module is not even built).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from dfnet4_sdk.models import spectral
+from dfnet4_sdk.models.base import EnhancementModel
+from dfnet4_sdk.training import losses as L
+from dfnet4_sdk.training.config import LossConfig
+from dfnet4_sdk.training.distill import FeatureProjector, embedding_dim, lsnr_range
+
+log = logging.getLogger(__name__)
+
+
+class Objective(nn.Module):
+    """Holds the trainable helpers of the loss (feature projector, discriminators) and the
+    frozen ones (DNSMOS proxy, speaker embedding)."""
+
+    def __init__(self, cfg: LossConfig, student: EnhancementModel, teacher: EnhancementModel | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.dsp = student.dsp
+        self.has_teacher = teacher is not None
+        self.lsnr_range = lsnr_range(student)
+        self.register_buffer("widths", spectral.erb_widths_tensor(student.dsp), persistent=False)
+        self.register_buffer("freqs_hz", L.stft_bins_hz(student.dsp), persistent=False)
+        self.projector = None
+        if teacher is not None and cfg.distill_feature > 0:
+            self.projector = FeatureProjector(embedding_dim(student), embedding_dim(teacher))
+        self.discriminator = None
+        if cfg.gan > 0 or cfg.feature_matching > 0:
+            from dfnet4_sdk.training.discriminators import Discriminators
+
+            self.discriminator = Discriminators(cfg.gan_periods, cfg.gan_scales)
+        self.proxy = None
+        if cfg.dnsmos_proxy > 0:
+            from dfnet4_sdk.training.dnsmos_proxy import DnsmosProxy
+
+            self.proxy = DnsmosProxy.load(cfg.dnsmos_proxy_path).eval().requires_grad_(False)
+        self.speaker = None
+        if cfg.speaker > 0:
+            from dfnet4_sdk.training.speaker import SpectralSpeakerEmbedding
+
+            self.speaker = SpectralSpeakerEmbedding(student.dsp)
+
+    def generator_parameters(self):
+        return [] if self.projector is None else list(self.projector.parameters())
+
+    def generator_terms(
+        self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor], teacher_out: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        c = self.cfg
+        terms: dict[str, Tensor] = {}
+        has_clean = batch["has_clean"].float()
+        if has_clean.sum() > 0:
+            w = L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
+            if c.spectral > 0:
+                terms["spectral"] = c.spectral * L.spectral_loss(
+                    out["enhanced"], batch["clean_spec"], c.gamma, c.complex_weight, w
+                )
+            if c.multires > 0:
+                clean_wave = L.istft(batch["clean_spec"], self.dsp)
+                terms["multires"] = c.multires * L.multires_loss(
+                    out["wave"], clean_wave, self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma,
+                    c.complex_weight, batch["band_limit_hz"], c.band_limited_hf_weight, has_clean,
+                )
+            if c.mask > 0:
+                ideal = L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
+                terms["mask"] = c.mask * L.mask_loss(out["erb_mask"], ideal, has_clean)
+            if c.lsnr > 0:
+                target = L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
+                terms["lsnr"] = c.lsnr * L.lsnr_loss(out["lsnr"], target, has_clean)
+            if self.speaker is not None:
+                terms["speaker"] = c.speaker * self.speaker.loss(out["enhanced"], batch["clean_spec"], has_clean)
+        if teacher_out is not None:
+            terms.update(self._distill_terms(out, teacher_out))
+        if self.discriminator is not None:
+            real = L.istft(batch["clean_spec"], self.dsp) if has_clean.sum() > 0 else None
+            adv, fm = self.discriminator.generator_losses(out["wave"], real, has_clean)
+            if c.gan > 0:
+                terms["gan"] = c.gan * adv
+            if c.feature_matching > 0 and fm is not None:
+                terms["feature_matching"] = c.feature_matching * fm
+        if self.proxy is not None:
+            terms["dnsmos_proxy"] = c.dnsmos_proxy * (5.0 - self.proxy(out["enhanced"])).mean()
+        return terms
+
+    def _distill_terms(self, out: Mapping[str, Tensor], t: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        c = self.cfg
+        terms = {}
+        if c.distill_spectral > 0:
+            terms["d_spectral"] = c.distill_spectral * L.spectral_loss(out["enhanced"], t["enhanced"], c.gamma, c.complex_weight)
+        if c.distill_multires > 0:
+            terms["d_multires"] = c.distill_multires * L.multires_loss(
+                out["wave"], t["wave"], self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma, c.complex_weight
+            )
+        if c.distill_mask > 0:
+            terms["d_mask"] = c.distill_mask * L.mask_distill_loss(out["erb_mask"], t["erb_mask"], c.temperature)
+        if c.distill_lsnr > 0:
+            terms["d_lsnr"] = c.distill_lsnr * (out["lsnr"] - t["lsnr"]).pow(2).mean()
+        if c.distill_df > 0 and out["df_coefs"].shape == t["df_coefs"].shape:
+            terms["d_df"] = c.distill_df * (out["df_coefs"] - t["df_coefs"]).pow(2).mean()
+        if self.projector is not None:
+            terms["d_feature"] = c.distill_feature * L.feature_distill_loss(self.projector(out["emb"]), t["emb"])
+        return terms
+
+    def discriminator_loss(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor | None:
+        """The discriminators' own loss (real = clean speech, fake = the detached output)."""
+        has_clean = batch["has_clean"]
+        if self.discriminator is None or not bool(has_clean.any()):
+            return None
+        real = L.istft(batch["clean_spec"], self.dsp)[has_clean]
+        return self.discriminator.discriminator_loss(real, out["wave"].detach()[has_clean])

@@ -1,0 +1,306 @@
+"""The training loop: supervised (`train`) or distillation from a teacher (`distill`).
+
+    trainer = Trainer(TrainConfig.load("training/configs/tiny.toml"), "runs/tiny", mode="distill")
+    trainer.fit(resume=True)
+
+Run directory ``out``:
+    state.pt       full training state (model, helpers, optimisers, step, RNG, best metric),
+                   written atomically every ``checkpoint_every`` steps, on Ctrl-C / SIGTERM, at the end
+    best.pt        the student with the best validation DNSMOS OVRL so far (a `save_checkpoint`
+                   file: `dfsdk run --model runs/x/best.pt` and `load_model` read it)
+    validated/step_<n>.pt  the student at every validation (2 MB each), so a checkpoint can be
+                   chosen afterwards by another rule (e.g. best OVRL with PESQ near the teacher's)
+    log.jsonl      one line per ``log_every`` steps: mean of each loss term, s/step, lr
+    valid.jsonl    one line per validation: DNSMOS SIG/BAK/OVRL and PESQ of the student
+    reference.json the same metrics for the noisy input and the teacher (computed once)
+    config.toml    the config this run was started with
+
+Batch ``step`` depends only on (seed, step) (see ``data.py``), and the torch RNG state is saved, so
+a resumed run continues with exactly the batches and random draws of an uninterrupted one.
+
+Callbacks (e.g. quantisation-aware training) observe and modify the run; see ``Callback``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dfnet4_sdk.errors import ConfigError
+from dfnet4_sdk.models import load_model, save_checkpoint
+from dfnet4_sdk.models.dfnet4 import DfNet4
+from dfnet4_sdk.training.config import TrainConfig
+from dfnet4_sdk.training.data import MixtureDataset, build_lists
+from dfnet4_sdk.training.distill import check_compatible, run_model, teacher_targets
+from dfnet4_sdk.training.objective import Objective
+from dfnet4_sdk.training.validation import DevSet
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "dfnet4-sdk-train-state"
+MODES = ("train", "distill")
+
+
+class Callback:
+    """Hooks into a run. Subclass and override what you need; every hook may read and modify
+    the trainer (``trainer.model``, ``trainer.optimizer``, ``trainer.step``...).
+
+    - ``on_train_start(trainer)``: after the student is built and resumed weights loaded, BEFORE
+      the optimiser is created, so a callback may replace ``trainer.model`` (e.g. insert
+      fake-quantisation for QAT) and the optimiser will train the replacement.
+    - ``on_step(trainer, step, terms)``: after each optimiser step; ``terms`` maps loss names
+      to floats.
+    - ``on_epoch(trainer, step, metrics)``: after each validation (mixtures are generated on the
+      fly, so an "epoch" is one validation interval); ``metrics`` as in valid.jsonl.
+    - ``on_train_end(trainer)``: after the final checkpoint is written.
+    - ``state_dict()`` / ``load_state_dict(d)``: saved in state.pt under the callback's class
+      name, so a resumed run restores it.
+    """
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step(self, trainer: Trainer, step: int, terms: dict[str, float]) -> None: ...
+    def on_epoch(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class _Meter:
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, terms: dict[str, float]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no GPU; use --device auto or cpu")
+    return torch.device(device)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path, mode: str = "train", device: str = "auto",
+                 callbacks: list[Callback] | None = None):
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+        self.cfg, self.mode, self.out = cfg, mode, Path(out)
+        self.device = pick_device(device)
+        self.callbacks = list(callbacks or [])
+        self.step = 0
+        self.best_metric = -math.inf
+        self.best_step = -1
+        self._stop = False
+        torch.manual_seed(cfg.data.seed)
+        self.model = self._build_student().to(self.device)
+        self.teacher = None
+        if mode == "distill":
+            self.teacher = load_model(cfg.model.teacher).to(self.device).eval().requires_grad_(False)
+            problems = check_compatible(self.model, self.teacher)
+            if problems:
+                raise ConfigError("cannot distill: " + "; ".join(problems))
+        self.objective = Objective(cfg.loss, self.model, self.teacher).to(self.device)
+        lists = build_lists(cfg.data)
+        log.info("training data: %s", json.dumps(lists.summary()))
+        self.data = MixtureDataset(cfg.data, self.model.dsp, lists, "train")
+        self.devset = DevSet(Path(cfg.data.data_root), cfg.optim.valid_clips) if cfg.optim.valid_every else None
+
+    def _build_student(self):
+        m = self.cfg.model
+        if m.init_checkpoint:
+            return load_model(m.init_checkpoint).train()
+        return DfNet4.from_preset(m.preset).train()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _make_optimizers(self) -> None:
+        o = self.cfg.optim
+        params = list(self.model.parameters()) + self.objective.generator_parameters()
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        self.disc_optimizer = None
+        if self.objective.discriminator is not None:
+            self.disc_optimizer = torch.optim.AdamW(self.objective.discriminator.parameters(), lr=o.disc_lr, betas=(0.8, 0.99))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "mode": self.mode,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "model_config": self.model.config_dict(),
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer else None,
+            "torch_rng": torch.get_rng_state(),
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
+        }
+
+    def save_state(self) -> Path:
+        path = self.out / "state.pt"
+        tmp = path.with_name("state.pt.tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken state.pt
+        return path
+
+    def _load_state(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("format") != STATE_FORMAT:
+            raise ConfigError(f"{path} is not a training state written by this trainer")
+        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.objective.load_state_dict(state["objective"], strict=False)
+        if missing or unexpected:  # e.g. a fine-tuning phase that adds the GAN
+            log.info("objective helpers new in this phase: %s; dropped: %s", missing, unexpected)
+        self._resumed = state
+        self.step = state["step"]
+        self.best_metric, self.best_step = state["best_metric"], state["best_step"]
+        torch.set_rng_state(state["torch_rng"])
+        for c in self.callbacks:
+            c.load_state_dict(state["callbacks"].get(type(c).__name__, {}))
+
+    def _load_optimizers(self) -> None:
+        state = getattr(self, "_resumed", None)
+        if state is None:
+            return
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:  # a phase with different trainable helpers
+            log.warning("optimizer state not restored (%s); starting it fresh", e)
+        if self.disc_optimizer is not None and state.get("disc_optimizer"):
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optim
+        if step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        progress = min(1.0, (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps))
+        return o.lr_min + 0.5 * (o.lr - o.lr_min) * (1 + math.cos(math.pi * progress))
+
+    # -- loop ------------------------------------------------------------------------------------
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        teacher_out = teacher_targets(self.teacher, batch) if self.teacher is not None else None
+        self.model.train()
+        out = run_model(self.model, batch)
+        if self.disc_optimizer is not None:
+            d_loss = self.objective.discriminator_loss(out, batch)
+            if d_loss is not None:
+                self.disc_optimizer.zero_grad(set_to_none=True)
+                d_loss.backward()
+                self.disc_optimizer.step()
+        terms = self.objective.generator_terms(out, batch, teacher_out)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: {({k: v.item() for k, v in terms.items()})}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        values["loss"] = float(loss.detach())
+        if self.disc_optimizer is not None and d_loss is not None:
+            values["disc"] = float(d_loss.detach())
+        return values
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        o = self.cfg.optim
+        torch.set_num_threads(o.num_threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+        state_path = self.out / "state.pt"
+        if resume and state_path.exists():
+            self._load_state(state_path)
+            log.info("resumed from %s at step %d (best OVRL %.3f at step %d)", state_path, self.step, self.best_metric, self.best_step)
+        (self.out / "config.toml").write_text(_to_toml(self.cfg.to_dict()))
+        for c in self.callbacks:
+            c.on_train_start(self)
+        self._make_optimizers()
+        self._load_optimizers()
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        meter, history = _Meter(), []
+        try:
+            if self.devset is not None and not (self.out / "reference.json").exists():
+                ref = self.devset.reference(self.teacher)
+                (self.out / "reference.json").write_text(json.dumps(ref, indent=1))
+            while self.step < o.steps and not self._stop:
+                terms = self.train_step(self.data.batch(self.step, o.batch_size))
+                self.step += 1
+                meter.add(terms)
+                for c in self.callbacks:
+                    c.on_step(self, self.step, terms)
+                if self.step % o.log_every == 0 or self.step == o.steps:
+                    row = {"step": self.step, **meter.means(), "s_per_step": (time.monotonic() - meter.started) / meter.count,
+                           "lr": self.lr_at(self.step - 1)}
+                    history.append(row)
+                    _append_jsonl(self.out / "log.jsonl", row)
+                    log.info("step %d loss %.4f (%.2f s/step)", self.step, row["loss"], row["s_per_step"])
+                    meter = _Meter()
+                if o.valid_every and (self.step % o.valid_every == 0 or self.step == o.steps):
+                    self.validate()
+                if self.step % o.checkpoint_every == 0:
+                    self.save_state()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.save_state()
+            log.info("saved %s at step %d", state_path, self.step)
+        for c in self.callbacks:
+            c.on_train_end(self)
+        return {"step": self.step, "history": history, "best_metric": self.best_metric, "best_step": self.best_step}
+
+    def _request_stop(self, signum, frame) -> None:
+        log.warning("signal %d: stopping after this step and saving %s", signum, self.out / "state.pt")
+        self._stop = True
+
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        metrics = {"step": self.step, **self.devset.score(self.model)}
+        self.model.train()
+        _append_jsonl(self.out / "valid.jsonl", metrics)
+        log.info("validation at step %d: %s", self.step, {k: round(v, 3) for k, v in metrics.items()})
+        extra = {"step": self.step, "mode": self.mode, **metrics}
+        save_checkpoint(self.model, self.out / "validated" / f"step_{self.step:07d}.pt", extra=extra)
+        if metrics["ovrl"] > self.best_metric:
+            self.best_metric, self.best_step = metrics["ovrl"], self.step
+            save_checkpoint(self.model, self.out / "best.pt", extra=extra)
+        for c in self.callbacks:
+            c.on_epoch(self, self.step, metrics)
+        return metrics
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _to_toml(data: dict) -> str:
+    lines = []
+    for table, values in data.items():
+        lines.append(f"[{table}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}")
+        lines.append("")
+    return "\n".join(lines)
