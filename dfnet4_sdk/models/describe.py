@@ -34,25 +34,12 @@ def describe_model(
     component graphs plus, if ``include_frame``, the fused frame graph (models/frame.py) and, if
     ``block_frames``, the block graphs (each component's sequence form over that many frames,
     state carried between blocks) that the offline path uses."""
-    values = frame_input_example(model)
-    roles = {name: "feature" for name in values}
-    graphs, states = [], []
-    for name in COMPONENT_NAMES:
-        comp = model.components[name]
-        specs = comp.state_specs()
-        state = comp.initial_state(1)
-        outputs, new_state = comp.step({k: values[k] for k in comp.input_names}, state)
-        inputs = [TensorSpec(k, tuple(values[k].shape), roles[k]) for k in comp.input_names]
-        inputs += [TensorSpec(s.input_name, s.shape, "state_in") for s in specs]
-        outs = []
-        for k, v in outputs.items():
-            role = "output" if k in MODEL_OUTPUT_SHAPES else "intermediate"
-            outs.append(TensorSpec(k, tuple(v.shape), role))
-            roles[k] = role
-        outs += [TensorSpec(s.output_name, tuple(new_state[s.name].shape), "state_out") for s in specs]
-        values.update(outputs)
-        states += [StateSpecEntry(s.name, name, s.shape, s.init_value, s.init_values) for s in specs]
-        graphs.append(GraphSpec(name=name, inputs=tuple(inputs), outputs=tuple(outs), precision=precision))
+    graphs = _describe_components(model, frame_input_example(model), "step", precision)
+    states = [
+        StateSpecEntry(s.name, name, s.shape, s.init_value, s.init_values)
+        for name, comp in model.components.items()
+        for s in comp.state_specs()
+    ]
     if include_frame:
         frame_graph, frame_states = describe_frame_graph(model, precision)
         graphs.append(frame_graph)
@@ -77,12 +64,19 @@ def describe_block_graphs(model: EnhancementModel, block_frames: int, precision:
     """``<component>_block`` graphs: the sequence form over ``block_frames`` frames, with the
     same state tensors as the single-frame graphs."""
     values = {k: v.repeat_interleave(block_frames, dim=2) for k, v in frame_input_example(model).items()}
+    return _describe_components(model, values, "forward", precision, suffix="_block", kind="block")
+
+
+def _describe_components(
+    model: EnhancementModel, values: dict, method: str, precision: str, suffix: str = "", kind: str = "component"
+) -> list[GraphSpec]:
+    """Run ``method`` (step or forward) of each component on ``values`` and describe its graph."""
     roles = {name: "feature" for name in values}
     graphs = []
     for name in COMPONENT_NAMES:
         comp = model.components[name]
         specs = comp.state_specs()
-        outputs, new_state = comp.forward({k: values[k] for k in comp.input_names}, comp.initial_state(1))
+        outputs, new_state = getattr(comp, method)({k: values[k] for k in comp.input_names}, comp.initial_state(1))
         inputs = [TensorSpec(k, tuple(values[k].shape), roles[k]) for k in comp.input_names]
         inputs += [TensorSpec(s.input_name, s.shape, "state_in") for s in specs]
         outs = []
@@ -92,8 +86,8 @@ def describe_block_graphs(model: EnhancementModel, block_frames: int, precision:
             roles[k] = role
         outs += [TensorSpec(s.output_name, tuple(new_state[s.name].shape), "state_out") for s in specs]
         values.update(outputs)
-        graphs.append(GraphSpec(name=f"{name}_block", inputs=tuple(inputs), outputs=tuple(outs),
-                                precision=precision, kind="block"))
+        graphs.append(GraphSpec(name=f"{name}{suffix}", inputs=tuple(inputs), outputs=tuple(outs),
+                                precision=precision, kind=kind))
     return graphs
 
 
