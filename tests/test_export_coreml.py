@@ -19,52 +19,19 @@ import torch
 ct = pytest.importorskip("coremltools", reason="the [coreml] extra (coremltools) is not installed")
 
 from audio_data import load_clip
-from dfnet4_sdk.bundle import Bundle
 from dfnet4_sdk.errors import BackendNotAvailableError, BundleError
-from dfnet4_sdk.exporters.base import TOLERANCES, converter_for, export_bundle
+from dfnet4_sdk.exporters.base import TOLERANCES, converter_for
 from dfnet4_sdk.metrics import snr_db
-from dfnet4_sdk.models import load_model, preset_names
+from dfnet4_sdk.models import preset_names
 from dfnet4_sdk.runtime import Runtime
 from dfnet4_sdk.runtimes.coreml_backend import INTERPRETER, PREDICT, CoremlBackend
 
 torch.set_num_threads(1)
 
-CLIP = "noisy_real/dns5_blind_street_48k.flac"
-FIXTURE_SECONDS, FIXTURE_OFFSET_S = 1.0, 2.0
+from export_cache import CLIP, BundleCache
 EXPECTED_EXECUTION = PREDICT if sys.platform == "darwin" else INTERPRETER
 # (model, precision): DFN3 at every precision, each DfNet4 preset at fp32.
 CASES = [("dfn3", p) for p in converter_for("coreml").precisions] + [(name, "fp32") for name in preset_names()]
-
-
-class BundleCache:
-    """Each (model, precision) is exported once per module; a failed export is re-raised."""
-
-    def __init__(self, root, dfn3):
-        self.root, self.models, self.results = root, {"dfn3": dfn3}, {}
-
-    def model(self, name: str):
-        if name not in self.models:
-            self.models[name] = load_model(name)
-        return self.models[name]
-
-    def get(self, name: str, precision: str) -> Bundle:
-        key = (name, precision)
-        if key not in self.results:
-            model = self.model(name)
-            audio = load_clip(CLIP, model.dsp.sample_rate_hz, seconds=FIXTURE_SECONDS, offset_s=FIXTURE_OFFSET_S)
-            t0 = time.perf_counter()
-            try:
-                self.results[key] = export_bundle(
-                    model, converter_for("coreml"), self.root / f"{name}-{precision}", precision=precision,
-                    fixture_audio=audio, fixture_source=f"{CLIP} from {FIXTURE_OFFSET_S} s, {FIXTURE_SECONDS} s",
-                )
-                print(f"\nexported coreml-{precision}-{name} in {time.perf_counter() - t0:.1f} s")
-            except Exception as e:  # noqa: BLE001 -- any conversion error: remembered, re-raised to each test
-                self.results[key] = e
-        result = self.results[key]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
 
 def ms_per_frame(backend: CoremlBackend, frames: int = 30) -> float:
@@ -85,7 +52,7 @@ def ms_per_frame(backend: CoremlBackend, frames: int = 30) -> float:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, dfn3) -> BundleCache:
-    return BundleCache(tmp_path_factory.mktemp("coreml-bundles"), dfn3)
+    return BundleCache(tmp_path_factory.mktemp("coreml-bundles"), dfn3, "coreml")
 
 
 def test_every_precision_has_a_tolerance():

@@ -24,19 +24,18 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 from audio_data import load_clip
 from dfnet4_sdk.exporters import tflite
-from dfnet4_sdk.exporters.base import TOLERANCES, converter_for, export_bundle
+from dfnet4_sdk.exporters.base import TOLERANCES, converter_for
 from dfnet4_sdk.runtimes.tflite_backend import TfliteBackend
 
 from dfnet4_sdk.bundle import Bundle, write_manifest
 from dfnet4_sdk.errors import BundleError
 from dfnet4_sdk.metrics import snr_db
-from dfnet4_sdk.models import load_model, preset_names
+from dfnet4_sdk.models import preset_names
 from dfnet4_sdk.runtime import Runtime
 
 torch.set_num_threads(1)
 
-CLIP = "noisy_real/dns5_blind_street_48k.flac"
-FIXTURE_SECONDS, FIXTURE_OFFSET_S = 1.0, 2.0
+from export_cache import CLIP, BundleCache
 PRECISIONS = converter_for("tflite").precisions
 MODELS = ("dfn3", *preset_names())
 # (model, precision): DFN3 at every precision, each DfNet4 preset at fp32. Presets beyond
@@ -48,37 +47,6 @@ RUNTIME_FP32_SNR_DB = 60.0
 
 def _params(cases, ids):
     return [pytest.param(*c, id=i, marks=() if c[0] in QUICK_MODELS else pytest.mark.slow) for c, i in zip(cases, ids)]
-
-
-class BundleCache:
-    """Each (model, precision) is exported once per module; a failed export is re-raised."""
-
-    def __init__(self, root, dfn3):
-        self.root, self.models, self.results = root, {"dfn3": dfn3}, {}
-
-    def model(self, name: str):
-        if name not in self.models:
-            self.models[name] = load_model(name)
-        return self.models[name]
-
-    def get(self, name: str, precision: str) -> Bundle:
-        key = (name, precision)
-        if key not in self.results:
-            model = self.model(name)
-            audio = load_clip(CLIP, model.dsp.sample_rate_hz, seconds=FIXTURE_SECONDS, offset_s=FIXTURE_OFFSET_S)
-            t0 = time.perf_counter()
-            try:
-                self.results[key] = export_bundle(
-                    model, converter_for("tflite"), self.root / f"{name}-{precision}", precision=precision,
-                    fixture_audio=audio, fixture_source=f"{CLIP} from {FIXTURE_OFFSET_S} s, {FIXTURE_SECONDS} s",
-                )
-                print(f"\nexported tflite-{precision}-{name} in {time.perf_counter() - t0:.1f} s")
-            except Exception as e:  # noqa: BLE001 -- any conversion error: remembered, re-raised to each test
-                self.results[key] = e
-        result = self.results[key]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
 
 def us_per_frame(backend: TfliteBackend, frames: int = 300) -> dict[str, float]:
@@ -102,7 +70,7 @@ def us_per_frame(backend: TfliteBackend, frames: int = 300) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, dfn3) -> BundleCache:
-    return BundleCache(tmp_path_factory.mktemp("tflite-bundles"), dfn3)
+    return BundleCache(tmp_path_factory.mktemp("tflite-bundles"), dfn3, "tflite")
 
 
 @pytest.fixture(scope="module")
