@@ -78,7 +78,7 @@ def main(verbose: int) -> None:
 @click.argument("input_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (default: INPUT_enhanced.<ext> beside the input).")
-@click.option("--model", default=None, help="Model name (dfn3, a DfNet4 preset), checkpoint .pt or DFN3 archive.")
+@click.option("--model", default=None, help="Model: a shipped model (default dfnet4-lite-v1), dfn3, a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
               help="Backend (default: the bundle's, else onnx when installed, else torch). "
                    "A model that is not a bundle is exported once for the backend and cached.")

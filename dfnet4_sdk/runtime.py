@@ -11,6 +11,7 @@ stream owns all state. Output is delay-compensated and aligned with the input.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dfnet4_sdk.audio_io import resample, to_float32
-from dfnet4_sdk.errors import AudioInputError, ConfigError
+from dfnet4_sdk.errors import AudioInputError, ConfigError, ModelNotAvailableError
 from dfnet4_sdk.stream import EnhancementStream, StreamOptions
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,13 @@ def _resolve_backend(model: Any, backend: str | None, num_threads: int):
     run by the torch backend or exported once for the named backend and cached."""
     from dfnet4_sdk.bundle import Bundle, is_bundle
     from dfnet4_sdk.runtimes import load_backend
+    from dfnet4_sdk.shipped import DEFAULT_MODEL, shipped_model
 
+    model = DEFAULT_MODEL if model is None else model
+    shipped = shipped_model(model)
+    if shipped is not None and backend in (None, "onnx") and _onnx_available():
+        # The shipped ONNX bundle: no torch, no export on first use.
+        return load_backend("onnx", Bundle.load(shipped.onnx_bundle_dir), num_threads=num_threads)
     if isinstance(model, Bundle) or (isinstance(model, (str, Path)) and is_bundle(model)):
         bundle = model if isinstance(model, Bundle) else Bundle.load(model)
         target = bundle.manifest.backend
@@ -39,6 +46,11 @@ def _resolve_backend(model: Any, backend: str | None, num_threads: int):
                 f"export one with `dfsdk export --model MODEL --target {backend} -o DIR`"
             )
         return load_backend(target, bundle, num_threads=num_threads)
+    if importlib.util.find_spec("torch") is None:
+        raise ModelNotAvailableError(
+            f"model {model!r} is not a bundle and needs PyTorch to load: install the torch extra "
+            "(pip install 'dfnet4-sdk[torch]'), or run the default model or an exported bundle, which need no torch"
+        )
     from dfnet4_sdk.models import load_model
 
     torch_model = load_model(model)
@@ -48,23 +60,27 @@ def _resolve_backend(model: Any, backend: str | None, num_threads: int):
 
     if backend is None:
         # Best available: onnxruntime runs the fused frame graph several times faster than eager
-        # PyTorch; the export happens once per model and is cached.
-        import importlib.util
-
-        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        # PyTorch; the export happens once per model and is cached (exporting also needs onnx).
+        if not _onnx_available() or importlib.util.find_spec("onnx") is None:
             return load_backend("torch", torch_model, num_threads=num_threads)
         backend = "onnx"
     return load_backend(backend, cached_export(torch_model, backend), num_threads=num_threads)
+
+
+def _onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 class Runtime:
     """Streaming speech enhancement.
 
     Args:
-        model: a model name ("dfn3", a DfNet4 preset), a checkpoint, a DFN3 archive, or an
-            ``EnhancementModel``; None for the default model.
+        model: a model name (a shipped model such as "dfnet4-lite-v1", "dfn3", a DfNet4 preset),
+            a checkpoint, a DFN3 archive, a bundle directory, or an ``EnhancementModel``; None for
+            the default model (``dfnet4_sdk.shipped.DEFAULT_MODEL``).
         backend: "torch", "onnx", "tflite" or "coreml". None: a bundle's own backend, else the best
-            available (onnx when installed: the model is exported once and cached, else torch).
+            available: onnx when installed (a shipped model runs its packaged bundle; any other
+            model is exported once and cached), else torch.
         atten_lim_db: maximum attenuation in dB (100 = unlimited), as libDF.
         post_filter_beta: libDF's post-filter strength (0 = off, 0.02 = upstream's choice).
         min_db_thresh, max_db_erb_thresh, max_db_df_thresh: libDF's local-SNR gating.

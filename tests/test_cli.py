@@ -109,10 +109,10 @@ def test_import_dfn3_writes_a_checkpoint_that_run_uses(noisy_wav, tmp_path):
     result = run_cli("import-dfn3", "-o", str(ckpt))
     assert result.exit_code == 0, result.output
     assert "2,1" in result.output  # parameter count printed
-    out_default, out_ckpt = tmp_path / "a.wav", tmp_path / "b.wav"
-    assert run_cli("run", str(noisy_wav), "-o", str(out_default), "--quiet").exit_code == 0
+    out_named, out_ckpt = tmp_path / "a.wav", tmp_path / "b.wav"
+    assert run_cli("run", str(noisy_wav), "-o", str(out_named), "--quiet", "--model", "dfn3").exit_code == 0
     assert run_cli("run", str(noisy_wav), "-o", str(out_ckpt), "--quiet", "--model", str(ckpt)).exit_code == 0
-    np.testing.assert_array_equal(sf.read(out_default)[0], sf.read(out_ckpt)[0])
+    np.testing.assert_array_equal(sf.read(out_named)[0], sf.read(out_ckpt)[0])
 
 
 def test_unknown_model_name_is_a_clear_error(noisy_wav, tmp_path):

@@ -136,7 +136,7 @@ def test_evaluate_dfn3_improves_pesq(tmp_path):
     from dfnet4_sdk.runtime import Runtime
 
     items = [it for it in ev.find_eval_items(DEV_EVAL / "vbd_train") if it.name in ("p287_005", "p287_006")]
-    rows = ev.evaluate(items, Runtime(), plot_dir=tmp_path / "plots")
+    rows = ev.evaluate(items, Runtime("dfn3"), plot_dir=tmp_path / "plots")
     assert [(r["item"], r["system"]) for r in rows] == [
         ("p287_005", "noisy"), ("p287_005", "enhanced"), ("p287_006", "noisy"), ("p287_006", "enhanced")]
     for noisy, enhanced in (rows[0:2], rows[2:4]):

@@ -1,7 +1,7 @@
 """Model-card numbers: noisy input, DFN3 and a trained checkpoint side by side, all enhanced
 through the SDK's streaming ``Runtime`` (the shipped path, default options).
 
-    python -m dfnet4_sdk.training.report training/checkpoints/dfnet4_lite_best.pt --out runs/card.json
+    python -m dfnet4_sdk.training.report dfnet4-lite-v1 --out runs/card.json
     python -m dfnet4_sdk.training.report --systems noisy,dfn3 --out runs/ref.json   # once
     python -m dfnet4_sdk.training.report ckpt.pt --systems ours --merge-with runs/ref.json --out runs/card.json
 

@@ -1,7 +1,8 @@
 """Model family registry, checkpoints, and resolution of ``--model`` arguments.
 
-``load_model`` accepts a model name (``dfn3``, a DfNet4 preset name), a checkpoint
-written by ``save_checkpoint`` (``.pt``), or an official DFN3 archive / directory.
+``load_model`` accepts a model name (a shipped model such as the default ``dfnet4-lite-v1``,
+``dfn3``, a DfNet4 preset name), a checkpoint written by ``save_checkpoint`` (``.pt``), or an
+official DFN3 archive / directory.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import torch
 
 from dfnet4_sdk.errors import ModelImportError, ModelNotAvailableError
 from dfnet4_sdk.models.base import EnhancementModel
+from dfnet4_sdk.shipped import DEFAULT_MODEL, SHIPPED_MODELS, shipped_model
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "dfnet4-sdk-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-DEFAULT_MODEL = "dfn3"
-UNTRAINED_PRESET_SEED = 0  # until the project ships its own trained DfNet4Lite
+# Presets are architectures; trained weights come as shipped models or checkpoints. A preset
+# named on its own gets these fixed untrained weights, so conformance runs are reproducible.
+UNTRAINED_PRESET_SEED = 0
 
 # family -> (module, class)
 _FAMILIES = {
@@ -123,15 +126,18 @@ def load_model(spec: str | Path | EnhancementModel | None = None) -> Enhancement
         return load_checkpoint(path)
     if text == "dfn3":
         return load_dfn3_cached()
+    if (shipped := shipped_model(text)) is not None:
+        return load_checkpoint(shipped.checkpoint_path)
     presets = preset_names()
     if text in presets:
         from dfnet4_sdk.models.dfnet4 import DfNet4
 
-        log.warning("model %r is an untrained preset (random weights): output is not enhanced speech", text)
+        log.warning("model %r is an untrained preset (random weights): output is not enhanced speech; "
+                    "the trained models are %s", text, ", ".join(SHIPPED_MODELS))
         with torch.random.fork_rng():  # the same untrained weights every time: reproducible conformance
             torch.manual_seed(UNTRAINED_PRESET_SEED)
             return DfNet4.from_preset(text).eval()
     raise ModelNotAvailableError(
         f"model {text!r} is neither an existing file/directory nor a known name; "
-        f"use 'dfn3', a preset ({', '.join(presets)}), a checkpoint .pt or a DFN3 .tar.gz"
+        f"use {', '.join(repr(m) for m in SHIPPED_MODELS)}, 'dfn3', a preset ({', '.join(presets)}), a checkpoint .pt or a DFN3 .tar.gz"
     )
