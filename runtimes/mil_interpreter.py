@@ -159,6 +159,7 @@ _UNARY = {
     "sigmoid": lambda x: 0.5 * np.tanh(0.5 * x) + 0.5,  # no overflow for large |x|
     "tanh": np.tanh,
     "exp": np.exp,
+    "abs": np.abs,
     "softplus": lambda x: np.logaddexp(np.float32(0), x),
     "silu": lambda x: x * (0.5 * np.tanh(0.5 * x) + 0.5),
 }
@@ -184,6 +185,13 @@ def _binary(c: _Ctx) -> Kernel:
 def _rsqrt(c: _Ctx) -> Kernel:
     x, eps = c.get("x"), np.float32(c.const("epsilon", 1e-12))
     return lambda env: 1.0 / np.sqrt(x(env) + eps)
+
+
+@_op("log")
+def _log(c: _Ctx) -> Kernel:
+    # MIL's log is log(x + epsilon), epsilon 1e-45 by default (a float32 denormal: log(0) stays finite).
+    x, eps = c.get("x"), np.float32(c.const("epsilon", 1e-45))
+    return lambda env: np.log(x(env) + eps)
 
 
 _CAST = {"fp32": np.float32, "fp16": np.float16, "int32": np.int32, "bool": np.bool_}

@@ -28,10 +28,12 @@ class GroupedLinear(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
-        # x [..., I] -> [..., G, 1, I/G] @ [G, I/G, H/G] -> [..., G, 1, H/G] -> [..., H]
+        # x [..., I] -> [G, rows, I/G] @ [G, I/G, H/G] -> [G, rows, H/G] -> [..., H]. Groups lead:
+        # one matmul per group over all rows (frames); with rows leading instead, a 100-frame
+        # block became 1,600 1-row matmuls, 7x slower in onnxruntime.
         lead = x.shape[:-1]
-        x = x.reshape(*lead, self.groups, 1, self.input_size // self.groups)
-        return torch.matmul(x, self.weight).reshape(*lead, self.hidden_size)
+        x = x.reshape(-1, self.groups, self.input_size // self.groups).transpose(0, 1)
+        return torch.matmul(x, self.weight).transpose(0, 1).reshape(*lead, self.hidden_size)
 
 
 class GRU(nn.GRU):
@@ -59,10 +61,12 @@ class GRU(nn.GRU):
         H = self.hidden_size
         gi = F.linear(x, getattr(self, f"weight_ih_l{layer}"), getattr(self, f"bias_ih_l{layer}"))
         gh = F.linear(h, getattr(self, f"weight_hh_l{layer}"), getattr(self, f"bias_hh_l{layer}"))
-        r = torch.sigmoid(gi[:, :H] + gh[:, :H])
-        z = torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+        # r and z share one add and one sigmoid; h' = (1 - z) * n + z * h written as
+        # n + z * (h - n): the same value in two fewer graph nodes per layer and frame.
+        rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
+        r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
-        return (1.0 - z) * n + z * h
+        return n + z * (h - n)
 
 
 class CausalConv2d(nn.Module):
