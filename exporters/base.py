@@ -142,9 +142,12 @@ class BlockModule(nn.Module):
 
 # Targets whose fp32 exports include the block graphs of the offline path.
 BLOCK_TARGETS = ("onnx",)
-# Targets whose exports include the fused frame graph (fp32 only: its features take
-# log10 of band powers near 1e-10, which fp16 cannot represent).
-FUSED_TARGETS = ("onnx", "tflite")
+# (target, precision) pairs whose exports include the fused frame graph. Not fp16: its features
+# take log10 of band powers near 1e-10, which fp16 cannot represent. ONNX int8 keeps the frame
+# graph's DSP matmuls (ERB filterbank and its inverse) float (exporters/onnx.py); TFLite's
+# dynamic-range quantizer cannot leave them out.
+FUSED_EXPORTS = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"))
+FUSED_TARGETS = tuple(dict.fromkeys(t for t, _ in FUSED_EXPORTS))
 
 
 class RecordingBackend:
@@ -263,7 +266,7 @@ def export_bundle(
     recorder, enhanced = record_reference(model, fixture_audio)
 
     if fused is None:
-        fused = target in FUSED_TARGETS and precision == "fp32"
+        fused = (target, precision) in FUSED_EXPORTS
     if blocks is None:
         blocks = target in BLOCK_TARGETS and precision == "fp32"
     base = describe_model(model, backend=target, precision=precision, include_frame=fused,

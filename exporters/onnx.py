@@ -8,6 +8,7 @@ into ``.onnx.data``; the TorchScript path keeps our tensor names and one file pe
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -68,7 +69,8 @@ class OnnxConverter:
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(path))
         if precision == "int8":
-            self.quantization[spec.name] = _quantize_int8(path, spec, calibration)
+            keep_float = _dsp_nodes(model, module) if spec.kind == "frame" else ()
+            self.quantization[spec.name] = _quantize_int8(path, spec, calibration, keep_float)
         _check_io_names(path, spec)
         return {}
 
@@ -109,9 +111,27 @@ def _toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _quantize_int8(path: Path, spec: GraphSpec, calibration) -> dict[str, Any]:
+def _dsp_nodes(model: onnx.ModelProto, module: nn.Module) -> tuple[str, ...]:
+    """Nodes of a fused frame graph whose weight is one of its DSP constants (the ERB filterbank
+    and its inverse, in either orientation): int8 would round the band weights of the features
+    and the mask, which are exact in libDF. Found by value, since tracing renames them."""
+    from onnx import numpy_helper
+
+    constants = [b.detach().numpy() for name, b in module.named_buffers() if name.rsplit(".", 1)[-1] in ("erb_fb", "erb_inv")]
+    inits = {t.name: t for t in model.graph.initializer}
+    dsp_inits = set()
+    for name, t in inits.items():
+        if len(t.dims) == 2 and any(sorted(t.dims) == sorted(c.shape) for c in constants):
+            w = numpy_helper.to_array(t)
+            if any(w.shape == c.shape and np.array_equal(w, c) or w.shape == c.T.shape and np.array_equal(w, c.T)
+                   for c in constants):
+                dsp_inits.add(name)
+    return tuple(n.name for n in model.graph.node if any(i in dsp_inits for i in n.input[1:]))
+
+
+def _quantize_int8(path: Path, spec: GraphSpec, calibration, keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
     """Quantize the float graph at ``path`` in place (its ``metadata_props`` gain the scheme);
-    return what the manifest records."""
+    nodes named in ``keep_float`` stay float. Return what the manifest records."""
     import json
 
     from dfnet4_sdk.exporters.base import TOLERANCES
@@ -120,10 +140,12 @@ def _quantize_int8(path: Path, spec: GraphSpec, calibration) -> dict[str, Any]:
     tmp = path.with_suffix(".fp32.onnx")
     path.rename(tmp)
     try:
-        if calibration is not None and len(calibration) >= 20:
+        if calibration is not None and len(calibration) >= 20 and not keep_float:
             info = choose_onnx_int8(tmp, path, calibration, spec, TOLERANCES[("onnx", "int8")].graph_rel_error)
         else:
-            scheme = ONNX_CANDIDATES[0]  # no calibration: the default, unmeasured here
+            # No calibration frames (the fused frame graph has none: they are recorded per
+            # component): the default scheme, checked at export by the enhanced audio.
+            scheme = replace(ONNX_CANDIDATES[0], exclude=keep_float)
             quantize_onnx(tmp, path, scheme)
             info = {**scheme.describe(), "measured_on": "nothing (no calibration frames); validated at export only"}
         model = onnx.load(str(path))

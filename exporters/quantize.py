@@ -133,6 +133,8 @@ class OnnxScheme:
                                else "float32 (conv, grouped linear: a DequantizeLinear per frame costs more than it saves)"))
             d["activations"] = ("int8 per block, quantized on the fly (accuracy_level 4)" if self.accuracy_level == 4
                                 else f"float (accuracy_level {self.accuracy_level})")
+            if self.exclude:
+                d["float_nodes"] = list(self.exclude)
         elif self.kind == "weights":
             d["weights"] = f"int8 symmetric per-channel ({'/'.join(WEIGHT_OPS)}, >= {MIN_QUANT_WEIGHTS} elements)"
             d["activations"] = "float32"

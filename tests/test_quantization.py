@@ -83,8 +83,16 @@ def test_manifest_and_graphs_record_the_scheme(exports, name):
     _, _, bundle = exports[name]
     quant = bundle.manifest.quantization
     assert quant["precision"] == "int8" and "clips" in quant["calibration"]
-    assert set(quant["graphs"]) == {g.name for g in bundle.manifest.component_graphs}
-    for g, info in quant["graphs"].items():
+    assert set(quant["graphs"]) == {g.name for g in bundle.manifest.component_graphs} | {"frame"}
+    # The fused frame graph: the model's weights int8, its DSP matmuls (ERB filterbank and
+    # inverse, exact in libDF) left float, by name in the manifest and in the file.
+    frame = quant["graphs"]["frame"]
+    assert frame["scheme"] == "nbits" and len(frame["float_nodes"]) == 2, frame
+    nodes = {n.name: n.op_type for n in onnx.load(str(bundle.graph_path("frame"))).graph.node}
+    assert all(nodes[n] in ("MatMul", "Gemm") for n in frame["float_nodes"])
+    assert sum(op == "MatMulNBits" for op in nodes.values()) >= 5
+    for g in (c.name for c in bundle.manifest.component_graphs):
+        info = quant["graphs"][g]
         assert info["scheme"] == "nbits" and info["state_io"] == "float32", info
         assert max(info["graph_rel_error"].values()) <= q.ERROR_MARGIN * TOLERANCES[("onnx", "int8")].graph_rel_error
         print(f"\n{name}.{g}: {info['weights']}; error {max(info['graph_rel_error'].values()):.4f}, "
