@@ -73,6 +73,11 @@ def post_filter_libdf(noisy: np.ndarray, enhanced: np.ndarray, beta: float) -> n
     return out
 
 
+def _as_complex(pairs: np.ndarray) -> np.ndarray:
+    """[..., F, 2] float32 re/im -> [F] complex64, a view when the array is contiguous."""
+    return np.ascontiguousarray(pairs, dtype=np.float32).view(np.complex64).reshape(-1)
+
+
 class EnhancementStream:
     """One mono stream over any backend. ``process`` takes any number of samples and returns
     the enhanced samples that are ready, delay-compensated; ``flush`` returns the rest, so the
@@ -93,6 +98,7 @@ class EnhancementStream:
             np.array([o.min_db_thresh, o.max_db_erb_thresh, o.max_db_df_thresh], dtype=np.float32), -1e9, 1e9
         )
         self._spec_in = np.zeros((1, m.dsp.freq_bins, 2), dtype=np.float32)
+        self._spec_in_complex = self._spec_in.view(np.complex64).reshape(-1)  # writes go to _spec_in
         self._needs_samples = "frame_samples" in m.graph("enc").input_names
         # (state_in name, state_out name) of each graph, resolved once: a hop must not search the manifest.
         self._state_io = {g.name: [(s.input_name, s.output_name) for s in m.states_of(g.name)] for g in m.graphs}
@@ -112,6 +118,7 @@ class EnhancementStream:
         m = self.manifest
         self._dsp_state = dsp.FrontEndState.initial(m.dsp)
         self._model_state = {s.input_name: s.initial() for s in m.states}
+        self._bind_frame_graph()
         self._history = np.zeros((self._history_len, m.dsp.freq_bins), dtype=np.complex64)
         self._pending = np.zeros(0, dtype=np.float32)
         self._samples_in = 0
@@ -170,23 +177,54 @@ class EnhancementStream:
             return fe.synthesis_frame(self._enhance_fused(spec, hop_samples), st)
         return fe.synthesis_frame(self._enhance_split(spec, hop_samples), st)
 
-    def _enhance_fused(self, spec: np.ndarray, hop_samples: np.ndarray) -> np.ndarray:
-        """Features, the three components, gating, mask and deep filter in one graph call."""
-        self._spec_in[0, :, 0] = spec.real
-        self._spec_in[0, :, 1] = spec.imag
+    def _bind_frame_graph(self) -> None:
+        """With a backend that runs on caller-owned buffers (``BindsBuffers``), bind the fused
+        frame graph twice over two state sets (A in -> B out, B in -> A out) and alternate, so a
+        hop copies no state and converts nothing. The buffers are this stream's; ``reset`` binds anew."""
+        self._frame_calls = None
+        if not self._fused or not hasattr(self.backend, "bind"):
+            return
+        g = self.manifest.frame_graph
+        sets = (self._model_state, {k: np.empty_like(v) for k, v in self._model_state.items()})
+        self._frame_out = {t.name: np.zeros(t.shape, np.float32) for t in g.outputs if t.role != "state_out"}
+        self._frame_samples_in = np.zeros((1, 1, 1, self.hop_size_samples), np.float32)
+        io = self._state_io["frame"]
+        calls = []
+        for current, following in ((sets[0], sets[1]), (sets[1], sets[0])):
+            inputs = {"spec": self._spec_in, "gating_thresholds_db": self._thresholds, "frame_samples": self._frame_samples_in,
+                      **current}
+            outputs = {**self._frame_out, **{state_out: following[state_in] for state_in, state_out in io}}
+            calls.append((self.backend.bind("frame", inputs, outputs), following))
+        self._frame_calls = tuple(calls)
+        self._frame_phase = 0
+
+    def _run_frame_graph(self, hop_samples: np.ndarray) -> dict[str, np.ndarray]:
+        if self._frame_calls is not None:
+            if self._needs_samples:
+                self._frame_samples_in.reshape(-1)[:] = hop_samples
+            run, following = self._frame_calls[self._frame_phase]
+            run()
+            self._frame_phase ^= 1
+            self._model_state = following
+            return self._frame_out
         feed = {"spec": self._spec_in, "gating_thresholds_db": self._thresholds, **self._model_state}
         if self._needs_samples:
             feed["frame_samples"] = np.asarray(hop_samples, dtype=np.float32).reshape(1, 1, 1, -1)
         out = self.backend.run("frame", feed)
         for state_in, state_out in self._state_io["frame"]:
             self._model_state[state_in] = out[state_out]
+        return out
+
+    def _enhance_fused(self, spec: np.ndarray, hop_samples: np.ndarray) -> np.ndarray:
+        """Features, the three components, gating, mask and deep filter in one graph call."""
+        self._spec_in_complex[:] = spec
+        out = self._run_frame_graph(hop_samples)
         lsnr = float(out["lsnr"].reshape(-1)[0])
         self.last_lsnr_db = lsnr
-        e = out["spec_enhanced"].reshape(-1, 2)
-        enhanced = e[:, 0] + 1j * e[:, 1]
+        # [1, F, 2] re/im pairs are complex64 in memory: views, no arithmetic.
+        enhanced = _as_complex(out["spec_enhanced"])
         if self.options.post_filter_beta > 0 or self.options.atten_lim_gain is not None:
-            n = out["spec_noisy"].reshape(-1, 2)
-            enhanced = self._finish(n[:, 0] + 1j * n[:, 1], enhanced, apply_stages(lsnr, self.options)[0])
+            enhanced = self._finish(_as_complex(out["spec_noisy"]), enhanced, apply_stages(lsnr, self.options)[0])
         return enhanced
 
     def _finish(self, noisy: np.ndarray, enhanced: np.ndarray, apply_erb: bool) -> np.ndarray:

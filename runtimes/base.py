@@ -7,7 +7,7 @@ ordinary inputs (``state_in.<name>``) and outputs (``state_out.<name>``). Everyt
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -31,6 +31,18 @@ class Backend(Protocol):
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one frame of ``graph``; returns every output by name (state outputs included)."""
+        ...
+
+
+@runtime_checkable
+class BindsBuffers(Protocol):
+    """Optional: a backend that can run a graph on caller-owned buffers, with no per-call
+    conversion or allocation. The stream uses it for the fused frame graph when present."""
+
+    def bind(self, graph: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        """A call that runs one frame of ``graph`` reading ``inputs`` and writing every output
+        into ``outputs`` in place. The arrays (C-contiguous float32, manifest shapes) belong to
+        the caller, which keeps them alive and must not pass the same array as input and output."""
         ...
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import onnxruntime as ort
 
 from dfnet4_sdk.bundle import Bundle
-from dfnet4_sdk.errors import BundleError
+from dfnet4_sdk.errors import BundleError, ConfigError
 
 
 class OnnxBackend:
@@ -37,3 +37,24 @@ class OnnxBackend:
         feed = {k: np.ascontiguousarray(inputs[k], dtype=np.float32) for k in self._inputs[graph]}
         values = self._sessions[graph].run(self._outputs[graph], feed)
         return dict(zip(self._outputs[graph], values))
+
+    def bind(self, graph: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        """One frame of ``graph`` on caller-owned buffers (``runtimes.base.BindsBuffers``):
+        onnxruntime reads and writes them through an IOBinding, so a call converts and
+        allocates nothing."""
+        spec = self.manifest.graph(graph)
+        session = self._sessions[graph]
+        binding = session.io_binding()
+        problems = []
+        for tensors, arrays, bind in ((spec.inputs, inputs, binding.bind_input), (spec.outputs, outputs, binding.bind_output)):
+            for t in tensors:
+                a = arrays.get(t.name)
+                if a is None or a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != tuple(t.shape):
+                    got = "missing" if a is None else f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' non-contiguous'}"
+                    problems.append(f"{t.name}: expected C-contiguous float32 {tuple(t.shape)}, got {got}")
+                    continue
+                bind(t.name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
+        if problems:
+            raise ConfigError(f"cannot bind graph {graph!r}: " + "; ".join(problems))
+        run = session.run_with_iobinding
+        return lambda: run(binding)
