@@ -292,3 +292,41 @@ def test_offline_path_defers_to_streaming_when_gating_acts(dfn3, noisy_real_48k)
     assert enhance_offline(rt.backend, x, rt.options) is None  # some frames are gated on this clip
     streamed = np.concatenate([rt.process(x), rt.flush()])
     np.testing.assert_array_equal(rt.enhance(x, 48000), streamed)
+
+
+class _RunOnly:
+    """A backend without ``bind``: the stream falls back to one ``run`` per hop."""
+
+    def __init__(self, backend):
+        self.name, self.manifest, self.run = backend.name, backend.manifest, backend.run
+
+
+@pytest.mark.parametrize(
+    "options", [StreamOptions(), StreamOptions(min_db_thresh=-10.0, max_db_erb_thresh=30.0, max_db_df_thresh=20.0)],
+    ids=["defaults", "gating-acts"],
+)
+def test_bound_frame_graph_equals_per_call_run(noisy_real_48k, options):
+    """The ONNX backend's bound, ping-ponged buffers give exactly what per-call ``run`` gives,
+    also across ``reset`` (which binds new state buffers)."""
+    from dfnet4_sdk.stream import EnhancementStream
+
+    backend = Runtime().backend  # the shipped ONNX bundle
+    assert hasattr(backend, "bind")
+    bound, unbound = EnhancementStream(backend, options), EnhancementStream(_RunOnly(backend), options)
+    x = noisy_real_48k[: 2 * 48000]
+    for _ in range(2):
+        a = np.concatenate([bound.process(x[:30_001]), bound.process(x[30_001:]), bound.flush()])
+        b = np.concatenate([unbound.process(x), unbound.flush()])
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bind_reports_every_bad_buffer():
+    backend = Runtime().backend
+    g = backend.manifest.frame_graph
+    inputs = {t.name: np.zeros(t.shape, np.float32) for t in g.inputs}
+    outputs = {t.name: np.zeros(t.shape, np.float32) for t in g.outputs}
+    inputs["spec"] = inputs["spec"].astype(np.float64)
+    del outputs["lsnr"]
+    with pytest.raises(ConfigError) as err:
+        backend.bind("frame", inputs, outputs)
+    assert "spec: expected C-contiguous float32" in str(err.value) and "lsnr: expected" in str(err.value)
