@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from dfnet4_sdk.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,17 @@ class DspParams:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DspParams":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown DspParams keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
+
+
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """``cls(**data)`` for a parameter dataclass, refusing unknown keys (a typo in a config
+    file must not silently fall back to a default)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; expected a subset of {sorted(known)}")
+    return cls(**dict(data))
 
 
 def _libdf_round_alpha(alpha: float) -> float:

@@ -148,7 +148,8 @@ def _scan(folders: tuple[str, ...], group: str) -> list[AudioEntry]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _load(path: Path) -> np.ndarray:
+def load_mono(path: Path) -> np.ndarray:
+    """A file's samples as mono float32 at its own rate (channels averaged), cached."""
     audio, _ = sf.read(str(path), dtype="float32", always_2d=True)
     return audio.mean(axis=1)
 
@@ -156,7 +157,7 @@ def _load(path: Path) -> np.ndarray:
 def read_segment(entry: AudioEntry, seconds: float, rate: int, rng: np.random.Generator, loop: bool) -> np.ndarray:
     """A random ``seconds`` long piece of ``entry`` at ``rate`` Hz [N]. Shorter files are looped
     (noise) or placed at a random offset in zeros (speech)."""
-    audio = _load(entry.path)
+    audio = load_mono(entry.path)
     want = int(np.ceil(seconds * entry.sample_rate)) + 1
     if len(audio) >= want:
         start = int(rng.integers(0, len(audio) - want + 1))
@@ -238,7 +239,7 @@ class MixtureDataset:
         clean = speech
         if self.lists.rir and rng.random() < cfg.p_reverb:
             rir_entry = self.lists.rir[int(rng.integers(len(self.lists.rir)))]
-            speech, clean = _reverb(speech, resample(_load(rir_entry.path), rir_entry.sample_rate, rate), rate)
+            speech, clean = _reverb(speech, resample(load_mono(rir_entry.path), rir_entry.sample_rate, rate), rate)
         noise = self._noise(rng, seconds)
         if rng.random() < cfg.p_clean_only or power(speech) == 0.0:
             snr_db, noise = float("inf"), noise * 0

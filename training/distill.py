@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dfnet4_sdk.models import spectral
-from dfnet4_sdk.models.base import _TIME_AXIS, COMPONENT_NAMES, EnhancementModel
+from dfnet4_sdk.models.base import COMPONENT_NAMES, OUTPUT_TIME_AXIS, EnhancementModel
 from dfnet4_sdk.training.losses import istft
 
 _KEPT = ("lsnr", "erb_mask", "df_coefs", "emb")
@@ -32,7 +32,7 @@ def run_model(model: EnhancementModel, batch: Mapping[str, Tensor]) -> dict[str,
         comp = model.components[name]
         outputs, _ = comp({k: values[k] for k in comp.input_names}, None)
         values.update(outputs)
-    axes = dict(_TIME_AXIS, emb=1)
+    axes = dict(OUTPUT_TIME_AXIS, emb=1)
     out = {k: values[k].narrow(axes[k], lookahead, values[k].shape[axes[k]] - lookahead) for k in _KEPT}
     spec = batch["spec"]
     masked = spectral.apply_erb_mask(spec, out["erb_mask"], spectral.erb_widths_tensor(model.dsp))

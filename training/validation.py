@@ -18,7 +18,7 @@ import torch
 from dfnet4_sdk.audio_io import resample
 from dfnet4_sdk.evaluation import Dnsmos, pesq_wb, stoi
 from dfnet4_sdk.models.base import EnhancementModel
-from dfnet4_sdk.training.data import _load, features
+from dfnet4_sdk.training.data import features, load_mono
 from dfnet4_sdk.training.distill import run_model
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class DevSet:
         noisy = sorted(folder.glob("*_noisy.flac"))[:clips]
         if not noisy:
             log.warning("no validation clips under %s: validation is skipped", folder)
-        self.pairs = [(_load(p), _load(p.with_name(p.name.replace("_noisy", "_clean")))) for p in noisy]
+        self.pairs = [(load_mono(p), load_mono(p.with_name(p.name.replace("_noisy", "_clean")))) for p in noisy]
 
     def score(self, model: EnhancementModel) -> dict[str, float]:
         if not self.pairs:

@@ -44,7 +44,7 @@ MODEL_OUTPUT_SHAPES = {
     "df_coefs": "[B, T, F, 2*O]  complex DF taps, layout (tap, re/im) in the last axis",
 }
 COMPONENT_NAMES = ("enc", "erb_dec", "df_dec")
-_TIME_AXIS = {"lsnr": 1, "erb_mask": 2, "df_coefs": 1}
+OUTPUT_TIME_AXIS = {"lsnr": 1, "erb_mask": 2, "df_coefs": 1}
 
 TensorDict = dict[str, Tensor]
 
@@ -206,7 +206,7 @@ class EnhancementModel(nn.Module):
                 raise ValueError(f"{self.family} needs the frame input {name!r}: {FRAME_INPUT_SHAPES[name]}")
             frame_inputs[name] = spectral.pad_time_end(available[name], lookahead, time_axis=2)
         raw, _ = self.forward_components(frame_inputs)
-        out = {k: v.narrow(_TIME_AXIS[k], lookahead, v.shape[_TIME_AXIS[k]] - lookahead) for k, v in raw.items()}
+        out = {k: v.narrow(OUTPUT_TIME_AXIS[k], lookahead, v.shape[OUTPUT_TIME_AXIS[k]] - lookahead) for k, v in raw.items()}
         widths = spectral.erb_widths_tensor(self.dsp)
         spec_masked = spectral.apply_erb_mask(spec, out["erb_mask"], widths)
         spec_filtered = spectral.deep_filter(spec, out["df_coefs"], self.df_order, self.df_lookahead_frames)

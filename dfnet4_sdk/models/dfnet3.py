@@ -26,7 +26,7 @@ from __future__ import annotations
 import configparser
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models.base import EnhancementModel, StateSpec, StreamingComponent, TensorDict
 from dfnet4_sdk.models.layers import GRU, CausalConv2d, GroupedLinear
-from dfnet4_sdk.params import DspParams
+from dfnet4_sdk.params import DspParams, dataclass_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +114,7 @@ class Dfn3Params:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Dfn3Params":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown Dfn3Params keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
 
     @classmethod
     def from_config_ini(cls, text: str) -> "Dfn3Params":

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dfnet4_sdk.errors import ConfigError
-from dfnet4_sdk.params import DspParams
+from dfnet4_sdk.params import DspParams, dataclass_from_dict
 
 VARIANTS = ("dfnet4", "dfnet4-lite")  # model families (see dfnet4_sdk.models registry)
 BACKBONES = ("mamba", "gru")
@@ -199,11 +199,7 @@ class ModelParams4:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelParams4:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown ModelParams4 keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
 
     def save(self, path: str | Path) -> Path:
         """Write TOML (``.toml``) or JSON (``.json``)."""
