@@ -125,6 +125,11 @@ def _files(path: Path) -> list[Path]:
 def _bundle_for(model: str, backend: str, precision: str):
     if backend == "torch":
         return model
+    from dfnet4_sdk.shipped import shipped_model
+
+    shipped = shipped_model(model)
+    if shipped is not None and (backend, precision) == ("onnx", "fp32"):
+        return shipped.onnx_bundle_dir  # what Runtime() runs
     from dfnet4_sdk.exporters.cache import cached_export
     from dfnet4_sdk.models import load_model
 

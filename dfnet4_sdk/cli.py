@@ -312,7 +312,8 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 
 
 @main.command()
-@click.option("--model", "models", multiple=True, help="Models to measure (repeatable; default: dfn3).")
+@click.option("--model", "models", multiple=True,
+              help="Models to measure (repeatable; default: dfn3 and the default model).")
 @click.option("--backend", "backends", multiple=True, help="Backends (repeatable; default: torch and onnx).")
 @click.option("--precision", "precisions", multiple=True, help="Precisions for exported backends (default: fp32).")
 @click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -324,11 +325,12 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 def bench(models, backends, precisions, audio_path, seconds, output_path):
     """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
     from dfnet4_sdk import bench as b
+    from dfnet4_sdk.shipped import DEFAULT_MODEL
 
     audio_path = audio_path or _default_clip()
     cells = [
         (m, be, p)
-        for m in (models or ("dfn3",))
+        for m in (models or ("dfn3", DEFAULT_MODEL))
         for be in (backends or ("torch", "onnx"))
         for p in ((precisions or ("fp32",)) if be != "torch" else ("fp32",))
     ]

@@ -26,7 +26,9 @@ from dfnet4_sdk.errors import BackendNotAvailableError, DfSdkError
 from dfnet4_sdk.metrics import snr_db
 
 OFFICIAL_SNR_FLOOR_DB = 40.0
-MODELS = ("dfn3", "dfnet4", "dfnet4-lite")
+# dfn3 and the shipped dfnet4-lite-v1 with their trained weights; dfnet4 as its untrained preset
+# (fixed seed), which covers the full architecture (waveform path, three DF resolutions).
+MODELS = ("dfn3", "dfnet4", "dfnet4-lite-v1")
 # The registered cells: every target at every precision it exports. int8 is weight-int8 with
 # float state (ONNX MatMulNBits, TFLite dynamic-range, CoreML weight compression).
 MATRIX = (

@@ -1,0 +1,25 @@
+"""`dfsdk bench` end to end on one short cell (the numbers themselves go to BENCHMARKS.md, not here)."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from audio_data import data_file
+
+from dfnet4_sdk.cli import main
+
+
+def test_bench_measures_our_runtime_next_to_the_official_one(tmp_path):
+    out = tmp_path / "BENCH.md"
+    result = CliRunner().invoke(main, ["bench", "--model", "dfnet4-lite-v1", "--backend", "onnx", "--seconds", "1",
+                                       "--audio", str(data_file("noisy_real/dns5_blind_street_48k.flac")), "-o", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = [line for line in out.read_text().splitlines() if line.startswith("| `")]
+    assert [line.split("`")[1] for line in table] == ["official-dfn3", "onnx-fp32-dfnet4-lite-v1"]
+    official, ours = ([c.strip() for c in line.split("|")[1:-1]] for line in table)
+    assert official[2].endswith("(1.00x)") and ours[1] == "yes"  # ratios are to the official runtime
+    p50_ms = float(ours[2].split()[0])
+    ratio = float(ours[2].split("(")[1].rstrip("x)"))
+    assert 0.0 < p50_ms < 10.0 and abs(ratio - p50_ms / float(official[2].split()[0])) < 0.01
+    assert 0.0 < float(ours[4].split()[0]) < 1.0 and 0.0 < float(ours[5].split()[0]) < 1.0  # offline RTFs
+    assert 5.0 < float(ours[7]) < 20.0  # the shipped bundle's graphs, MB
