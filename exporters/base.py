@@ -140,8 +140,9 @@ class BlockModule(nn.Module):
         return tuple(outputs[n] for n in m.output_names) + tuple(new_state[n] for n in m.state_names)
 
 
-# Targets whose fp32 exports include the block graphs of the offline path.
-BLOCK_TARGETS = ("onnx",)
+# (target, precision) pairs whose exports include the block graphs of the offline path.
+BLOCK_EXPORTS = (("onnx", "fp32"), ("onnx", "int8"))
+BLOCK_TARGETS = tuple(dict.fromkeys(t for t, _ in BLOCK_EXPORTS))
 # (target, precision) pairs whose exports include the fused frame graph. Not fp16: its features
 # take log10 of band powers near 1e-10, which fp16 cannot represent. ONNX int8 keeps the frame
 # graph's DSP matmuls (ERB filterbank and its inverse) float (exporters/onnx.py); TFLite's
@@ -268,7 +269,7 @@ def export_bundle(
     if fused is None:
         fused = (target, precision) in FUSED_EXPORTS
     if blocks is None:
-        blocks = target in BLOCK_TARGETS and precision == "fp32"
+        blocks = (target, precision) in BLOCK_EXPORTS
     base = describe_model(model, backend=target, precision=precision, include_frame=fused,
                           block_frames=BLOCK_FRAMES if blocks else None)
     metadata = _graph_metadata(base)

@@ -83,7 +83,8 @@ def test_manifest_and_graphs_record_the_scheme(exports, name):
     _, _, bundle = exports[name]
     quant = bundle.manifest.quantization
     assert quant["precision"] == "int8" and "clips" in quant["calibration"]
-    assert set(quant["graphs"]) == {g.name for g in bundle.manifest.component_graphs} | {"frame"}
+    assert set(quant["graphs"]) == {g.name for g in bundle.manifest.graphs}  # components, frame and offline blocks
+    assert {g.kind for g in bundle.manifest.graphs} == {"component", "frame", "block"}
     # The fused frame graph: the model's weights int8, its DSP matmuls (ERB filterbank and
     # inverse, exact in libDF) left float, by name in the manifest and in the file.
     frame = quant["graphs"]["frame"]
