@@ -1,11 +1,14 @@
 """Exports made on demand (``Runtime(model, backend="onnx")``) are cached per model weights,
-target, precision and SDK version, so the first run pays the export and later runs do not."""
+target, precision, SDK version and the source of the code that builds graphs, so the first run
+pays the export and later runs do not, and a changed exporter never serves a stale bundle."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
+from pathlib import Path
 
 import torch
 
@@ -26,10 +29,28 @@ def model_digest(model: EnhancementModel) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def graph_code_digest() -> str:
+    """Hash of the modules whose code decides what an exported bundle contains (models,
+    exporters, DSP constants, manifest format)."""
+    import dfnet4_sdk
+    import dfnet4_sdk.exporters
+    import dfnet4_sdk.models
+
+    core = Path(dfnet4_sdk.__file__).parent
+    files = sorted(Path(dfnet4_sdk.models.__file__).parent.glob("*.py")) + sorted(
+        Path(dfnet4_sdk.exporters.__file__).parent.glob("*.py")) + [core / n for n in ("dsp.py", "params.py", "manifest.py")]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def cached_export(model: EnhancementModel, target: str, precision: str = "fp32") -> Bundle:
     from dfnet4_sdk.exporters.base import converter_for, export_bundle
 
-    root = cache_dir() / "bundles" / f"{model.family}-{model_digest(model)}-{target}-{precision}-sdk{__version__}"
+    root = cache_dir() / "bundles" / f"{model.family}-{model_digest(model)}-{target}-{precision}-sdk{__version__}-{graph_code_digest()}"
     if root.is_dir():
         try:
             return Bundle.load(root)
