@@ -28,6 +28,10 @@ def to_float32(audio: np.ndarray, what: str = "audio") -> np.ndarray:
         raise AudioInputError(f"{what} has dtype {audio.dtype}; expected float32/float64 or int16/int32 PCM samples")
     if audio.ndim > 2:
         raise AudioInputError(f"{what} has shape {audio.shape}; expected [samples] or [samples, channels]")
+    # One reduction decides the common case; the element-wise scan runs only when the sum is not
+    # finite (a NaN/Inf sample, or finite samples whose sum overflows, which is then no error).
+    if np.isfinite(audio.sum(dtype=np.float64)):
+        return audio
     bad = ~np.isfinite(audio)
     if bad.any():
         first = int(np.argwhere(bad)[0][0])

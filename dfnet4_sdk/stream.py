@@ -131,6 +131,8 @@ class EnhancementStream:
     def process(self, samples: np.ndarray) -> np.ndarray:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         self._samples_in += samples.size
+        if samples.size == self.hop_size_samples and not self._pending.size:  # one hop per call: no buffering
+            return self._emit(self.process_hop(samples))
         self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
         hop = self.hop_size_samples
         n_hops = self._pending.size // hop
