@@ -382,14 +382,20 @@ def frame_latency_ms(sess, calls, repeats: int = 100) -> float:
     LATENCY_ROUNDS medians, so a burst of load on a shared machine does not decide a choice."""
     names = [o.name for o in sess.get_outputs()]
     feeds = [{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in c[0].items()} for c in calls[:repeats]]
-    for f in feeds[:20]:
-        sess.run(names, f)
+    return lowest_median_ms(lambda f: sess.run(names, f), feeds, LATENCY_ROUNDS, warmup=20)
+
+
+def lowest_median_ms(call, items: Sequence, rounds: int, warmup: int) -> float:
+    """ms per ``call(item)``: ``warmup`` calls first, then the lowest of ``rounds`` medians over
+    ``items`` (a burst of load on a shared machine must not decide a figure)."""
+    for item in items[:warmup]:
+        call(item)
     medians = []
-    for _ in range(LATENCY_ROUNDS):
+    for _ in range(rounds):
         times = []
-        for f in feeds:
+        for item in items:
             t = time.perf_counter()
-            sess.run(names, f)
+            call(item)
             times.append(time.perf_counter() - t)
         medians.append(float(np.median(times)))
     return 1e3 * min(medians)

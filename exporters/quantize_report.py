@@ -21,12 +21,13 @@ import logging
 import math
 import platform
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from dfnet4_sdk.exporters.quantize import lowest_median_ms
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +64,12 @@ def hop_latency_ms(backend, recorder, frames: int = 100, rounds: int = 3) -> flo
     graphs = [g.name for g in backend.manifest.component_graphs]
     n = min(frames, *(len(recorder.calls[g]) for g in graphs))
     feeds = [[recorder.calls[g][i][0] for g in graphs] for i in range(n)]
-    for hop in feeds[:10]:
+
+    def one_hop(hop) -> None:
         for g, inputs in zip(graphs, hop):
             backend.run(g, inputs)
-    medians = []
-    for _ in range(rounds):
-        times = []
-        for hop in feeds:
-            t = time.perf_counter()
-            for g, inputs in zip(graphs, hop):
-                backend.run(g, inputs)
-            times.append(time.perf_counter() - t)
-        medians.append(float(np.median(times)))
-    return 1e3 * min(medians)
+
+    return lowest_median_ms(one_hop, feeds, rounds, warmup=10)
 
 
 def _stream(backend, audio: np.ndarray, options=None) -> np.ndarray:

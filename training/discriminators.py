@@ -32,13 +32,18 @@ class PeriodDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         b, n = x.shape
         x = F.pad(x, (0, (-n) % self.period), mode="reflect").reshape(b, 1, -1, self.period)
-        fmaps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAK)
-            fmaps.append(x)
-        x = self.out(x)
+        return _conv_stack(self.convs, self.out, x)
+
+
+def _conv_stack(convs: nn.ModuleList, out: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU conv stack then the output conv: (flattened logits, every layer's feature map)."""
+    fmaps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LEAK)
         fmaps.append(x)
-        return x.flatten(1), fmaps
+    x = out(x)
+    fmaps.append(x)
+    return x.flatten(1), fmaps
 
 
 class ScaleDiscriminator(nn.Module):
@@ -56,13 +61,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         x = x.unsqueeze(1)
-        fmaps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAK)
-            fmaps.append(x)
-        x = self.out(x)
-        fmaps.append(x)
-        return x.flatten(1), fmaps
+        return _conv_stack(self.convs, self.out, x)
 
 
 class Discriminators(nn.Module):
