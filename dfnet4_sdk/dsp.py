@@ -26,6 +26,10 @@ UNIT_NORM_INIT = (0.001, 0.0001)  # libDF UNIT_NORM_INIT: state of the complex u
 ERB_POWER_EPS = 1e-10  # added to the band power before log10
 ERB_FEATURE_SCALE_DB = 40.0  # normalised dB are divided by this
 POST_FILTER_EPS = 1e-12
+# numpy's batched (i)rfft costs ~2.3 us per 960-point frame up to ~32 rows a call and 4.6-5.3 us
+# at 1000 rows (measured, numpy 2.4): long signals go through in blocks of this many frames.
+FFT_ROWS_PER_CALL = 32
+EMA_BLOCK_FRAMES = 64  # frames per matmul of the whole-signal exponential means
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,12 +158,27 @@ class FrontEnd:
 
     def _windowed_rfft(self, frames: np.ndarray) -> np.ndarray:
         """[..., fft] float32 -> [..., F] complex64: rfft(frame * w) * wnorm."""
-        return np.fft.rfft(frames * self.window, axis=-1) * self.analysis_scale
+        if frames.ndim == 1 or len(frames) <= FFT_ROWS_PER_CALL:
+            return np.fft.rfft(frames * self.window, axis=-1) * self.analysis_scale
+        spec = np.empty((len(frames), self.params.freq_bins), dtype=np.complex64)
+        windowed = np.empty((FFT_ROWS_PER_CALL, self.fft_size), dtype=np.float32)
+        for start in range(0, len(frames), FFT_ROWS_PER_CALL):
+            rows = frames[start : start + FFT_ROWS_PER_CALL]
+            np.multiply(rows, self.window, out=windowed[: len(rows)])
+            spec[start : start + FFT_ROWS_PER_CALL] = np.fft.rfft(windowed[: len(rows)], axis=-1)
+        spec *= self.analysis_scale
+        return spec
 
     def _windowed_irfft(self, spec: np.ndarray) -> np.ndarray:
         """[..., F] complex -> [..., fft] float32: unnormalised irfft (libDF's) times w."""
         spec = np.asarray(spec, dtype=np.complex64)
-        return np.fft.irfft(spec, n=self.fft_size, axis=-1, norm="forward") * self.window
+        if spec.ndim == 1 or len(spec) <= FFT_ROWS_PER_CALL:
+            return np.fft.irfft(spec, n=self.fft_size, axis=-1, norm="forward") * self.window
+        frames = np.empty((len(spec), self.fft_size), dtype=np.float32)
+        for start in range(0, len(spec), FFT_ROWS_PER_CALL):
+            rows = slice(start, start + FFT_ROWS_PER_CALL)
+            np.multiply(np.fft.irfft(spec[rows], n=self.fft_size, axis=-1, norm="forward"), self.window, out=frames[rows])
+        return frames
 
     def _erb_db(self, spec: np.ndarray) -> np.ndarray:
         """[..., F] -> [..., E] float32: 10*log10(mean band power + 1e-10)."""
@@ -228,14 +247,34 @@ class FrontEnd:
         erb_db = self._erb_db(spec)
         spec_df = spec[:, : self.nb_df]
         magnitude = np.abs(spec_df)
-        erb_mean = np.empty_like(erb_db)
-        mag_mean = np.empty_like(magnitude)
-        for t in range(len(spec)):
-            self._ema_update(state.erb_norm_state, erb_db[t])
-            self._ema_update(state.unit_norm_state, magnitude[t])
-            erb_mean[t] = state.erb_norm_state
-            mag_mean[t] = state.unit_norm_state
+        erb_mean = self._exponential_means(erb_db, state.erb_norm_state)
+        mag_mean = self._exponential_means(magnitude, state.unit_norm_state)
         return self._erb_feature(erb_db, erb_mean), self._unit_feature(spec_df, mag_mean)
+
+    def _exponential_means(self, x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """[T, K] -> [T, K]: ``_ema_update`` applied frame by frame (``mean`` [K] is updated in
+        place to the last), as one small matmul per block of frames instead of T numpy calls:
+        within a block, mean_t = alpha^(t+1) * mean_before + sum_k (1-alpha) alpha^(t-k) x_k.
+        Computed in float64, so it agrees with the float32 recursion to float32 rounding."""
+        weights, decay = self._ema_block_weights
+        out = np.empty(x.shape, dtype=np.float32)
+        previous = mean.astype(np.float64)
+        for start in range(0, len(x), EMA_BLOCK_FRAMES):
+            block = x[start : start + EMA_BLOCK_FRAMES]
+            n = len(block)
+            means = weights[:n, :n] @ block + decay[:n, None] * previous
+            out[start : start + n] = means
+            previous = means[-1]
+        if len(x):
+            mean[:] = out[-1]
+        return out
+
+    @functools.cached_property
+    def _ema_block_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        alpha = float(self.norm_alpha)
+        lag = np.arange(EMA_BLOCK_FRAMES)[:, None] - np.arange(EMA_BLOCK_FRAMES)[None, :]
+        weights = np.where(lag >= 0, (1.0 - alpha) * alpha ** np.maximum(lag, 0), 0.0)
+        return weights, alpha ** np.arange(1, EMA_BLOCK_FRAMES + 1, dtype=np.float64)
 
     def synthesis(self, spec: np.ndarray, state: FrontEndState) -> np.ndarray:
         """[T, F] complex -> [T * hop] float32 (overlap-add of hop-shifted windowed frames)."""

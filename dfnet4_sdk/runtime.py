@@ -86,6 +86,10 @@ class Runtime:
         min_db_thresh, max_db_erb_thresh, max_db_df_thresh: libDF's local-SNR gating.
         skip_silent_hops: output zeros for digitally silent hops without touching state (libDF).
         num_threads: intra-op threads of the backend.
+        offline_threads: threads ``enhance`` spreads the block graphs of its offline path over:
+            with 2, the deep-filter decoder of one block runs while the encoder works on the next
+            (the numbers are identical; only the time changes). Independent of ``num_threads``,
+            which these small graphs barely use (BENCHMARKS.md).
         input_sample_rate: the rate of the chunks given to ``process`` (default: the model's);
             other rates are resampled in and out on the fly (soxr, delay-compensated).
     """
@@ -102,8 +106,12 @@ class Runtime:
         max_db_df_thresh: float = 35.0,
         skip_silent_hops: bool = True,
         num_threads: int = 1,
+        offline_threads: int = 1,
         input_sample_rate: int | None = None,
     ):
+        if offline_threads < 1:
+            raise ConfigError(f"offline_threads must be >= 1, got {offline_threads}")
+        self.offline_threads = int(offline_threads)
         self.options = StreamOptions(
             atten_lim_db=atten_lim_db,
             post_filter_beta=post_filter_beta,
@@ -123,7 +131,7 @@ class Runtime:
         no state is shared, the graphs are not loaded again."""
         other = object.__new__(Runtime)
         other.options, other.backend, other.manifest = self.options, self.backend, self.manifest
-        other.input_sample_rate = self.input_sample_rate
+        other.input_sample_rate, other.offline_threads = self.input_sample_rate, self.offline_threads
         other._streams, other._channel_layout = [], None
         return other
 
@@ -225,7 +233,7 @@ class Runtime:
         from dfnet4_sdk.offline import enhance_offline
 
         channels = [x] if x.ndim == 1 else [x[:, c] for c in range(x.shape[1])]
-        outs = [enhance_offline(self.backend, np.ascontiguousarray(ch), self.options) for ch in channels]
+        outs = [enhance_offline(self.backend, np.ascontiguousarray(ch), self.options, self.offline_threads) for ch in channels]
         if any(o is None for o in outs):
             return None
         return outs[0] if x.ndim == 1 else np.stack(outs, axis=1)

@@ -3,12 +3,16 @@
 Everything is resolved once at load: each graph's signature (named after the graph), and
 for every manifest tensor its signature name (``GraphSpec.tensor_names``) and interpreter
 tensor index. A call then only copies the inputs in, invokes, and copies the outputs out.
+An interpreter is not safe to call from two threads at once, so each graph has a lock: streams
+of one loaded model in several threads (``Runtime.clone``) take turns per graph call, and
+different graphs (the offline path's encoder and decoder threads) still run side by side.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -26,6 +30,7 @@ class _LoadedGraph:
     get_tensor: Callable[[int], np.ndarray]
     inputs: tuple[tuple[str, int], ...]  # (our name, tensor index)
     outputs: tuple[tuple[str, int], ...]
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TfliteBackend:
@@ -43,14 +48,15 @@ class TfliteBackend:
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         g = self._graphs[graph]
-        try:
-            for name, index in g.inputs:
-                g.set_tensor(index, np.ascontiguousarray(inputs[name], dtype=np.float32))
-        except KeyError:
-            missing = [n for n, _ in g.inputs if n not in inputs]
-            raise KeyError(f"graph {graph!r} needs inputs {[n for n, _ in g.inputs]}; missing {missing}") from None
-        g.invoke()
-        return {name: g.get_tensor(index) for name, index in g.outputs}
+        with g.lock:
+            try:
+                for name, index in g.inputs:
+                    g.set_tensor(index, np.ascontiguousarray(inputs[name], dtype=np.float32))
+            except KeyError:
+                missing = [n for n, _ in g.inputs if n not in inputs]
+                raise KeyError(f"graph {graph!r} needs inputs {[n for n, _ in g.inputs]}; missing {missing}") from None
+            g.invoke()
+            return {name: g.get_tensor(index) for name, index in g.outputs}
 
 
 def _load_graph(bundle: Bundle, spec: GraphSpec, num_threads: int) -> _LoadedGraph:

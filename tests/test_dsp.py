@@ -195,7 +195,9 @@ def test_frame_form_equals_whole_signal(case):
         err = np.abs(frame_form - whole).max()
         print(f"\n  [{name}] frame form vs whole signal, {what}: max abs err {err:.3e}, "
               f"bit-equal {np.mean(frame_form == whole):.1%}")
-        assert err <= 1e-6, what
+        # The whole-signal exponential means are float64 block matmuls, the frame form is libDF's
+        # float32 recursion: they differ by that recursion's rounding, at most ~1/(1-alpha) ulps.
+        assert err <= (2e-5 if what.endswith("features") else 1e-6), what
 
 
 def test_batch_methods_in_uneven_chunks_keep_state(case):
@@ -212,7 +214,7 @@ def test_batch_methods_in_uneven_chunks_keep_state(case):
         specs.append(spec), erbs.append(fe.features(spec, state)[0]), outs.append(fe.synthesis(spec, state))
     whole_spec = dsp.stft(audio, params)
     assert np.abs(np.concatenate(specs) - whole_spec).max() <= 1e-6
-    assert np.abs(np.concatenate(erbs) - dsp.erb_features(whole_spec, params)).max() <= 1e-6
+    assert np.abs(np.concatenate(erbs) - dsp.erb_features(whole_spec, params)).max() <= 2e-5  # float64 block means
     assert np.abs(np.concatenate(outs) - dsp.istft(whole_spec, params)).max() <= 1e-6
 
 

@@ -24,7 +24,7 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 from audio_data import load_clip
 from dfnet4_sdk.exporters import tflite
-from dfnet4_sdk.exporters.base import TOLERANCES, converter_for
+from dfnet4_sdk.exporters.base import BLOCK_EXPORTS, TOLERANCES, converter_for
 from dfnet4_sdk.runtimes.tflite_backend import TfliteBackend
 
 from dfnet4_sdk.bundle import Bundle, write_manifest
@@ -105,6 +105,10 @@ def test_export_validates_against_torch(bundles, name, precision):
     assert worst[0] <= tol.graph_rel_error
     assert v["audio_snr_db"] >= tol.audio_snr_db
     assert bundle.manifest.backend == "tflite" and bundle.manifest.precision == precision
+    if ("tflite", precision) in BLOCK_EXPORTS:  # the offline path's graphs, or the reason they were left out
+        blocks = [g.name for g in bundle.manifest.block_graphs]
+        print(f"  block graphs: {blocks or v.get('note')}")
+        assert len(blocks) == 3 or "block graphs left out" in v.get("note", "")
 
 
 @pytest.mark.parametrize("name", _params([(m,) for m in MODELS], MODELS))

@@ -282,6 +282,13 @@ def test_offline_path_equals_streaming(dfn3, noisy_real_48k, options):
     print(f"\noffline vs streaming ({options}): {snr:.1f} dB")
     assert offline.shape == x.shape and snr >= 90.0
     np.testing.assert_allclose(rt.enhance(x, 48000), offline, atol=1e-7)
+    # Two threads (the last decoder and the synthesis a block behind the encoder): same numbers.
+    np.testing.assert_array_equal(enhance_offline(rt.backend, x, rt.options, threads=2), offline)
+
+
+def test_offline_threads_must_be_positive(dfn3):
+    with pytest.raises(ConfigError, match="offline_threads"):
+        Runtime(dfn3, backend="torch", offline_threads=0)
 
 
 def test_offline_path_defers_to_streaming_when_gating_acts(dfn3, noisy_real_48k):

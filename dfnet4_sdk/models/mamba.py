@@ -69,32 +69,34 @@ def _chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     def chunked(v: Tensor) -> Tensor:  # [b, t, k] -> [b, L, nc, k], zero-padded: dt = 0 keeps the state
         if pad:
             v = torch.cat([v, v.new_zeros(b, pad, v.shape[2])], dim=1)
-        return v.reshape(b, nc, L, v.shape[2]).transpose(1, 2).contiguous()
+        return v.reshape(b, nc, L, v.shape[2]).transpose(1, 2)
 
-    dtc, Bc, Cc = chunked(dt), chunked(B), chunked(C)
+    dtc = chunked(dt)
     A_nd = A.t()  # [N, di]
     decay = torch.exp(dtc.unsqueeze(3) * A_nd)  # [b, L, nc, N, di] in (0, 1]
-    u = torch.matmul(Bc.unsqueeze(-1), (dtc * chunked(x)).unsqueeze(3))  # [.., N, 1] @ [.., 1, di]
+    u = torch.matmul(chunked(B).unsqueeze(-1), (dtc * chunked(x)).unsqueeze(3))  # [.., N, 1] @ [.., 1, di]
+    # Per-step slices keep their size-1 axis (split, not unbind): in an export every squeeze
+    # is one more node that copies its tensor.
+    decay_l, u_l, c_l = decay.split(1, dim=1), u.split(1, dim=1), chunked(C).unsqueeze(3).split(1, dim=1)
     # Pass 1: every chunk from a zero state, all chunks at once; L steps.
-    decay_l, u_l, c_l = decay.unbind(1), u.unbind(1), Cc.unbind(1)  # unbind: one stack in backward
-    end = torch.zeros_like(u_l[0])
+    end = torch.zeros_like(u_l[0])  # [b, 1, nc, N, di]
     for l in range(L):
         end = decay_l[l] * end + u_l[l]
     # Carry across chunks; a chunk's total decay is exp(A * sum of its dt) in (0, 1].
-    chunk_decay = torch.exp(dtc.sum(1).unsqueeze(2) * A_nd)  # [b, nc, N, di]
-    h = h.transpose(1, 2)  # [b, N, di]
+    chunk_decay = torch.exp(dtc.sum(1, keepdim=True).unsqueeze(3) * A_nd)  # [b, 1, nc, N, di]
+    h = h.transpose(1, 2).reshape(b, 1, 1, A.shape[1], di)
     starts = []
-    for d_c, e_c in zip(chunk_decay.unbind(1), end.unbind(1)):
+    for d_c, e_c in zip(chunk_decay.split(1, dim=2), end.split(1, dim=2)):
         starts.append(h)
         h = d_c * h + e_c
     # Pass 2: every chunk from its true start state, reading out y; L steps.
-    hc = torch.stack(starts, dim=1)
+    hc = torch.cat(starts, dim=2)  # [b, 1, nc, N, di]
     ys = []
     for l in range(L):
         hc = decay_l[l] * hc + u_l[l]
-        ys.append(torch.matmul(c_l[l].unsqueeze(2), hc).squeeze(2))  # [b, nc, 1, N] @ [b, nc, N, di]
-    y = torch.stack(ys, dim=2).reshape(b, nc * L, di)[:, :t]
-    return y + D * x, h.transpose(1, 2)
+        ys.append(torch.matmul(c_l[l], hc))  # [b, 1, nc, 1, N] @ [b, 1, nc, N, di]
+    y = torch.cat(ys, dim=1).reshape(b, L, nc, di).transpose(1, 2).reshape(b, nc * L, di)[:, :t]
+    return y + D * x, h.reshape(b, A.shape[1], di).transpose(1, 2)
 
 
 def selective_scan(
@@ -185,7 +187,10 @@ class MambaBlock(nn.Module):
         xz = self.in_proj(x)
         xi, z = xz[..., :di], xz[..., di:]
         xcat = torch.cat([conv_state, xi], dim=1)  # [B, K-1+T, D]
-        xc = self.conv1d(xcat.transpose(1, 2)).transpose(1, 2)  # [B, T, D]
+        # The depthwise causal conv as K shifted multiply-adds: onnxruntime's depthwise Conv1d
+        # kernel took 3x longer for the same work.
+        kernel, t = self.conv1d.weight[:, 0, :], x.shape[1]  # [D, K]
+        xc = self.conv1d.bias + sum(xcat[:, k : k + t] * kernel[:, k] for k in range(self.d_conv))  # [B, T, D]
         xc, dt, b, c = self._ssm_inputs(xc)
         A = -torch.exp(self.A_log)
         y, h = selective_scan(xc, dt, A, b, c, self.D, ssm_state)
