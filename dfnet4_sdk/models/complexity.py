@@ -6,8 +6,8 @@ models themselves hold none) while the sequence form runs a few frames:
 - Linear, GroupedLinear: outputs x inputs-per-output; Conv1d/Conv2d: outputs x (C_in/groups)
   x kernel size; transposed convs: inputs x (C_out/groups) x kernel size; GRU (sequence form):
   3 x hidden x (input + hidden) per layer and frame;
-- Mamba's selective SSM (``MambaBlock``, beyond its own linears and conv): 3 x D x N per frame
-  (decay x state, input x B, state . C); the within-frame attention of ``DomainFusion``:
+- Mamba's selective SSM (``MambaBlock``, beyond its own linears): 3 x D x N per frame
+  (decay x state, input x B, state . C), and its depthwise causal conv, D x K; the within-frame attention of ``DomainFusion``:
   2 x K x K x attention width per frame.
 Elementwise activations, norms, exp/softplus and the runtime's own work (STFT, ERB mask, the
 deep filter itself: 4 x F x O real MACs per frame) are not included.
@@ -64,8 +64,10 @@ def _macs_rules() -> list[tuple[type, Callable]]:
         return frames * total
 
     def mamba(m, inp, out):
+        # The SSM, plus the depthwise causal conv: its weights live in m.conv1d, but the
+        # sequence form applies them as shifted multiply-adds, so the Conv1d hook never fires.
         y = out[0]  # [B, T, M]
-        return y.shape[0] * y.shape[1] * 3 * m.d_inner * m.d_state
+        return y.shape[0] * y.shape[1] * (3 * m.d_inner * m.d_state + m.d_inner * m.d_conv)
 
     def fusion(m, inp, out):
         return out.shape[0] * out.shape[1] * 2 * m.num_domains**2 * m.att_dim
