@@ -29,6 +29,14 @@ POST_FILTER_EPS = 1e-12
 # numpy's batched (i)rfft costs ~2.3 us per 960-point frame up to ~32 rows a call and 4.6-5.3 us
 # at 1000 rows (measured, numpy 2.4): long signals go through in blocks of this many frames.
 FFT_ROWS_PER_CALL = 32
+# numpy >= 2 implements its FFTs as gufuncs; called directly, one 960-point frame costs ~4.8 us
+# instead of ~9.5 us through np.fft's wrapper (argument handling, output allocation). Per hop
+# that is two FFTs, a quarter of the stream's own work. Same pocketfft, same numbers.
+try:
+    from numpy.fft._pocketfft_umath import irfft as _irfft, rfft_n_even as _rfft_even
+except ImportError:  # numpy < 2
+    _irfft = _rfft_even = None
+_ONE = np.float32(1.0)
 EMA_BLOCK_FRAMES = 64  # frames per matmul of the whole-signal exponential means
 
 
@@ -158,6 +166,10 @@ class FrontEnd:
 
     def _windowed_rfft(self, frames: np.ndarray) -> np.ndarray:
         """[..., fft] float32 -> [..., F] complex64: rfft(frame * w) * wnorm."""
+        if frames.ndim == 1 and _rfft_even is not None and self.fft_size % 2 == 0:
+            spec = _rfft_even(frames * self.window, _ONE, out=np.empty(self.params.freq_bins, np.complex64))
+            spec *= self.analysis_scale
+            return spec
         if frames.ndim == 1 or len(frames) <= FFT_ROWS_PER_CALL:
             return np.fft.rfft(frames * self.window, axis=-1) * self.analysis_scale
         spec = np.empty((len(frames), self.params.freq_bins), dtype=np.complex64)
@@ -172,6 +184,10 @@ class FrontEnd:
     def _windowed_irfft(self, spec: np.ndarray) -> np.ndarray:
         """[..., F] complex -> [..., fft] float32: unnormalised irfft (libDF's) times w."""
         spec = np.asarray(spec, dtype=np.complex64)
+        if spec.ndim == 1 and _irfft is not None:
+            frame = _irfft(spec, _ONE, out=np.empty(self.fft_size, np.float32))  # fct 1: libDF's unnormalised inverse
+            frame *= self.window
+            return frame
         if spec.ndim == 1 or len(spec) <= FFT_ROWS_PER_CALL:
             return np.fft.irfft(spec, n=self.fft_size, axis=-1, norm="forward") * self.window
         frames = np.empty((len(spec), self.fft_size), dtype=np.float32)
