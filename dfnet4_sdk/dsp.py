@@ -152,6 +152,8 @@ class FrontEnd:
         self.analysis_scale = np.float32(
             params.hop_size_samples / params.fft_size / np.sum(self.window.astype(np.float64) ** 2)
         )
+        # The normalisation folded into the window: one multiply per frame, not two.
+        self._scaled_window = self.window * self.analysis_scale
         self.erb_widths = erb_band_widths(params)
         self.erb_fb = erb_filterbank(params)
         self.erb_inv_fb = erb_inverse_filterbank(params)
@@ -166,19 +168,17 @@ class FrontEnd:
 
     def _windowed_rfft(self, frames: np.ndarray) -> np.ndarray:
         """[..., fft] float32 -> [..., F] complex64: rfft(frame * w) * wnorm."""
+        window = self._scaled_window
         if frames.ndim == 1 and _rfft_even is not None and self.fft_size % 2 == 0:
-            spec = _rfft_even(frames * self.window, _ONE, out=np.empty(self.params.freq_bins, np.complex64))
-            spec *= self.analysis_scale
-            return spec
+            return _rfft_even(frames * window, _ONE, out=np.empty(self.params.freq_bins, np.complex64))
         if frames.ndim == 1 or len(frames) <= FFT_ROWS_PER_CALL:
-            return np.fft.rfft(frames * self.window, axis=-1) * self.analysis_scale
+            return np.fft.rfft(frames * window, axis=-1).astype(np.complex64, copy=False)
         spec = np.empty((len(frames), self.params.freq_bins), dtype=np.complex64)
         windowed = np.empty((FFT_ROWS_PER_CALL, self.fft_size), dtype=np.float32)
         for start in range(0, len(frames), FFT_ROWS_PER_CALL):
             rows = frames[start : start + FFT_ROWS_PER_CALL]
-            np.multiply(rows, self.window, out=windowed[: len(rows)])
+            np.multiply(rows, window, out=windowed[: len(rows)])
             spec[start : start + FFT_ROWS_PER_CALL] = np.fft.rfft(windowed[: len(rows)], axis=-1)
-        spec *= self.analysis_scale
         return spec
 
     def _windowed_irfft(self, spec: np.ndarray) -> np.ndarray:
