@@ -93,7 +93,7 @@ def measure_cell(
     # Bundles are exported (or found in the cache) by the parent, so this process loads only
     # what an app would: the runtime and the backend, no torch for exported backends.
     source = model if backend == "torch" else str(bundle_path)
-    rt = Runtime(source, backend="torch" if backend == "torch" else None, num_threads=1)
+    rt = Runtime(source, backend="torch" if backend == "torch" else None, num_threads=1, offline_threads=1)
     x = np.ascontiguousarray(resample(audio.mean(axis=1), sr, rt.sample_rate)[: int(seconds * rt.sample_rate)])
     p50, p99 = _time_streaming(rt.process, x, rt.hop_size_samples)
     rt.reset()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -112,7 +111,7 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
 
     def make_runtime() -> Runtime:
         return Runtime(model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta, num_threads=threads,
-                       offline_threads=offline_threads if offline_threads is not None else min(2, os.cpu_count() or 1))
+                       offline_threads=offline_threads)
 
     def bar(total: int):
         return tqdm(total=total, unit="sample", unit_scale=True, desc="enhancing", disable=quiet, file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,9 +88,10 @@ class Runtime:
         skip_silent_hops: output zeros for digitally silent hops without touching state (libDF).
         num_threads: intra-op threads of the backend.
         offline_threads: threads ``enhance`` spreads the block graphs of its offline path over:
-            with 2, the deep-filter decoder of one block runs while the encoder works on the next
-            (the numbers are identical; only the time changes). Independent of ``num_threads``,
-            which these small graphs barely use (BENCHMARKS.md).
+            with 2, the deep-filter decoder and the synthesis of one block run while the encoder
+            works on the next (the numbers are identical; only the time changes). None: 2 when
+            the machine has two cores, else 1. Independent of ``num_threads``, which these small
+            graphs barely use (BENCHMARKS.md).
         input_sample_rate: the rate of the chunks given to ``process`` (default: the model's);
             other rates are resampled in and out on the fly (soxr, delay-compensated).
     """
@@ -106,9 +108,11 @@ class Runtime:
         max_db_df_thresh: float = 35.0,
         skip_silent_hops: bool = True,
         num_threads: int = 1,
-        offline_threads: int = 1,
+        offline_threads: int | None = None,
         input_sample_rate: int | None = None,
     ):
+        if offline_threads is None:
+            offline_threads = min(2, os.cpu_count() or 1)
         if offline_threads < 1:
             raise ConfigError(f"offline_threads must be >= 1, got {offline_threads}")
         self.offline_threads = int(offline_threads)
