@@ -109,7 +109,7 @@ def _run_blocks(backend, feat_erb: np.ndarray, feat_spec: np.ndarray, hops: np.n
     The first block graph (the encoder) feeds the others, which depend on nothing else but their
     own states. With ``threads`` >= 2 the last one and the block's synthesis run in a second
     thread, one block behind the encoder: graph calls release the GIL, so on two cores the two
-    halves overlap (measured: RTF 0.0045 instead of 0.0062 for DfNet4Lite on LiteRT)."""
+    halves overlap (measured for DfNet4Lite: RTF 0.004 instead of 0.006-0.008)."""
     m = backend.manifest
     graphs = m.block_graphs
     block = graphs[0].inputs[0].shape[2]

@@ -10,8 +10,8 @@ different graphs (the offline path's encoder and decoder threads) still run side
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
