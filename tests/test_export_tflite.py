@@ -170,6 +170,31 @@ def test_runtime_on_bundle_enhances_real_audio_like_torch(bundles, street_3s, to
     assert np.sum(enhanced**2) < np.sum(street_3s**2)
 
 
+def test_streams_in_two_threads_share_one_loaded_bundle(bundles, street_3s):
+    """Runtime.clone() streams in other threads over the same interpreters (a LiteRT interpreter
+    must not be invoked concurrently: the backend locks per graph); each stream's output equals
+    the same stream run alone."""
+    import threading
+
+    rt = Runtime(bundles.get("dfnet4-lite", "fp32").root)
+    clips = [street_3s[: 2 * 48000], street_3s[48000:]]
+    alone = [np.concatenate([rt.process(c), rt.flush()]) for c in clips]
+    together: list[np.ndarray | None] = [None, None]
+
+    def run(i: int) -> None:
+        clone = rt.clone()
+        parts = [clone.process(clips[i][k : k + 480]) for k in range(0, len(clips[i]), 480)]
+        together[i] = np.concatenate([*parts, clone.flush()])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_names_map_and_metadata_travel_with_the_graphs(bundles):
     bundle = bundles.get("dfn3", "fp32")
     for g in bundle.manifest.graphs:
