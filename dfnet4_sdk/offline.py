@@ -16,6 +16,7 @@ encoder works on the next block.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -140,30 +141,27 @@ def _run_blocks(backend, feat_erb: np.ndarray, feat_spec: np.ndarray, hops: np.n
             "frame_samples": samples[frames][None, None],
         }
 
-    def finish(b: int, values: dict[str, np.ndarray], last: dict[str, np.ndarray] | None = None) -> None:
-        if last is not None:
-            values = values | run(graphs[-1], last)
+    def finish(b: int, values: dict[str, np.ndarray], encoded: dict[str, np.ndarray]) -> None:
+        """The last decoder (fed by the encoder's outputs) and the block's synthesis."""
+        if len(graphs) > 1:
+            values = values | run(graphs[-1], encoded)
         synthesis(b * block, values["erb_mask"].reshape(block, -1), values["df_coefs"].reshape(block, -1))
 
     lsnr = []
-    if threads < 2 or len(graphs) < 2:
+    # One worker thread: its blocks run in order, carrying the last decoder's state.
+    with ThreadPoolExecutor(1) if threads >= 2 else contextlib.nullcontext() as worker:
+        pending = []
         for b in range(n_blocks):
             values = block_inputs(b)
-            for g in graphs:
+            values.update(run(graphs[0], values))
+            encoded = dict(values)
+            for g in graphs[1:-1]:
                 values.update(run(g, values))
             lsnr.append(values["lsnr"].reshape(-1))
-            finish(b, values)
-    else:
-        with ThreadPoolExecutor(1) as worker:  # one thread: its blocks run in order, carrying state
-            pending = []
-            for b in range(n_blocks):
-                values = block_inputs(b)
-                values.update(run(graphs[0], values))
-                encoded = dict(values)
-                for g in graphs[1:-1]:
-                    values.update(run(g, values))
-                lsnr.append(values["lsnr"].reshape(-1))
+            if worker is None:
+                finish(b, values, encoded)
+            else:
                 pending.append(worker.submit(finish, b, values, encoded))
-            for future in pending:
-                future.result()
+        for future in pending:
+            future.result()
     return np.concatenate(lsnr)[:t_frames]
