@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from dfnet4_sdk.errors import BackendNotAvailableError
-from dfnet4_sdk.manifest import Manifest
+from dfnet4_sdk.errors import BackendNotAvailableError, ConfigError
+from dfnet4_sdk.manifest import GraphSpec, Manifest
 
 # name -> (module, class, pip extra that provides it)
 _REGISTRY = {
@@ -44,6 +44,20 @@ class BindsBuffers(Protocol):
         into ``outputs`` in place. The arrays (C-contiguous float32, manifest shapes) belong to
         the caller, which keeps them alive and must not pass the same array as input and output."""
         ...
+
+
+def check_bind_buffers(graph: GraphSpec, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    """What every ``bind`` checks first: each tensor of ``graph`` has a C-contiguous float32
+    buffer of the manifest's shape. Raises ConfigError naming every mismatch."""
+    problems = []
+    for tensors, arrays in ((graph.inputs, inputs), (graph.outputs, outputs)):
+        for t in tensors:
+            a = arrays.get(t.name)
+            if a is None or a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != tuple(t.shape):
+                got = "missing" if a is None else f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' non-contiguous'}"
+                problems.append(f"{t.name}: expected C-contiguous float32 {tuple(t.shape)}, got {got}")
+    if problems:
+        raise ConfigError(f"cannot bind graph {graph.name!r}: " + "; ".join(problems))
 
 
 def load_backend(name: str, model: Any, num_threads: int = 1) -> Backend:

@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from dfnet4_sdk.bundle import Bundle
-from dfnet4_sdk.errors import BundleError, ConfigError
+from dfnet4_sdk.errors import BundleError
+from dfnet4_sdk.runtimes.base import check_bind_buffers
 
 
 class OnnxBackend:
@@ -45,16 +46,10 @@ class OnnxBackend:
         spec = self.manifest.graph(graph)
         session = self._sessions[graph]
         binding = session.io_binding()
-        problems = []
+        check_bind_buffers(spec, inputs, outputs)
         for tensors, arrays, bind in ((spec.inputs, inputs, binding.bind_input), (spec.outputs, outputs, binding.bind_output)):
             for t in tensors:
-                a = arrays.get(t.name)
-                if a is None or a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != tuple(t.shape):
-                    got = "missing" if a is None else f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' non-contiguous'}"
-                    problems.append(f"{t.name}: expected C-contiguous float32 {tuple(t.shape)}, got {got}")
-                    continue
+                a = arrays[t.name]
                 bind(t.name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
-        if problems:
-            raise ConfigError(f"cannot bind graph {graph!r}: " + "; ".join(problems))
         run = session.run_with_iobinding
         return lambda: run(binding)

@@ -195,6 +195,34 @@ def test_streams_in_two_threads_share_one_loaded_bundle(bundles, street_3s):
         np.testing.assert_array_equal(a, b)
 
 
+class _RunOnly:
+    """A backend without ``bind``: the stream falls back to one ``run`` per hop."""
+
+    def __init__(self, backend):
+        self.name, self.manifest, self.run = backend.name, backend.manifest, backend.run
+
+
+@pytest.mark.parametrize("views", [True, False], ids=["buffer-views", "set-get-fallback"])
+def test_bound_frame_graph_equals_per_call_run(bundles, street_3s, views):
+    """``bind`` (views of the interpreter's buffers, or set/get where LiteRT offers no views)
+    gives exactly what per-call ``run`` gives, with both kinds of call on one loaded bundle
+    (a held view must not make ``run`` refuse to invoke), also across ``flush``/``reset``."""
+    from dfnet4_sdk.stream import EnhancementStream
+
+    backend = TfliteBackend(bundles.get("dfnet4-lite", "fp32"))
+    if not views:
+        backend._graphs = {k: dataclasses.replace(g, view=None) for k, g in backend._graphs.items()}
+    assert backend._graphs["frame"].view is not None or not views
+    bound, unbound = EnhancementStream(backend), EnhancementStream(_RunOnly(backend))
+    assert bound._frame_calls is not None and unbound._frame_calls is None
+    x = street_3s[: 2 * 48000]
+    for _ in range(2):
+        a = np.concatenate([bound.process(x[:30_001]), bound.process(x[30_001:]), bound.flush()])
+        b = np.concatenate([unbound.process(x), unbound.flush()])
+        assert a.shape == x.shape and np.sum(a**2) < np.sum(x**2)
+        np.testing.assert_array_equal(a, b)
+
+
 def test_names_map_and_metadata_travel_with_the_graphs(bundles):
     bundle = bundles.get("dfn3", "fp32")
     for g in bundle.manifest.graphs:
