@@ -182,7 +182,8 @@ class EnhancementStream:
     def _bind_frame_graph(self) -> None:
         """With a backend that runs on caller-owned buffers (``BindsBuffers``), bind the fused
         frame graph twice over two state sets (A in -> B out, B in -> A out) and alternate, so a
-        hop copies no state and converts nothing. The buffers are this stream's; ``reset`` binds anew."""
+        hop allocates and converts nothing (onnxruntime reads and writes these buffers in place;
+        LiteRT copies them to and from its own). The buffers are this stream's; ``reset`` binds anew."""
         self._frame_calls = None
         if not self._fused or not hasattr(self.backend, "bind"):
             return

@@ -36,7 +36,7 @@ def _scan_inputs(b=2, t=300, d=24, n=8, seed=0, dt_scale=1.0, a_scale=1.0):
     B = torch.randn(b, t, n, generator=g)
     C = torch.randn(b, t, n, generator=g)
     D = torch.randn(d, generator=g)
-    h0 = torch.randn(b, d, n, generator=g)
+    h0 = torch.randn(b, n, d, generator=g)  # [B, N, D]
     return x, dt, A, B, C, D, h0
 
 
@@ -85,7 +85,7 @@ def test_block_sequence_step_and_reference_agree():
     m = _block()
     x = torch.randn(2, 300, 32)
     conv0 = torch.randn(2, 3, m.d_inner) * 0.5
-    ssm0 = torch.randn(2, m.d_inner, m.d_state) * 0.5
+    ssm0 = torch.randn(2, m.d_state, m.d_inner) * 0.5
     y_seq, conv_seq, ssm_seq = m(x, conv0, ssm0)
     # Step form, frame by frame with explicit state.
     conv, ssm, ys = conv0, ssm0, []
@@ -134,7 +134,7 @@ def test_squeezed_mamba_names_its_states_and_steps_exactly():
     names = [s.name for s in sm.state_specs()]
     assert names == ["enc_mamba0_conv", "enc_mamba0_ssm", "enc_mamba1_conv", "enc_mamba1_ssm"]
     state = {s.name: s.initial(2) for s in sm.state_specs()}
-    assert state["enc_mamba0_conv"].shape == (2, 2, 64) and state["enc_mamba0_ssm"].shape == (2, 64, 8)
+    assert state["enc_mamba0_conv"].shape == (2, 2, 64) and state["enc_mamba0_ssm"].shape == (2, 8, 64)
     x = torch.randn(2, 300, 48)
     y_seq, st_seq = sm(x, state)
     st, ys = state, []
@@ -173,7 +173,7 @@ def test_bidirectional_mamba_is_offline_only():
 
 def test_step_form_uses_only_export_friendly_ops():
     m = _block()
-    args = (torch.randn(1, 32), torch.zeros(1, 3, m.d_inner), torch.zeros(1, m.d_inner, m.d_state))
+    args = (torch.randn(1, 32), torch.zeros(1, 3, m.d_inner), torch.zeros(1, *m.ssm_state_shape[1:]))
 
     class Step(torch.nn.Module):
         def __init__(self):

@@ -17,9 +17,14 @@ Three forms compute exactly this recurrence:
   vectorised steps, not T). Every factor it multiplies is a decay in (0, 1]; nothing is
   divided or exponentiated with a positive cumulative sum, so it cannot overflow. (A
   log2(T)-step Hillis-Steele scan was measured several times slower on CPU than even the
-  per-frame loop: it rewrites the whole [B, T, D, N] buffer log2(T) times);
+  per-frame loop: it rewrites the whole [B, T, N, D] buffer log2(T) times);
 - ``MambaBlock.step``: one frame with explicit state (conv buffer [B, K-1, D] and SSM state
-  [B, D, N]); plain matmul / elementwise / slicing only, for ONNX, CoreML and TFLite.
+  [B, N, D]); plain matmul / elementwise / slicing only, for ONNX, CoreML and TFLite.
+
+The SSM state is laid out [B, N, D], D innermost, in every form: the per-frame update is then
+N rows of D elements. Laid out [B, D, N], a broadcast of a [B, D, 1] against a [B, 1, N]
+operand runs as D kernel calls of N elements (XNNPACK: 256 calls of 8 floats per op, LiteRT's
+DfNet4Lite frame graph 10% slower; onnxruntime 2.6x slower in the sequence form).
 """
 
 from __future__ import annotations
@@ -34,19 +39,19 @@ from torch import Tensor, nn
 from dfnet4_sdk.models.base import StateSpec
 from dfnet4_sdk.models.layers import GroupedLinear
 
-SCAN_BLOCK_FRAMES = 1024  # bounds the [B, T, D, N] scan buffers on long offline inputs
+SCAN_BLOCK_FRAMES = 1024  # bounds the [B, T, N, D] scan buffers on long offline inputs
 
 
 def selective_scan_reference(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """The recurrence frame by frame. x, dt [B, T, D]; A [D, N]; B, C [B, T, N]; D [D];
-    h0 [B, D, N] or None. Returns (y [B, T, D], h_T [B, D, N])."""
-    h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1]) if h0 is None else h0
+    h0 [B, N, D] or None. Returns (y [B, T, D], h_T [B, N, D])."""
+    h = x.new_zeros(x.shape[0], A.shape[1], x.shape[2]) if h0 is None else h0
     ys = []
     for t in range(x.shape[1]):
-        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * B[:, t, None, :]
-        ys.append((h * C[:, t, None, :]).sum(-1) + D * x[:, t])
+        h = torch.exp(dt[:, t, None, :] * A.t()) * h + B[:, t, :, None] * (dt[:, t] * x[:, t])[:, None, :]
+        ys.append((h * C[:, t, :, None]).sum(1) + D * x[:, t])
     return torch.stack(ys, dim=1), h
 
 
@@ -57,9 +62,7 @@ def selective_scan_reference(
 #           total decay exp(A * sum(dt over the chunk)) in (0, 1];
 #   pass 2: L steps from each chunk's true start state read out y.
 # Every factor is a decay in (0, 1]; nothing is exponentiated with a positive sum.
-# Inside, the state is laid out [..., N, D] (D innermost) and the outer product B x (dt * x) and
-# the read-out C . h are matmuls: broadcasting a [..., D, 1] against a [..., 1, N] operand made
-# the same scan 2.6x slower in onnxruntime.
+# The outer product B x (dt * x) and the read-out C . h are matmuls over the [..., N, D] state.
 def _chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     b, t, di = x.shape
     L = min(64, max(4, math.ceil(math.sqrt(t))))
@@ -84,7 +87,7 @@ def _chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
         end = decay_l[l] * end + u_l[l]
     # Carry across chunks; a chunk's total decay is exp(A * sum of its dt) in (0, 1].
     chunk_decay = torch.exp(dtc.sum(1, keepdim=True).unsqueeze(3) * A_nd)  # [b, 1, nc, N, di]
-    h = h.transpose(1, 2).reshape(b, 1, 1, A.shape[1], di)
+    h = h.reshape(b, 1, 1, A.shape[1], di)
     starts = []
     for d_c, e_c in zip(chunk_decay.split(1, dim=2), end.split(1, dim=2)):
         starts.append(h)
@@ -96,7 +99,7 @@ def _chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
         hc = decay_l[l] * hc + u_l[l]
         ys.append(torch.matmul(c_l[l], hc))  # [b, 1, nc, 1, N] @ [b, 1, nc, N, di]
     y = torch.cat(ys, dim=1).reshape(b, L, nc, di).transpose(1, 2).reshape(b, nc * L, di)[:, :t]
-    return y + D * x, h.reshape(b, A.shape[1], di).transpose(1, 2)
+    return y + D * x, h.reshape(b, A.shape[1], di)
 
 
 def selective_scan(
@@ -112,7 +115,7 @@ def selective_scan(
     """Sequence form of ``selective_scan_reference`` (same arguments and results): a two-level
     chunked scan in about 3 * sqrt(T) vectorised steps instead of T, over blocks of
     ``block_frames`` frames (state carried) so that long inputs keep bounded buffers."""
-    h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1]) if h0 is None else h0
+    h = x.new_zeros(x.shape[0], A.shape[1], x.shape[2]) if h0 is None else h0
     ys = []
     for s in range(0, x.shape[1], block_frames):  # blocks of ~10 s, not frames
         e = s + block_frames
@@ -169,7 +172,7 @@ class MambaBlock(nn.Module):
 
     @property
     def ssm_state_shape(self) -> tuple[int, int, int]:
-        return (1, self.d_inner, self.d_state)
+        return (1, self.d_state, self.d_inner)
 
     def _ssm_inputs(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """xc [..., D] conv output -> (silu(xc), dt [..., D], B [..., N], C [..., N])."""
@@ -180,7 +183,7 @@ class MambaBlock(nn.Module):
         return xc, dt, p[..., r : r + n], p[..., r + n :]
 
     def forward(self, x: Tensor, conv_state: Tensor | None = None, ssm_state: Tensor | None = None):
-        """Sequence form. x [B, T, M] -> (y [B, T, M], conv_state [B, K-1, D], ssm_state [B, D, N])."""
+        """Sequence form. x [B, T, M] -> (y [B, T, M], conv_state [B, K-1, D], ssm_state [B, N, D])."""
         di = self.d_inner
         if conv_state is None:
             conv_state = x.new_zeros(x.shape[0], self.d_conv - 1, di)
@@ -197,7 +200,7 @@ class MambaBlock(nn.Module):
         return self.out_proj(y * F.silu(z)), xcat[:, -(self.d_conv - 1) :], h
 
     def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor):
-        """One frame. x [B, M] -> (y [B, M], conv_state [B, K-1, D], ssm_state [B, D, N])."""
+        """One frame. x [B, M] -> (y [B, M], conv_state [B, K-1, D], ssm_state [B, N, D])."""
         di = self.d_inner
         xz = self.in_proj(x)
         xi, z = xz[:, :di], xz[:, di:]
@@ -205,9 +208,10 @@ class MambaBlock(nn.Module):
         kernel = self.conv1d.weight[:, 0, :].transpose(0, 1)  # [K, D]
         xc = (window * kernel).sum(1) + self.conv1d.bias
         xc, dt, b, c = self._ssm_inputs(xc)
-        A = -torch.exp(self.A_log)
-        h = torch.exp(dt.unsqueeze(-1) * A) * ssm_state + (dt * xc).unsqueeze(-1) * b.unsqueeze(1)
-        y = (h * c.unsqueeze(1)).sum(-1) + self.D * xc
+        A_nd = -torch.exp(self.A_log).t()  # [N, D]
+        # The outer product as a matmul, the read-out as N rows of D: both one kernel call.
+        h = torch.exp(dt.unsqueeze(1) * A_nd) * ssm_state + torch.matmul(b.unsqueeze(-1), (dt * xc).unsqueeze(1))
+        y = (h * c.unsqueeze(-1)).sum(1) + self.D * xc
         return self.out_proj(y * F.silu(z)), window[:, 1:], h
 
 
