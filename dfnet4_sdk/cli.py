@@ -325,8 +325,10 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("BENCHMARKS.md"), show_default=True, help="Markdown report to write.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Measure every cell this many times in turn and report the median (a shared machine drifts).")
 @_fail_on_sdk_errors
-def bench(models, backends, precisions, audio_path, seconds, output_path):
+def bench(models, backends, precisions, audio_path, seconds, output_path, rounds):
     """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
     from dfnet4_sdk import bench as b
     from dfnet4_sdk.shipped import DEFAULT_MODEL
@@ -338,7 +340,7 @@ def bench(models, backends, precisions, audio_path, seconds, output_path):
         for be in (backends or ("torch", "onnx"))
         for p in ((precisions or ("fp32",)) if be != "torch" else ("fp32",))
     ]
-    results = b.run(cells, str(audio_path), seconds, echo=click.echo)
+    results = b.run(cells, str(audio_path), seconds, echo=click.echo, rounds=rounds)
     output_path.write_text(b.to_markdown(results, audio_path.name, seconds))
     click.echo(f"wrote {output_path}")
 
