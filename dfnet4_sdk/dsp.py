@@ -26,9 +26,10 @@ UNIT_NORM_INIT = (0.001, 0.0001)  # libDF UNIT_NORM_INIT: state of the complex u
 ERB_POWER_EPS = 1e-10  # added to the band power before log10
 ERB_FEATURE_SCALE_DB = 40.0  # normalised dB are divided by this
 POST_FILTER_EPS = 1e-12
-# numpy's batched (i)rfft costs ~2.3 us per 960-point frame up to ~32 rows a call and 4.6-5.3 us
-# at 1000 rows (measured, numpy 2.4): long signals go through in blocks of this many frames.
-FFT_ROWS_PER_CALL = 32
+# numpy's batched float32 (i)rfft costs ~2.2 us per 960-point frame up to ~100 KB a call and
+# then jumps to ~7 us, output buffer given or not (measured, numpy 2.4: 26 rows 2.15 us, 27 rows
+# 6.7 us, in fresh processes): long signals go through in blocks of this many frames.
+FFT_ROWS_PER_CALL = 16
 # numpy >= 2 implements its FFTs as gufuncs; called directly, one 960-point frame costs ~4.8 us
 # instead of ~9.5 us through np.fft's wrapper (argument handling, output allocation). Per hop
 # that is two FFTs, a quarter of the stream's own work. Same pocketfft, same numbers.
