@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dfnet4_sdk.errors import ConfigError
+
 OFFICIAL = "official"
 
 
@@ -259,8 +261,6 @@ def run(
     """Measure the official runtime and every cell, ``rounds`` times in turn; one combined
     result per cell, the official runtime first."""
     if rounds < 1:
-        from dfnet4_sdk.errors import ConfigError
-
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     everything = [("dfn3", OFFICIAL, "fp32"), *cells]
     runs: list[list[BenchResult]] = [[] for _ in everything]

@@ -62,7 +62,7 @@ class FrameModule(nn.Module):
         a = self.alpha
         # Inside, spectra are planar [1, 2, F] (re row, im row): every slice below is then a
         # contiguous run. Interleaved re/im pairs made each [..., 0] slice F one-float copies
-        # in XNNPACK (LiteRT's DfNet4Lite frame graph spent a fifth of its time on them).
+        # in XNNPACK (LiteRT's DfNet4Lite frame graph: 91 us per invoke interleaved, 73 planar).
         x = spec.transpose(1, 2)  # [1, 2, F]
         re, im = x[:, 0], x[:, 1]  # [1, F]
         power = re * re + im * im
