@@ -76,7 +76,7 @@ class _Synthesis:
             return
         d, order, padded = self.dsp, self.order, self.padded[first_step:]
         noisy = padded[self.past : self.past + t]
-        enhanced = noisy * np.repeat(erb_mask[:t], self.front_end.erb_widths, axis=1)
+        enhanced = self.front_end.apply_erb_mask(noisy, erb_mask[:t])
         taps = np.ascontiguousarray(df_coefs[:t], dtype=np.float32).view(np.complex64).reshape(t, d.nb_df, order)
         filtered = padded[:t, : d.nb_df] * taps[:, :, 0]
         for o in range(1, order):  # tap o of every step at once

@@ -105,7 +105,6 @@ class EnhancementStream:
         self.hop_size_samples = m.dsp.hop_size_samples
         self.latency_samples = m.latency_samples
         self._front_end = dsp.FrontEnd(m.dsp)
-        self._erb_widths = dsp.erb_band_widths(m.dsp)
         s = m.streaming
         self._lookahead = s.conv_lookahead_frames
         # History of analysed frames: frame t-L and its DF window t-L-(O-1-Ld) .. t-L+Ld.
@@ -256,12 +255,13 @@ class EnhancementStream:
         apply_erb, apply_zeros, apply_df = apply_stages(lsnr, self.options)
 
         noisy = self._history[-1 - self._lookahead]  # frame t-L
-        enhanced = noisy.copy()
         if apply_erb:
             erb_mask = self._run_graph("erb_dec", enc_out)["erb_mask"].reshape(-1)
-            enhanced *= np.repeat(erb_mask, self._erb_widths)
+            enhanced = self._front_end.apply_erb_mask(noisy, erb_mask)
         elif apply_zeros:
-            enhanced[:] = 0
+            enhanced = np.zeros_like(noisy)
+        else:
+            enhanced = noisy.copy()
         if apply_df:
             coefs = self._run_graph("df_dec", enc_out)["df_coefs"]
             enhanced[: self.manifest.dsp.nb_df] = self._deep_filter(coefs)
