@@ -66,6 +66,10 @@ class LossConfig:
     distill_lsnr: float = 0.001
     distill_df: float = 0.2
     distill_feature: float = 0.05
+    # intermediate distillation: relative MSE of each named hidden state against the teacher's,
+    # where the shapes match (e.g. a dfnet4-dfn3conv student of DFN3); see objective.py
+    distill_hidden: float = 0.0
+    distill_hidden_names: tuple[str, ...] = ("emb", "erb_dec_h", "erb_dec_x", "df_dec_h")
     temperature: float = 2.0  # softens mask logits before the mask distillation term
     # adversarial and perceptual (off unless configured)
     gan: float = 0.0

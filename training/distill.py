@@ -19,6 +19,9 @@ from dfnet4_sdk.models.base import COMPONENT_NAMES, OUTPUT_TIME_AXIS, Enhancemen
 from dfnet4_sdk.training.losses import istft
 
 _KEPT = ("lsnr", "erb_mask", "df_coefs", "emb")
+# Hidden states the decoders return besides their graph outputs (intermediate distillation,
+# objective.py), kept when present, with their time axis.
+HIDDEN_TIME_AXIS = {"erb_dec_h": 1, "erb_dec_x": 2, "df_dec_h": 1}
 
 
 def run_model(model: EnhancementModel, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -32,8 +35,9 @@ def run_model(model: EnhancementModel, batch: Mapping[str, Tensor]) -> dict[str,
         comp = model.components[name]
         outputs, _ = comp({k: values[k] for k in comp.input_names}, None)
         values.update(outputs)
-    axes = dict(OUTPUT_TIME_AXIS, emb=1)
-    out = {k: values[k].narrow(axes[k], lookahead, values[k].shape[axes[k]] - lookahead) for k in _KEPT}
+    axes = dict(OUTPUT_TIME_AXIS, emb=1, **HIDDEN_TIME_AXIS)
+    kept = _KEPT + tuple(k for k in HIDDEN_TIME_AXIS if k in values)
+    out = {k: values[k].narrow(axes[k], lookahead, values[k].shape[axes[k]] - lookahead) for k in kept}
     spec = batch["spec"]
     masked = spectral.apply_erb_mask(spec, out["erb_mask"], spectral.erb_widths_tensor(model.dsp))
     filtered = spectral.deep_filter(spec, out["df_coefs"], model.df_order, model.df_lookahead_frames)

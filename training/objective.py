@@ -8,6 +8,11 @@
 Supervised terms use items with clean speech only (``has_clean``) and weight bins above a
 band-limited file's limit by ``band_limited_hf_weight``; distillation terms use every item.
 A weight of 0 switches a term off (its module is not even built).
+
+Intermediate distillation (``distill_hidden``): for each name in ``distill_hidden_names``
+(the encoder embedding ``emb`` and the decoder hidden states ``erb_dec_h``, ``erb_dec_x``,
+``df_dec_h`` that ``run_model`` keeps) whose student and teacher tensors have the same shape,
+the MSE relative to the teacher's mean square, so every state weighs alike whatever its scale.
 """
 
 from __future__ import annotations
@@ -116,6 +121,8 @@ class Objective(nn.Module):
             terms["d_df"] = c.distill_df * (out["df_coefs"] - t["df_coefs"]).pow(2).mean()
         if self.projector is not None:
             terms["d_feature"] = c.distill_feature * L.feature_distill_loss(self.projector(out["emb"]), t["emb"])
+        if c.distill_hidden > 0:
+            terms.update(hidden_distill_terms(out, t, c.distill_hidden_names, c.distill_hidden))
         return terms
 
     def discriminator_loss(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor | None:
@@ -125,3 +132,27 @@ class Objective(nn.Module):
             return None
         real = L.istft(batch["clean_spec"], self.dsp)[has_clean]
         return self.discriminator.discriminator_loss(real, out["wave"].detach()[has_clean])
+
+
+_warned_no_hidden = False
+
+
+def hidden_distill_terms(
+    out: Mapping[str, Tensor], teacher_out: Mapping[str, Tensor], names: tuple[str, ...], weight: float
+) -> dict[str, Tensor]:
+    """{"d_h_<name>": weight * mean((s - t)^2) / mean(t^2)} for each name whose student and
+    teacher tensors exist with equal shapes; 0 exactly when the student's state equals the teacher's."""
+    global _warned_no_hidden
+    terms = {}
+    for name in names:
+        s, t = out.get(name), teacher_out.get(name)
+        if s is None or t is None or s.shape != t.shape:
+            continue
+        terms[f"d_h_{name}"] = weight * (s - t).pow(2).mean() / (t.pow(2).mean() + 1e-8)
+    if not terms and not _warned_no_hidden:
+        _warned_no_hidden = True
+        log.warning(
+            "distill_hidden > 0 but no hidden state of %s has the teacher's shape: the term is off "
+            "(use a student at the teacher's widths, e.g. the dfnet4-dfn3conv preset)", names
+        )
+    return terms

@@ -7,6 +7,7 @@ except the backbones, whose ``step`` is the export-friendly recurrence.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -29,7 +30,11 @@ class ConvBlock(nn.Module):
     """Causal conv over [B, C, T, F] + activation. ``separable``: depthwise (kt, kf) conv then a
     1x1 pointwise conv (DFN3's separable Conv2dNormAct, without BatchNorm: training-mode batch
     statistics would mix frames). With kernel_t > 1 the block owns the state ``name``:
-    the last kernel_t - 1 input frames, [B, C_in, kernel_t - 1, F_in]."""
+    the last kernel_t - 1 input frames, [B, C_in, kernel_t - 1, F_in].
+
+    ``dfn3_layout``: exactly DFN3's folded Conv2dNormAct (``dfnet3.ConvNormAct``) so its weights
+    copy over: groups gcd(C_in, C_out) when separable, a pointwise conv only when grouped and the
+    kernel is larger than 1x1, the bias on the last conv."""
 
     def __init__(
         self,
@@ -41,12 +46,19 @@ class ConvBlock(nn.Module):
         fstride: int = 1,
         separable: bool = True,
         act: str = "relu",
+        dfn3_layout: bool = False,
     ):
         super().__init__()
         self.name, self.freq, self.act = name, freq, act
-        separable = separable and in_ch == out_ch and in_ch > 1
-        self.conv = CausalConv2d(in_ch, out_ch, kernel, fstride=fstride, groups=in_ch if separable else 1)
-        self.pointwise = nn.Conv2d(out_ch, out_ch, 1, bias=False) if separable else None
+        if dfn3_layout:
+            groups = math.gcd(in_ch, out_ch) if separable else 1
+            pointwise = groups > 1 and max(kernel) > 1
+            self.conv = CausalConv2d(in_ch, out_ch, kernel, fstride=fstride, groups=groups, bias=not pointwise)
+            self.pointwise = nn.Conv2d(out_ch, out_ch, 1) if pointwise else None
+        else:
+            separable = separable and in_ch == out_ch and in_ch > 1
+            self.conv = CausalConv2d(in_ch, out_ch, kernel, fstride=fstride, groups=in_ch if separable else 1)
+            self.pointwise = nn.Conv2d(out_ch, out_ch, 1, bias=False) if separable else None
         if self.conv.kernel_t > 1 and not name:
             raise ValueError("a conv block with kernel_t > 1 has a state and needs a name")
         self.freq_out = conv_out_freq(freq, fstride)
@@ -110,18 +122,26 @@ class SqueezedGRU(nn.Module):
 
 
 def make_backbone(
-    params, name: str, input_size: int, hidden_size: int, output_size: int | None, num_layers: int
+    params,
+    name: str,
+    input_size: int,
+    hidden_size: int,
+    output_size: int | None,
+    num_layers: int,
+    groups: int | None = None,
 ) -> SqueezedMamba | SqueezedGRU:
-    """The sequence model selected by ``params.backbone`` ('mamba' or 'gru')."""
+    """The sequence model selected by ``params.backbone`` ('mamba' or 'gru'); its squeeze
+    linears have ``groups`` groups (default ``params.linear_groups``)."""
+    groups = params.linear_groups if groups is None else groups
     if params.backbone == "gru":
-        return SqueezedGRU(name, input_size, hidden_size, output_size, num_layers, params.linear_groups)
+        return SqueezedGRU(name, input_size, hidden_size, output_size, num_layers, groups)
     return SqueezedMamba(
         name,
         input_size,
         hidden_size,
         output_size,
         num_layers,
-        params.linear_groups,
+        groups,
         params.mamba_d_state,
         params.mamba_d_conv,
         params.mamba_expand,

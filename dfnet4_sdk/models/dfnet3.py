@@ -394,14 +394,15 @@ class Dfn3ErbDecoder(StreamingComponent):
 
     def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
         gru = self.emb_gru.step if step else self.emb_gru.forward
-        emb, h = gru(inputs["emb"], state["erb_dec_emb_gru"])  # [B, T, D]
-        b, t = emb.shape[0], emb.shape[1]
-        emb = emb.reshape(b, t, self.p.nb_erb // 4, self.p.conv_ch).permute(0, 3, 1, 2)  # [B, C, T, E/4]
+        hidden, h = gru(inputs["emb"], state["erb_dec_emb_gru"])  # [B, T, D]
+        b, t = hidden.shape[0], hidden.shape[1]
+        emb = hidden.reshape(b, t, self.p.nb_erb // 4, self.p.conv_ch).permute(0, 3, 1, 2)  # [B, C, T, E/4]
         x = self.convt3(self.conv3p(inputs["e3"])[0] + emb)[0]  # [B, C, T, E/4]
         x = self.convt2(self.conv2p(inputs["e2"])[0] + x)  # [B, C, T, E/2]
         x = self.convt1(self.conv1p(inputs["e1"])[0] + x)  # [B, C, T, E]
         m = self.conv0_out(self.conv0p(inputs["e0"])[0] + x)[0]  # [B, 1, T, E]
-        return {"erb_mask": m}, {"erb_dec_emb_gru": h}
+        # erb_dec_h / erb_dec_x: hidden states for intermediate distillation (not graph outputs)
+        return {"erb_mask": m, "erb_dec_h": hidden, "erb_dec_x": x}, {"erb_dec_emb_gru": h}
 
 
 class Dfn3DfDecoder(StreamingComponent):
@@ -450,7 +451,7 @@ class Dfn3DfDecoder(StreamingComponent):
         new_state = {"df_dec_gru": h}
         if buf is not None:
             new_state["df_dec_convp"] = buf
-        return {"df_coefs": coefs}, new_state
+        return {"df_coefs": coefs, "df_dec_h": c}, new_state  # df_dec_h: for intermediate distillation
 
     def df_alpha(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None = None) -> Tensor:
         """Upstream's DF alpha [B, T, 1] (sequence form); unused by DFN3 inference."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models.base import EnhancementModel, StateSpec, StreamingComponent
@@ -26,6 +26,7 @@ from dfnet4_sdk.models.blocks4 import (
     run_backbone,
     upsample_freq2,
 )
+from dfnet4_sdk.models.dfnet3 import ConvTransposeNormAct
 from dfnet4_sdk.models.hybrid_encoder import Encoder4
 from dfnet4_sdk.models.model_params4 import PRESETS, ModelParams4
 from dfnet4_sdk.models.multires_df import DfDecoder4
@@ -35,7 +36,12 @@ __all__ = ["PRESETS", "DfNet4", "DfNet4Lite", "ErbDecoder4", "ModelParams4"]
 
 class ErbDecoder4(StreamingComponent):
     """erb_dec(emb, e3, e2, e1, e0) -> erb_mask [B, 1, T, E]: backbone, then DFN3's U-Net
-    decoder (1x1 skip convs, (1, 3) convs, x2 frequency upsampling by repetition)."""
+    decoder (1x1 skip convs, (1, 3) convs, x2 frequency upsampling by repetition; with
+    ``dfn3_layout`` DFN3's exact blocks: depthwise skips and transposed-conv upsampling).
+
+    Besides ``erb_mask`` it returns the hidden ``erb_dec_h`` [B, T, D] (backbone output) and
+    ``erb_dec_x`` [B, C, T, E] (input of the output conv) for intermediate distillation; graphs
+    export only ``output_names``."""
 
     input_names = ("emb", "e3", "e2", "e1", "e0")
     output_names = ("erb_mask",)
@@ -45,15 +51,24 @@ class ErbDecoder4(StreamingComponent):
         C, E = p.conv_ch, p.dsp.nb_erb
         self.conv_ch, self.bands4 = C, E // 4
         self.backbone = make_backbone(p, "erb_dec", p.emb_dim, p.emb_hidden_dim, p.emb_dim, p.erb_dec_num_layers)
+        dfn3 = p.dfn3_layout
 
         def skip(freq: int) -> ConvBlock:
-            return ConvBlock(None, C, C, freq, (1, 1), separable=False)
+            return ConvBlock(None, C, C, freq, (1, 1), separable=dfn3, dfn3_layout=dfn3)
 
-        self.conv3p, self.convt3 = skip(E // 4), ConvBlock(None, C, C, E // 4, (1, 3))
-        self.conv2p, self.convt2 = skip(E // 4), ConvBlock(None, C, C, E // 2, (1, 3))
-        self.conv1p, self.convt1 = skip(E // 2), ConvBlock(None, C, C, E, (1, 3))
+        def up(freq: int) -> nn.Module:  # x2 in frequency, then a (1, 3) conv
+            return ConvTransposeNormAct(C, C, (1, 3), fstride=2) if dfn3 else ConvBlock(None, C, C, freq, (1, 3))
+
+        self.conv3p, self.convt3 = skip(E // 4), ConvBlock(None, C, C, E // 4, (1, 3), dfn3_layout=dfn3)
+        self.conv2p, self.convt2 = skip(E // 4), up(E // 2)
+        self.conv1p, self.convt1 = skip(E // 2), up(E)
         self.conv0p = skip(E)
-        self.conv0_out = ConvBlock(None, C, 1, E, (1, 3), act="sigmoid")
+        self.conv0_out = ConvBlock(None, C, 1, E, (1, 3), act="sigmoid", dfn3_layout=dfn3)
+
+    def _up(self, block: nn.Module, x: Tensor, state: Mapping[str, Tensor], new: TensorDict) -> Tensor:
+        if isinstance(block, ConvTransposeNormAct):
+            return block(x)
+        return block(upsample_freq2(x), state, new)
 
     def state_specs(self) -> tuple[StateSpec, ...]:
         return self.backbone.state_specs()
@@ -63,13 +78,13 @@ class ErbDecoder4(StreamingComponent):
         state = self.initial_state(emb.shape[0]) if state is None else state
         new: TensorDict = {}
         b, t = emb.shape[0], emb.shape[1]
-        x = run_backbone(self.backbone, emb, state, new, step)  # [B, T, D]
-        x = x.reshape(b, t, self.bands4, self.conv_ch).permute(0, 3, 1, 2)  # [B, C, T, E/4]
+        h = run_backbone(self.backbone, emb, state, new, step)  # [B, T, D]
+        x = h.reshape(b, t, self.bands4, self.conv_ch).permute(0, 3, 1, 2)  # [B, C, T, E/4]
         x = self.convt3(self.conv3p(inputs["e3"], state, new) + x, state, new)  # [B, C, T, E/4]
-        x = self.convt2(upsample_freq2(self.conv2p(inputs["e2"], state, new) + x), state, new)  # E/2
-        x = self.convt1(upsample_freq2(self.conv1p(inputs["e1"], state, new) + x), state, new)  # E
+        x = self._up(self.convt2, self.conv2p(inputs["e2"], state, new) + x, state, new)  # E/2
+        x = self._up(self.convt1, self.conv1p(inputs["e1"], state, new) + x, state, new)  # E
         m = self.conv0_out(self.conv0p(inputs["e0"], state, new) + x, state, new)  # [B, 1, T, E]
-        return {"erb_mask": m}, new
+        return {"erb_mask": m, "erb_dec_h": h, "erb_dec_x": x}, new
 
     def forward(self, inputs, state=None):
         return self._run(inputs, state, step=False)

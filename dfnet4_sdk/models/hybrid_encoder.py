@@ -92,12 +92,13 @@ class Encoder4(StreamingComponent):
         super().__init__()
         C, E, F, kt, D = p.conv_ch, p.dsp.nb_erb, p.dsp.nb_df, p.conv_kernel_inp_t, p.emb_dim
         self.input_names = ("feat_erb", "feat_spec") + (("frame_samples",) if p.frame_samples_needed else ())
-        self.erb_conv0 = ConvBlock("enc_erb_conv0", 1, C, E, (kt, 3))
-        self.erb_conv1 = ConvBlock(None, C, C, E, (1, 3), fstride=2)
-        self.erb_conv2 = ConvBlock(None, C, C, E // 2, (1, 3), fstride=2)
-        self.erb_conv3 = ConvBlock(None, C, C, E // 4, (1, 3))
-        self.df_conv0 = ConvBlock("enc_df_conv0", 2, C, F, (kt, 3))
-        self.df_conv1 = ConvBlock(None, C, C, F, (1, 3), fstride=2)
+        lay = p.dfn3_layout
+        self.erb_conv0 = ConvBlock("enc_erb_conv0", 1, C, E, (kt, 3), dfn3_layout=lay)
+        self.erb_conv1 = ConvBlock(None, C, C, E, (1, 3), fstride=2, dfn3_layout=lay)
+        self.erb_conv2 = ConvBlock(None, C, C, E // 2, (1, 3), fstride=2, dfn3_layout=lay)
+        self.erb_conv3 = ConvBlock(None, C, C, E // 4, (1, 3), dfn3_layout=lay)
+        self.df_conv0 = ConvBlock("enc_df_conv0", 2, C, F, (kt, 3), dfn3_layout=lay)
+        self.df_conv1 = ConvBlock(None, C, C, F, (1, 3), fstride=2, dfn3_layout=lay)
         self.df_fc_emb = GroupedLinear(C * self.df_conv1.freq_out, D, p.enc_linear_groups)
         hybrid = p.hybrid_encoder
         self.phase = PhasePath(F, p.branch_ch, D, p.enc_linear_groups) if hybrid and p.phase_branch else None

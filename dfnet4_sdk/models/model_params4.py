@@ -72,6 +72,12 @@ class ModelParams4:
     )
     min_df_order: int = _doc("smallest order the adaptive predictor may choose (> df_lookahead_frames)", default=3)
     gumbel_tau: float = _doc("Gumbel-softmax temperature of the order predictor in training", default=1.0)
+    dfn3_layout: bool = _doc(
+        "conv blocks laid out as DFN3's (grouped conv + biased pointwise, transposed-conv upsampling "
+        "in erb_dec, ReLU on the DF pathway), so DFN3's weights copy over (dfn3_init.py)",
+        default=False,
+    )
+    df_linear_groups: int = _doc("groups of df_dec's backbone squeeze; 0: linear_groups (DFN3: 8)", default=0)
 
     def __post_init__(self) -> None:
         if isinstance(self.dsp, Mapping):
@@ -92,6 +98,10 @@ class ModelParams4:
         if not self.multi_res_df:
             return ((self.dsp.nb_df, self.df_order),)
         return self.df_resolutions or derive_resolutions(self.dsp.nb_df, self.df_order, self.df_lookahead_frames)
+
+    @property
+    def df_backbone_groups(self) -> int:
+        return self.df_linear_groups or self.linear_groups
 
     @property
     def adaptive_orders(self) -> tuple[int, ...]:
@@ -144,6 +154,8 @@ class ModelParams4:
             p.append("phase_branch / waveform_branch need hybrid_encoder=true; set them false or enable hybrid_encoder")
         if self.df_resolutions and not self.multi_res_df:
             p.append("df_resolutions is set but multi_res_df is false; clear df_resolutions or enable multi_res_df")
+        if self.df_linear_groups < 0:
+            p.append(f"df_linear_groups must be >= 0 (0: linear_groups), got {self.df_linear_groups}")
         if self.gumbel_tau <= 0:
             p.append(f"gumbel_tau must be > 0, got {self.gumbel_tau}")
         if self.adaptive_order and not self.df_lookahead_frames < self.min_df_order < self.df_order:
@@ -177,7 +189,7 @@ class ModelParams4:
         sizes = [
             ("encoder df-path linear", C * math.ceil(d.nb_df / 2), self.emb_dim, g_enc),
             ("backbone squeeze", self.emb_dim, self.emb_hidden_dim, g),
-            ("df backbone squeeze", self.emb_dim, self.df_hidden_dim, g),
+            ("df backbone squeeze", self.emb_dim, self.df_hidden_dim, self.df_backbone_groups),
         ]
         sizes += [(f"DF head ({b}, {o})", self.df_hidden_dim, 2 * b * o, g) for b, o in self.resolutions]
         if self.hybrid_encoder and self.phase_branch:
@@ -303,6 +315,24 @@ _LITE = ModelParams4(
     multi_res_df=False,
     adaptive_order=False,
 )
+# DFN3's conv stacks, widths and groupings (64 channels, 256-wide backbones, D = 512), so
+# dfn3_init.init_from_dfn3 copies DFN3's weights: with the GRU backbone every tensor (it starts
+# equal to DFN3), with Mamba every tensor but the Mamba layers (one per component).
+_DFN3_CONV = ModelParams4(
+    conv_ch=64,
+    enc_linear_groups=32,
+    df_linear_groups=8,
+    emb_hidden_dim=256,
+    df_hidden_dim=256,
+    df_num_layers=1,
+    mamba_d_state=8,
+    hybrid_encoder=False,
+    phase_branch=False,
+    waveform_branch=False,
+    multi_res_df=False,
+    adaptive_order=False,
+    dfn3_layout=True,
+)
 PRESETS: dict[str, ModelParams4] = {
     "dfnet4": _DFNET4,
     "dfnet4-lite": _LITE,
@@ -310,4 +340,6 @@ PRESETS: dict[str, ModelParams4] = {
     "dfnet4-ll": replace(_DFNET4, df_lookahead_frames=0, conv_lookahead_frames=0, min_df_order=2),
     # 16 kHz: 20 ms window, 10 ms hop, 24 ERB bands, DF up to 3.2 kHz (64 bins of 50 Hz).
     "dfnet4-16k": replace(_DFNET4, dsp=_DSP_16K),
+    "dfnet4-dfn3conv": _DFN3_CONV,
+    "dfnet4-dfn3conv-gru": replace(_DFN3_CONV, backbone="gru", erb_dec_num_layers=2, df_num_layers=2),
 }

@@ -97,7 +97,9 @@ class DfCoefHead(nn.Module):
 
 
 class DfDecoder4(StreamingComponent):
-    """df_dec(emb, c0) -> df_coefs [B, T, F, 2*O]."""
+    """df_dec(emb, c0) -> df_coefs [B, T, F, 2*O], plus the hidden ``df_dec_h`` [B, T, H]
+    (backbone + skip, the input of the coefficient heads) for intermediate distillation.
+    With ``dfn3_layout`` the conv pathway is DFN3's (grouped conv, biased pointwise, ReLU)."""
 
     input_names = ("emb", "c0")
     output_names = ("df_coefs",)
@@ -106,9 +108,12 @@ class DfDecoder4(StreamingComponent):
         super().__init__()
         D, H, O = p.emb_dim, p.df_hidden_dim, p.df_order
         self.df_order, self.nb_df = O, p.dsp.nb_df
-        self.backbone = make_backbone(p, "df_dec", D, H, None, p.df_num_layers)
+        self.backbone = make_backbone(p, "df_dec", D, H, None, p.df_num_layers, p.df_backbone_groups)
         self.skip = GroupedLinear(D, H, p.linear_groups)
-        self.convp = ConvBlock("df_dec_convp", p.conv_ch, 2 * O, p.dsp.nb_df, (p.df_pathway_kernel_t, 1), act="none")
+        self.convp = ConvBlock(
+            "df_dec_convp", p.conv_ch, 2 * O, p.dsp.nb_df, (p.df_pathway_kernel_t, 1),
+            act="relu" if p.dfn3_layout else "none", dfn3_layout=p.dfn3_layout,
+        )  # fmt: skip
         self.head = DfCoefHead(p, H)
 
     def state_specs(self) -> tuple[StateSpec, ...]:
@@ -120,7 +125,7 @@ class DfDecoder4(StreamingComponent):
         new: TensorDict = {}
         h = run_backbone(self.backbone, emb, state, new, step) + self.skip(emb)  # [B, T, H]
         convp = self.convp(c0, state, new).permute(0, 2, 3, 1)  # [B, 2*O, T, F] -> [B, T, F, 2*O]
-        return {"df_coefs": self.head(h, convp)}, new
+        return {"df_coefs": self.head(h, convp), "df_dec_h": h}, new
 
     def forward(self, inputs, state=None):
         return self._run(inputs, state, step=False)

@@ -1,0 +1,129 @@
+"""Start a DfNet4-family student from what DeepFilterNet3 learned: copy every DFN3 tensor whose
+name maps onto the student and whose shape matches.
+
+    student = DfNet4.from_preset("dfnet4-dfn3conv")
+    report = init_from_dfn3(student, load_model("dfn3"))
+    print(report.summary())   # what was copied, what was not and why
+
+The ``dfnet4-dfn3conv*`` presets have DFN3's conv stacks, widths and groupings (``dfn3_layout``),
+so their encoder and decoder convs, the encoder's DF linear, the local-SNR head, the backbones'
+squeeze linears, the DF skip and the DF output head copy exactly; with the GRU backbone
+(``dfnet4-dfn3conv-gru``) every tensor copies and the student starts equal to DFN3. Other
+presets get whatever matches (usually nothing: the report says which shapes differ).
+
+``python -m dfnet4_sdk.models.dfn3_init --preset dfnet4-dfn3conv -o init.pt`` writes an
+initialised checkpoint for a training config's ``[model] init_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from dfnet4_sdk.errors import ConfigError
+from dfnet4_sdk.models.base import EnhancementModel
+
+log = logging.getLogger(__name__)
+
+# DFN3 name prefix -> DfNet4 name prefix; everything else keeps its name.
+RENAMES = (
+    ("enc.emb_gru.", "enc.backbone."),
+    ("erb_dec.emb_gru.", "erb_dec.backbone."),
+    ("df_dec.df_gru.", "df_dec.backbone."),
+    ("df_dec.df_skip.", "df_dec.skip."),
+    ("df_dec.df_convp.", "df_dec.convp."),
+    ("df_dec.df_out.", "df_dec.head.heads.0."),
+)
+# DFN3 tensors that DFN3's own inference never uses, so no student has them.
+UNUSED_BY_DFN3 = {"df_dec.df_fc_a.weight", "df_dec.df_fc_a.bias"}
+
+
+@dataclass
+class InitReport:
+    """copied: (dfn3 name, student name); skipped: (dfn3 name, reason); untouched: student
+    tensors DFN3 gave no value to (they keep their fresh initialisation)."""
+
+    copied: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    untouched: list[str] = field(default_factory=list)
+
+    def copied_values(self, state: dict[str, torch.Tensor]) -> int:
+        return sum(state[s].numel() for _, s in self.copied)
+
+    def summary(self) -> str:
+        lines = [f"copied {len(self.copied)} DFN3 tensors; skipped {len(self.skipped)}; "
+                 f"{len(self.untouched)} student tensors keep their fresh initialisation"]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
+        lines += [f"  fresh   {name}" for name in self.untouched]
+        return "\n".join(lines)
+
+
+def student_name(dfn3_name: str) -> str:
+    for old, new in RENAMES:
+        if dfn3_name.startswith(old):
+            return new + dfn3_name[len(old) :]
+    return dfn3_name
+
+
+@torch.no_grad()
+def init_from_dfn3(student: EnhancementModel, dfn3: EnhancementModel) -> InitReport:
+    """Copy DFN3's tensors into ``student`` in place wherever name and shape map; returns the report."""
+    if student.dsp != dfn3.dsp:
+        raise ConfigError(
+            f"init_from_dfn3 needs the student's front-end to equal DFN3's; student has {student.dsp}, "
+            f"DFN3 has {dfn3.dsp}: use a 48 kHz preset such as 'dfnet4-dfn3conv'"
+        )
+    target = student.state_dict()
+    report = InitReport()
+    problems: dict[str, str] = {}
+    for name, value in dfn3.state_dict().items():
+        dest = student_name(name)
+        if name in UNUSED_BY_DFN3:
+            problems[name] = "unused by DFN3's inference (upstream's DF alpha)"
+        elif dest not in target:
+            problems[name] = f"the student has no {dest!r} (a different backbone?)"
+        elif target[dest].shape != value.shape:
+            problems[name] = f"shape {tuple(value.shape)} != student {dest} {tuple(target[dest].shape)}"
+    # A module copies whole or not at all: a bias without its weight means nothing.
+    bad_modules = {name.rsplit(".", 1)[0] for name in problems}
+    for name, value in dfn3.state_dict().items():
+        if name in problems:
+            report.skipped.append((name, problems[name]))
+        elif name.rsplit(".", 1)[0] in bad_modules:
+            report.skipped.append((name, "another tensor of its module does not map"))
+        else:
+            dest = student_name(name)
+            target[dest].copy_(value)
+            report.copied.append((name, dest))
+    done = {dest for _, dest in report.copied}
+    report.untouched = [n for n in target if n not in done]
+    student.load_state_dict(target)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dfnet4_sdk.models import load_model, save_checkpoint
+    from dfnet4_sdk.models.dfnet4 import DfNet4
+
+    ap = argparse.ArgumentParser(description="Write a DfNet4 checkpoint initialised from DFN3's weights.")
+    ap.add_argument("--preset", default="dfnet4-dfn3conv")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fresh (not copied) tensors")
+    ap.add_argument("-o", "--output", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(args.seed)
+    student = DfNet4.from_preset(args.preset)
+    report = init_from_dfn3(student, load_model("dfn3"))
+    state = student.state_dict()
+    extra = {"init": "dfn3", "copied_values": report.copied_values(state),
+             "total_values": sum(v.numel() for v in state.values())}
+    save_checkpoint(student, args.output, extra=extra)
+    log.info("%s\n%s of %s values from DFN3 -> %s", report.summary(), extra["copied_values"], extra["total_values"], args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Starting a student from DFN3 (dfnet4_sdk.models.dfn3_init) and intermediate distillation
+(training/objective.py ``distill_hidden``), on real audio."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from audio_data import load_clip
+
+from dfnet4_sdk.errors import ConfigError
+from dfnet4_sdk.models.dfn3_init import init_from_dfn3
+from dfnet4_sdk.models.dfnet4 import PRESETS, DfNet4
+from dfnet4_sdk.training.config import LossConfig
+from dfnet4_sdk.training.data import features
+from dfnet4_sdk.training.distill import run_model
+from dfnet4_sdk.training.objective import Objective
+
+ENC_CONVS = ("e0", "e1", "e2", "e3", "c0")  # the encoder conv stages, before any backbone
+HIDDEN = ("emb", "erb_dec_h", "erb_dec_x", "df_dec_h")
+
+
+def _student(preset: str, dfn3, seed: int = 0):
+    torch.manual_seed(seed)
+    student = DfNet4.from_preset(preset).eval()
+    return student, init_from_dfn3(student, dfn3)
+
+
+@pytest.fixture(scope="module")
+def real_batch(dfn3):
+    audio = load_clip("noisy_real/dns5_blind_street_48k.flac", seconds=3.0)  # real noisy street recording
+    return {k: v[None] for k, v in features(audio, dfn3.dsp).items()}
+
+
+@torch.no_grad()
+def _enc_outputs(model, batch):
+    inputs = {k: batch[k] for k in model.enc.input_names}
+    return model.enc(inputs, None)[0]
+
+
+def test_mamba_preset_copies_every_conv_and_linear_exactly(dfn3, real_batch):
+    student, report = _student("dfnet4-dfn3conv", dfn3)
+    s_state, t_state = student.state_dict(), dfn3.state_dict()
+    copied = dict(report.copied)
+    for t_name, s_name in copied.items():
+        assert torch.equal(s_state[s_name], t_state[t_name]), s_name
+    # every DFN3 conv and linear copies; only the GRU cores (replaced by Mamba) and the unused alpha do not
+    skipped = {name for name, _ in report.skipped}
+    assert all(".gru." in n or ".df_fc_a." in n for n in skipped), sorted(skipped)
+    assert all(n.startswith(("enc.backbone.layers.", "erb_dec.backbone.layers.", "df_dec.backbone.layers."))
+               for n in report.untouched), report.untouched
+    assert len(copied) == 49 and report.copied_values(s_state) == 160_624
+    s_out, t_out = _enc_outputs(student, real_batch), _enc_outputs(dfn3, real_batch)
+    errors = {k: float((s_out[k] - t_out[k]).abs().max()) for k in ENC_CONVS}
+    print(f"\nencoder conv outputs, DFN3-initialised student vs DFN3 on real audio: {errors}")
+    assert max(errors.values()) < 1e-6
+    assert float(t_out["e3"].abs().max()) > 0.1  # the comparison is on real activations, not zeros
+
+
+def test_gru_preset_starts_equal_to_dfn3(dfn3, real_batch):
+    student, report = _student("dfnet4-dfn3conv-gru", dfn3)
+    assert not report.untouched and [n for n, _ in report.skipped] == ["df_dec.df_fc_a.weight", "df_dec.df_fc_a.bias"]
+    with torch.no_grad():
+        s, t = run_model(student, real_batch), run_model(dfn3, real_batch)
+    err = {k: float((s[k] - t[k]).abs().max()) for k in ("erb_mask", "df_coefs", "lsnr", "enhanced")}
+    print(f"\nDFN3-initialised GRU preset vs DFN3, max abs error: {err}")
+    assert max(err.values()) < 1e-4
+
+
+def test_init_refuses_another_front_end(dfn3):
+    with pytest.raises(ConfigError, match="front-end"):
+        init_from_dfn3(DfNet4.from_preset("dfnet4-16k"), dfn3)
+
+
+def test_lite_preset_gets_nothing_and_says_why(dfn3):
+    student, report = _student("dfnet4-lite", dfn3)
+    assert not report.copied and len(report.skipped) == len(dfn3.state_dict())
+
+
+def test_hidden_distillation_is_zero_for_a_copy_and_positive_otherwise(dfn3, real_batch):
+    cfg = LossConfig(distill_hidden=1.0)
+    student, _ = _student("dfnet4-dfn3conv-gru", dfn3)
+    objective = Objective(cfg, student, dfn3)
+    with torch.no_grad():
+        teacher_out = run_model(dfn3, real_batch)
+        same = objective._distill_terms(run_model(student, real_batch), teacher_out)
+        assert {f"d_h_{n}" for n in HIDDEN} <= set(same)
+        print("\nhidden terms, copy of the teacher:", {k: float(v) for k, v in same.items() if k.startswith("d_h_")})
+        assert all(float(same[f"d_h_{n}"]) < 1e-9 for n in HIDDEN)
+        student.erb_dec.backbone.linear_out.weight.mul_(1.1)  # erb_dec's hidden states change, emb and df_dec's do not
+        student.df_dec.skip.weight.mul_(1.1)
+        changed = objective._distill_terms(run_model(student, real_batch), teacher_out)
+    print("hidden terms, perturbed decoders:", {k: float(v) for k, v in changed.items() if k.startswith("d_h_")})
+    assert float(changed["d_h_emb"]) < 1e-9
+    for name in ("erb_dec_h", "erb_dec_x", "df_dec_h"):
+        assert float(changed[f"d_h_{name}"]) > 1e-4, name
+
+
+def test_hidden_distillation_skips_mismatched_shapes(dfn3, real_batch):
+    student = DfNet4.from_preset("dfnet4-lite").eval()
+    objective = Objective(LossConfig(distill_hidden=1.0), student, dfn3)
+    with torch.no_grad():
+        terms = objective._distill_terms(run_model(student, real_batch), run_model(dfn3, real_batch))
+    assert not any(k.startswith("d_h_") for k in terms) and "d_spectral" in terms
+
+
+def test_presets_match_dfn3_widths():
+    for name in ("dfnet4-dfn3conv", "dfnet4-dfn3conv-gru"):
+        p = PRESETS[name]
+        assert p.dfn3_layout and p.conv_ch == 64 and p.emb_dim == 512 and p.df_backbone_groups == 8
