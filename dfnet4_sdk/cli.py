@@ -273,7 +273,8 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
 @click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real noisy speech to stream (default: the DNS5 clip of ../shared/data when present).")
 @click.option("--model", "reference_model", default=None,
-              help="PyTorch reference for a BUNDLE (name, checkpoint or archive; default: the bundle's family).")
+              help="PyTorch reference for a BUNDLE (name, checkpoint or archive; default: the weights its "
+                   "manifest records as source_model, else its model family).")
 @click.option("--full", is_flag=True, help="Stream 10 s per cell (default 3 s).")
 @click.option("--target", "targets", multiple=True, help="Only these targets (repeatable).")
 @click.option("--write-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -292,7 +293,7 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
     if bundle_or_model and is_bundle(bundle_or_model):
         bundle = Bundle.load(bundle_or_model)
         m = bundle.manifest
-        cells = [(reference_model or m.model_family, m.backend, m.precision)]
+        cells = [(conf.reference_model(bundle, reference_model), m.backend, m.precision)]
     else:
         models = [bundle_or_model] if bundle_or_model else list(conf.MODELS)
         cells = [(mo, t, p) for mo in models for (t, p) in conf.MATRIX if not targets or t in targets]

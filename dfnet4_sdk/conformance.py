@@ -13,6 +13,7 @@ Used by ``pytest conformance/`` and ``dfsdk conformance``, which writes docs/CON
 from __future__ import annotations
 
 import datetime
+import logging
 import platform
 import tempfile
 import time
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dfnet4_sdk.bundle import Bundle
-from dfnet4_sdk.errors import BackendNotAvailableError, DfSdkError
+from dfnet4_sdk.bundle import Bundle, file_sha256
+from dfnet4_sdk.errors import BackendNotAvailableError, ConfigError, DfSdkError
 from dfnet4_sdk.metrics import snr_db
+
+log = logging.getLogger(__name__)
 
 OFFICIAL_SNR_FLOOR_DB = 40.0
 # dfn3 and the shipped dfnet4-lite-v1 with their trained weights; dfnet4 as its untrained preset
@@ -117,6 +120,32 @@ def run_cell(
     result.status = "fail" if result.problems else "pass"
     result.seconds = time.perf_counter() - started
     return result
+
+
+def reference_model(bundle: Bundle, model: str | None = None) -> str:
+    """What ``load_model`` should load as the PyTorch reference of ``bundle``: ``model`` when
+    given (``--model``), else the weights its manifest records (``source_model``), else, for a
+    bundle exported before manifests recorded them, its model family (with a warning)."""
+    source = bundle.manifest.source_model
+    if model is not None:
+        digest = source.get("sha256")
+        if digest and Path(model).is_file() and file_sha256(model) != digest:
+            log.warning("%s was exported from %s (sha256 %s...), not from %s: conformance measures the difference "
+                        "between two models", bundle.root, source.get("name"), digest[:12], model)
+        return model
+    if source.get("kind") in ("checkpoint", "dfn3-archive"):
+        raise ConfigError(
+            f"{bundle.root} was exported from the file {source.get('name')!r}"
+            + (f" (sha256 {source['sha256'][:12]}...)" if source.get("sha256") else "")
+            + "; pass that file as the PyTorch reference with --model PATH"
+        )
+    if source.get("name"):
+        return source["name"]
+    family = bundle.manifest.model_family
+    log.warning("%s records no source_model (exported before manifests named their weights): comparing against "
+                "%r, which has untrained weights unless it is DFN3; re-export the bundle, or name its weights with "
+                "--model", bundle.root, family)
+    return family
 
 
 def official_agreement(bundle: Bundle, audio: np.ndarray) -> float:

@@ -9,7 +9,7 @@ the PyTorch backend builds the same description in memory from the model.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -119,11 +119,20 @@ class Manifest:
     quantization: Mapping[str, Any] = field(default_factory=dict)  # scheme and per-graph choices
     validation: Mapping[str, Any] = field(default_factory=dict)  # errors measured at export, tolerances
     fixtures: Mapping[str, str] = field(default_factory=dict)  # {"file": ..., "sha256": ..., "source": ...}
+    # The weights the graphs were made from (optional; docs/BUNDLE.md): {"name": what load_model
+    # accepts or a file name, "kind": shipped / dfn3 / preset / checkpoint / dfn3-archive,
+    # "sha256": the file's, for kinds that are files}. Conformance compares against these weights.
+    source_model: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
     def latency_samples(self) -> int:
         return self.streaming.latency_samples(self.dsp)
+
+    @property
+    def model_name(self) -> str:
+        """The model to name to a user: the weights the bundle was made from, else its family."""
+        return self.source_model.get("name") or self.model_family
 
     def graph(self, name: str) -> GraphSpec:
         for g in self.graphs:
@@ -149,64 +158,43 @@ class Manifest:
         return next((g for g in self.graphs if g.kind == "frame"), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["source_model"]:  # optional: manifests without it stay readable by SDK 0.3.0
+            del d["source_model"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":
-        problems: list[str] = []
-        _check_keys(data, cls, "manifest", problems)
-        if data.get("schema_version") != SCHEMA_VERSION:
-            problems.append(
-                f"schema_version {data.get('schema_version')!r} is not supported (this SDK reads {SCHEMA_VERSION}); "
-                "re-export the bundle with this SDK version"
-            )
+    def from_dict(cls, data: Any) -> "Manifest":
+        """Build a manifest from its JSON value; ConfigError lists every problem found (the
+        structure first; then, once it builds, the consistency of graphs, tensors and states)."""
+        from dfnet4_sdk.manifest_check import consistency_problems, structure_problems
+
+        problems = structure_problems(data)
         if problems:
             raise ConfigError("invalid manifest: " + "; ".join(problems))
-        graphs = []
-        for g in data["graphs"]:
-            _check_keys(g, GraphSpec, f"graph {g.get('name')!r}", problems)
-            for t in (*g.get("inputs", ()), *g.get("outputs", ())):
-                _check_keys(t, TensorSpec, f"tensor {t.get('name')!r}", problems)
-        for s in data["states"]:
-            _check_keys(s, StateSpecEntry, f"state {s.get('name')!r}", problems)
-        _check_keys(data["streaming"], StreamingSpec, "streaming", problems)
-        if problems:
-            raise ConfigError("invalid manifest: " + "; ".join(problems))
-        for g in data["graphs"]:
-            graphs.append(
-                GraphSpec(
-                    **{
-                        **g,
-                        "inputs": tuple(TensorSpec(**t) for t in g["inputs"]),
-                        "outputs": tuple(TensorSpec(**t) for t in g["outputs"]),
-                    }
-                )
-            )
-        return cls(
+        graphs = tuple(
+            GraphSpec(**{**g, "inputs": tuple(TensorSpec(**t) for t in g["inputs"]),
+                         "outputs": tuple(TensorSpec(**t) for t in g["outputs"])})
+            for g in data["graphs"]
+        )
+        manifest = cls(
             **{
                 **data,
                 "dsp": DspParams.from_dict(data["dsp"]),
                 "streaming": StreamingSpec(**data["streaming"]),
-                "graphs": tuple(graphs),
+                "graphs": graphs,
                 "states": tuple(StateSpecEntry(**s) for s in data["states"]),
             }
         )
+        problems = consistency_problems(manifest)
+        if problems:
+            raise ConfigError("inconsistent manifest: " + "; ".join(problems))
+        return manifest
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         return cls.from_dict(json.loads(text))
-
-
-def _check_keys(data: Mapping[str, Any], cls: type, what: str, problems: list[str]) -> None:
-    known = {f.name for f in fields(cls)}
-    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-    unknown = sorted(set(data) - known)
-    missing = sorted(required - set(data))
-    if unknown:
-        problems.append(f"{what}: unknown keys {unknown}")
-    if missing:
-        problems.append(f"{what}: missing keys {missing}")
 

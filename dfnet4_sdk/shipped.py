@@ -54,12 +54,12 @@ def export_shipped_bundles(names: tuple[str, ...] = tuple(SHIPPED_MODELS)) -> li
     """Re-export the ONNX bundle of each named shipped model from its checkpoint (fp32, with the
     fused frame and offline block graphs), replacing the bundle in the package."""
     from dfnet4_sdk.exporters.base import converter_for, export_bundle
-    from dfnet4_sdk.models import load_checkpoint
+    from dfnet4_sdk.models import load_model
 
     written = []
     for name in names:
         model = SHIPPED_MODELS[name]
-        bundle = export_bundle(load_checkpoint(model.checkpoint_path), converter_for("onnx"), model.onnx_bundle_dir,
+        bundle = export_bundle(load_model(name), converter_for("onnx"), model.onnx_bundle_dir,  # records source_model
                                precision="fp32", overwrite=True)
         written.append(bundle.root)
     return written

@@ -313,6 +313,8 @@ def export_bundle(
             quantization=quantization,
             fixtures={"file": FIXTURES_NAME, "sha256": file_sha256(staging / FIXTURES_NAME),
                       "source": fixture_source or "user-provided audio"},
+            # The weights exported, as load_model resolved them (absent for a model built in memory).
+            source_model=dict(getattr(model, "source_model", None) or {}),
         )
         write_manifest(staging, manifest)
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from dfnet4_sdk.errors import ExportError
 from dfnet4_sdk.manifest import GraphSpec
+from dfnet4_sdk.runtimes.tflite_backend import read_metadata  # noqa: F401  (its home: the loader checks it)
 
 log = logging.getLogger(__name__)
 
@@ -242,21 +243,6 @@ def _with_metadata(content: bytes, metadata: Mapping[str, str]) -> bytes:
         entry.buffer = len(model.buffers) - 1
         model.metadata.append(entry)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata entries of a .tflite file (ours and the converter's), decoded as text."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    data = Path(path).read_bytes()
-    model = schema.Model.GetRootAs(data, 0)
-    out = {}
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        buffer = model.Buffers(entry.Buffer())
-        raw = data[buffer.Offset(): buffer.Offset() + buffer.Size()] if buffer.Offset() else buffer.DataAsNumpy().tobytes()
-        out[entry.Name().decode()] = raw.decode("utf-8", errors="replace")
-    return out
 
 
 def _check_signature(content: bytes, spec: GraphSpec, names: Mapping[str, str]) -> None:

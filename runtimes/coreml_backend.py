@@ -19,6 +19,8 @@ import numpy as np
 
 from dfnet4_sdk.bundle import Bundle
 from dfnet4_sdk.errors import BackendNotAvailableError, BundleError
+from dfnet4_sdk.manifest import GraphSpec
+from dfnet4_sdk.manifest_check import declaration_problems
 
 PREDICT = "coreml-predict"
 INTERPRETER = "mil-reference-interpreter"
@@ -68,6 +70,10 @@ class CoremlBackend:
         self._shapes = {g.name: {t.name: t.shape for t in g.outputs} for g in self.manifest.graphs}
         self._run: dict[str, Callable[[dict], Mapping[str, np.ndarray]]] = {}
         self.interpreters = {}  # graph -> MilInterpreter, when the interpreter runs
+        problems = [p for g in self.manifest.graphs for p in _declaration_problems(bundle, g)]
+        if problems:
+            raise BundleError(f"bundle {bundle.root} does not match its graph files (edited manifest or corrupt file; "
+                              "re-export it with `dfsdk export`): " + "; ".join(problems))
         for g in self.manifest.graphs:
             path = bundle.graph_path(g.name)
             if execution == PREDICT:
@@ -99,3 +105,22 @@ def _load_predict(path, compute_units: str) -> Callable[[dict], Mapping[str, np.
         "all": ct.ComputeUnit.ALL,
     }[compute_units]
     return ct.models.MLModel(str(path), compute_units=units).predict
+
+
+def _declaration_problems(bundle: Bundle, spec: GraphSpec) -> list[str]:
+    """The package's feature names and shapes and its user-defined metadata (the DSP facts
+    the exporter wrote) against the manifest's entry for it."""
+    import coremltools as ct
+
+    path = bundle.graph_path(spec.name)
+    try:
+        description = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
+    except Exception as e:  # coremltools raises many types for a corrupt or foreign package
+        return [f"{path.name} is not a readable Core ML package ({type(e).__name__}: {e})"]
+
+    def shapes(features) -> dict[str, tuple]:
+        return {f.name: tuple(int(d) for d in f.type.multiArrayType.shape) for f in features}
+
+    found = declaration_problems(bundle.manifest, spec, dict(description.metadata.userDefined),
+                                 shapes(description.input), shapes(description.output))
+    return [f"{path.name}: {p}" for p in found]

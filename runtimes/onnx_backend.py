@@ -9,6 +9,8 @@ import onnxruntime as ort
 
 from dfnet4_sdk.bundle import Bundle
 from dfnet4_sdk.errors import BundleError
+from dfnet4_sdk.manifest import GraphSpec
+from dfnet4_sdk.manifest_check import declaration_problems
 from dfnet4_sdk.runtimes.base import check_bind_buffers
 
 
@@ -27,10 +29,7 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        self._sessions = {
-            g.name: ort.InferenceSession(str(bundle.graph_path(g.name)), opts, providers=["CPUExecutionProvider"])
-            for g in self.manifest.graphs
-        }
+        self._sessions = _load_sessions(bundle, opts)
         self._inputs = {g.name: g.input_names for g in self.manifest.graphs}
         self._outputs = {g.name: list(g.output_names) for g in self.manifest.graphs}
 
@@ -53,3 +52,26 @@ class OnnxBackend:
                 bind(t.name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
         run = session.run_with_iobinding
         return lambda: run(binding)
+
+
+def _load_sessions(bundle: Bundle, opts: ort.SessionOptions) -> dict[str, ort.InferenceSession]:
+    """A session per graph, once every file is shown to match the manifest (tensor names and
+    shapes, and the DSP facts in its ``metadata_props``); BundleError lists every mismatch."""
+    sessions, problems = {}, []
+    for spec in bundle.manifest.graphs:
+        path = bundle.graph_path(spec.name)
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for a corrupt or foreign file
+            problems.append(f"{path.name} is not a loadable ONNX graph ({type(e).__name__}: {e})")
+            continue
+        found = declaration_problems(
+            bundle.manifest, spec, session.get_modelmeta().custom_metadata_map,
+            {i.name: tuple(i.shape) for i in session.get_inputs()}, {o.name: tuple(o.shape) for o in session.get_outputs()},
+        )
+        problems += [f"{path.name}: {p}" for p in found]
+        sessions[spec.name] = session
+    if problems:
+        raise BundleError(f"bundle {bundle.root} does not match its graph files (edited manifest or corrupt file; "
+                          "re-export it with `dfsdk export`): " + "; ".join(problems))
+    return sessions

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -24,6 +25,7 @@ from ai_edge_litert.interpreter import Interpreter
 from dfnet4_sdk.bundle import Bundle
 from dfnet4_sdk.errors import BundleError, ConfigError
 from dfnet4_sdk.manifest import GraphSpec
+from dfnet4_sdk.manifest_check import declaration_problems
 from dfnet4_sdk.runtimes.base import check_bind_buffers
 
 
@@ -50,7 +52,16 @@ class TfliteBackend:
         if num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
         self.manifest = bundle.manifest
-        self._graphs = {g.name: _load_graph(bundle, g, num_threads) for g in self.manifest.graphs}
+        graphs, problems = {}, []
+        for g in self.manifest.graphs:
+            try:
+                graphs[g.name] = _load_graph(bundle, g, num_threads)
+            except BundleError as e:
+                problems.append(str(e))
+        if problems:
+            raise BundleError(f"bundle {bundle.root} does not match its graph files (edited manifest or corrupt file; "
+                              "re-export it with `dfsdk export`): " + "; ".join(problems))
+        self._graphs = graphs
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         g = self._graphs[graph]
@@ -103,8 +114,9 @@ def _load_graph(bundle: Bundle, spec: GraphSpec, num_threads: int) -> _LoadedGra
     path = bundle.graph_path(spec.name)
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    except ValueError as e:
-        raise BundleError(f"{path} is not a loadable TFLite model: {e}") from e
+        metadata = read_metadata(path)
+    except (ValueError, RuntimeError, IndexError, UnicodeDecodeError) as e:  # LiteRT's and the flatbuffer reader's
+        raise BundleError(f"{path.name} is not a loadable TFLite model: {e}") from e
     signatures = interpreter.get_signature_list()
     if spec.name not in signatures:
         raise BundleError(f"{path} has no signature {spec.name!r} (found {list(signatures)}); re-export the bundle")
@@ -129,8 +141,9 @@ def _load_graph(bundle: Bundle, spec: GraphSpec, num_threads: int) -> _LoadedGra
 
     inputs = resolve(spec.inputs, in_details, "input")
     outputs = resolve(spec.outputs, out_details, "output")
+    problems += declaration_problems(bundle.manifest, spec, metadata)  # tensors: resolve() above
     if problems:
-        raise BundleError(f"{path} does not match its manifest entry: " + "; ".join(problems))
+        raise BundleError(f"{path.name} does not match its manifest entry: " + "; ".join(problems))
     del runner  # it holds the interpreter's wrapper, and invoke() refuses while anything does
     interpreter.allocate_tensors()
     # Interpreter.invoke() refuses to run while any numpy view of a tensor buffer is alive,
@@ -143,3 +156,18 @@ def _load_graph(bundle: Bundle, spec: GraphSpec, num_threads: int) -> _LoadedGra
         return _LoadedGraph(interpreter, interpreter.set_tensor, wrapper.Invoke, interpreter.get_tensor,
                             lambda index: wrapper.tensor(wrapper, index), inputs, outputs)
     return _LoadedGraph(interpreter, interpreter.set_tensor, interpreter.invoke, interpreter.get_tensor, None, inputs, outputs)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata entries of a .tflite file (ours and the converter's), decoded as text."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    out = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        buffer = model.Buffers(entry.Buffer())
+        raw = data[buffer.Offset(): buffer.Offset() + buffer.Size()] if buffer.Offset() else buffer.DataAsNumpy().tobytes()
+        out[entry.Name().decode()] = raw.decode("utf-8", errors="replace")
+    return out

@@ -19,6 +19,7 @@ import torch
 from dfnet4_sdk.errors import ModelImportError, ModelNotAvailableError
 from dfnet4_sdk.models.base import EnhancementModel
 from dfnet4_sdk.shipped import DEFAULT_MODEL, SHIPPED_MODELS, shipped_model
+from dfnet4_sdk.user_cache import cache_dir  # noqa: F401  (its home; re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,6 @@ def load_checkpoint(path: str | Path) -> EnhancementModel:
     return model.eval()
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("DFNET4_SDK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dfnet4_sdk"
-    return Path(root)
 
 
 def load_dfn3_cached() -> EnhancementModel:
@@ -112,22 +110,34 @@ def load_dfn3_cached() -> EnhancementModel:
 
 
 def load_model(spec: str | Path | EnhancementModel | None = None) -> EnhancementModel:
-    """Resolve a model name, checkpoint or DFN3 archive to an eval-mode model."""
+    """Resolve a model name, checkpoint or DFN3 archive to an eval-mode model.
+
+    The model's ``source_model`` attribute then says which weights these are (recorded in the
+    manifest of a bundle exported from it): ``{"name", "kind"}`` and, for files, ``"sha256"``."""
     if isinstance(spec, EnhancementModel):
         return spec.eval()
     spec = DEFAULT_MODEL if spec is None else spec
     text = str(spec)
     path = Path(text)
     if path.exists():
+        if path.is_dir() and not any(path.rglob("config.ini")):
+            from dfnet4_sdk.errors import BundleError
+
+            raise BundleError(f"no manifest.json in {path}; expected a bundle directory written by `dfsdk export` "
+                              "(or an official DeepFilterNet3 export directory, with config.ini)")
         if path.is_dir() or text.endswith((".tar.gz", ".tgz", ".zip")):
             from dfnet4_sdk.models.dfn3_import import load_dfn3
 
-            return load_dfn3(path)
-        return load_checkpoint(path)
+            model = load_dfn3(path)
+            kind = "dfn3-archive"
+        else:
+            model, kind = load_checkpoint(path), "checkpoint"
+        digest = {} if path.is_dir() else {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return _with_source(model, path.name, kind, **digest)
     if text == "dfn3":
-        return load_dfn3_cached()
+        return _with_source(load_dfn3_cached(), text, "dfn3")
     if (shipped := shipped_model(text)) is not None:
-        return load_checkpoint(shipped.checkpoint_path)
+        return _with_source(load_checkpoint(shipped.checkpoint_path), text, "shipped")
     presets = preset_names()
     if text in presets:
         from dfnet4_sdk.models.dfnet4 import DfNet4
@@ -136,8 +146,13 @@ def load_model(spec: str | Path | EnhancementModel | None = None) -> Enhancement
                     "the trained models are %s", text, ", ".join(SHIPPED_MODELS))
         with torch.random.fork_rng():  # the same untrained weights every time: reproducible conformance
             torch.manual_seed(UNTRAINED_PRESET_SEED)
-            return DfNet4.from_preset(text).eval()
+            return _with_source(DfNet4.from_preset(text).eval(), text, "preset")
     raise ModelNotAvailableError(
         f"model {text!r} is neither an existing file/directory nor a known name; "
         f"use {', '.join(repr(m) for m in SHIPPED_MODELS)}, 'dfn3', a preset ({', '.join(presets)}), a checkpoint .pt or a DFN3 .tar.gz"
     )
+
+
+def _with_source(model: EnhancementModel, name: str, kind: str, **extra: str) -> EnhancementModel:
+    model.source_model = {"name": name, "kind": kind, **extra}
+    return model
