@@ -107,3 +107,21 @@ def test_presets_match_dfn3_widths():
     for name in ("dfnet4-dfn3conv", "dfnet4-dfn3conv-gru"):
         p = PRESETS[name]
         assert p.dfn3_layout and p.conv_ch == 64 and p.emb_dim == 512 and p.df_backbone_groups == 8
+
+
+def test_learning_curve_points_count_audio_hours_and_wall_time(tmp_path):
+    import json
+
+    from dfnet4_sdk.training.learning_curve import run_points
+
+    (tmp_path / "config.toml").write_text("[data]\nsegment_s = 1.5\n[optim]\nbatch_size = 4\n")
+    rows = [{"step": 10, "s_per_step": 2.0}, {"step": 20, "s_per_step": 3.0}, {"step": 30, "s_per_step": 1.0}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "validated").mkdir()
+    for step in (20, 30):
+        (tmp_path / "validated" / f"step_{step:07d}.pt").write_bytes(b"")
+    points = run_points(tmp_path)
+    assert [(s, round(h, 6), round(w, 6)) for s, h, w, _ in points] == [
+        (20, round(20 * 6 / 3600, 6), round(50 / 60, 6)),  # 20 steps x 4 items x 1.5 s; 10x2 + 10x3 s
+        (30, round(30 * 6 / 3600, 6), round(60 / 60, 6)),
+    ]

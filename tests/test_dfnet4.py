@@ -440,7 +440,7 @@ class _StepGraph(torch.nn.Module):
         return tuple(out[k] for k in self.comp.output_names) + tuple(new[s.name] for s in self.specs)
 
 
-@pytest.mark.parametrize("name", ["dfnet4", "dfnet4-lite"])
+@pytest.mark.parametrize("name", ["dfnet4", "dfnet4-lite", "dfnet4-dfn3conv"])
 def test_step_form_exports_to_onnx_and_matches(name):
     """Legacy exporter, opset 17, as the ONNX exporter uses; plain ops only (no einsum, cumsum,
     chunk, GRU cells, loops), and onnxruntime reproduces torch."""

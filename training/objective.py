@@ -40,6 +40,7 @@ class Objective(nn.Module):
         self.cfg = cfg
         self.dsp = student.dsp
         self.has_teacher = teacher is not None
+        self._warned_no_hidden = False
         self.lsnr_range = lsnr_range(student)
         self.register_buffer("widths", spectral.erb_widths_tensor(student.dsp), persistent=False)
         self.register_buffer("freqs_hz", L.stft_bins_hz(student.dsp), persistent=False)
@@ -122,7 +123,14 @@ class Objective(nn.Module):
         if self.projector is not None:
             terms["d_feature"] = c.distill_feature * L.feature_distill_loss(self.projector(out["emb"]), t["emb"])
         if c.distill_hidden > 0:
-            terms.update(hidden_distill_terms(out, t, c.distill_hidden_names, c.distill_hidden))
+            hidden = hidden_distill_terms(out, t, c.distill_hidden_names, c.distill_hidden)
+            if not hidden and not self._warned_no_hidden:
+                self._warned_no_hidden = True
+                log.warning(
+                    "distill_hidden > 0 but no hidden state of %s has the teacher's shape: the term is off "
+                    "(use a student at the teacher's widths, e.g. the dfnet4-dfn3conv preset)", c.distill_hidden_names
+                )
+            terms.update(hidden)
         return terms
 
     def discriminator_loss(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor | None:
@@ -134,25 +142,15 @@ class Objective(nn.Module):
         return self.discriminator.discriminator_loss(real, out["wave"].detach()[has_clean])
 
 
-_warned_no_hidden = False
-
-
 def hidden_distill_terms(
     out: Mapping[str, Tensor], teacher_out: Mapping[str, Tensor], names: tuple[str, ...], weight: float
 ) -> dict[str, Tensor]:
     """{"d_h_<name>": weight * mean((s - t)^2) / mean(t^2)} for each name whose student and
     teacher tensors exist with equal shapes; 0 exactly when the student's state equals the teacher's."""
-    global _warned_no_hidden
     terms = {}
     for name in names:
         s, t = out.get(name), teacher_out.get(name)
         if s is None or t is None or s.shape != t.shape:
             continue
         terms[f"d_h_{name}"] = weight * (s - t).pow(2).mean() / (t.pow(2).mean() + 1e-8)
-    if not terms and not _warned_no_hidden:
-        _warned_no_hidden = True
-        log.warning(
-            "distill_hidden > 0 but no hidden state of %s has the teacher's shape: the term is off "
-            "(use a student at the teacher's widths, e.g. the dfnet4-dfn3conv preset)", names
-        )
     return terms
