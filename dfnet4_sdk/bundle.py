@@ -111,7 +111,8 @@ class Bundle:
         from dfnet4_sdk.shipped import SHIPPED_MODELS
 
         for m in SHIPPED_MODELS.values():
-            if m.onnx_bundle_dir.resolve() == self.root.resolve():
+            dirs = [b.path for b in m.bundles] if hasattr(m, "bundles") else [m.onnx_bundle_dir]
+            if any(d is not None and d.resolve() == self.root.resolve() for d in dirs):
                 return replace(self, manifest=replace(self.manifest, source_model={"name": m.name, "kind": "shipped"}))
         return self
 

@@ -26,9 +26,10 @@ from dfnet4_sdk.cli import main
 from dfnet4_sdk.errors import BundleError, ConfigError
 from dfnet4_sdk.manifest import Manifest
 from dfnet4_sdk.runtime import Runtime
-from dfnet4_sdk.shipped import DEFAULT_MODEL, SHIPPED_MODELS
+from dfnet4_sdk.shipped import SHIPPED_MODELS
 
-SHIPPED = SHIPPED_MODELS[DEFAULT_MODEL].onnx_bundle_dir
+LITE = "dfnet4-lite-v1"  # the shipped model this project trained, with its packaged ONNX fp32 bundle
+SHIPPED = SHIPPED_MODELS[LITE].onnx_bundle_dir
 ORIGINAL = json.loads((SHIPPED / MANIFEST_NAME).read_text())
 
 
@@ -61,8 +62,8 @@ def test_the_shipped_bundle_loads_and_names_its_weights():
     """Control for every refusal below: the untouched bundle passes every check, and, though
     exported before manifests recorded their weights, names the shipped model it is."""
     bundle = Bundle.load(SHIPPED)
-    assert bundle.manifest.model_name == DEFAULT_MODEL
-    assert Runtime(SHIPPED).manifest.model_name == DEFAULT_MODEL
+    assert bundle.manifest.model_name == LITE
+    assert Runtime(SHIPPED).manifest.model_name == LITE
 
 
 # -- 1. malformed manifests: a BundleError that names the problem -------------------------------
@@ -301,26 +302,60 @@ def fuzz_dir(tmp_path_factory) -> Path:
     return copy_bundle(tmp_path_factory.mktemp("fuzz") / "bundle")
 
 
+class ZerosBackend:
+    """Runs any graph of a manifest: checks each input's size against the manifest and returns
+    zeros of every declared output shape, so a fuzzed manifest that loads drives the stream."""
+
+    name = "zeros"
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    def run(self, graph: str, inputs) -> dict[str, np.ndarray]:
+        g = self.manifest.graph(graph)
+        for t in g.inputs:
+            assert np.asarray(inputs[t.name]).size == np.prod(t.shape), (graph, t.name)
+        return {t.name: np.zeros(t.shape, np.float32) for t in g.outputs}
+
+
+def _stream_every_path(manifest: Manifest) -> None:
+    """A manifest that loads must run: the split and fused streams, and the offline path."""
+    from dfnet4_sdk.exporters.base import ALL_STAGES
+    from dfnet4_sdk.offline import enhance_offline
+    from dfnet4_sdk.stream import EnhancementStream
+
+    backend = ZerosBackend(manifest)
+    audio = np.random.default_rng(0).standard_normal(5 * manifest.dsp.hop_size_samples).astype(np.float32)
+    for fused in (False, True) if manifest.frame_graph else (False,):
+        stream = EnhancementStream(backend, ALL_STAGES, fused=fused)
+        assert len(stream.process(audio)) + len(stream.flush()) == len(audio)
+    if manifest.block_graphs:
+        assert len(enhance_offline(backend, audio, ALL_STAGES)) == len(audio)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=mutated_manifests())
-def test_fuzzed_manifest_loads_or_is_a_bundle_error(fuzz_dir, data):
+def test_fuzzed_manifest_loads_and_runs_or_is_a_bundle_error(fuzz_dir, data):
     (fuzz_dir / MANIFEST_NAME).write_text(json.dumps(data))
     try:
-        Bundle.load(fuzz_dir)
+        bundle = Bundle.load(fuzz_dir)
     except BundleError:
-        pass
+        return
+    _stream_every_path(bundle.manifest)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=mutated_manifests(numbers_only=True))
-def test_fuzzed_numbers_load_on_the_backend_or_are_a_bundle_error(fuzz_dir, data):
+def test_fuzzed_numbers_run_on_the_backend_or_are_a_bundle_error(fuzz_dir, data):
     """Changed numbers are what an edited manifest holds: through the ONNX backend's checks
-    against the graph files, each one either loads or is refused."""
+    against the graph files, each either runs or is refused."""
     (fuzz_dir / MANIFEST_NAME).write_text(json.dumps(data))
     try:
-        Runtime(fuzz_dir)
+        rt = Runtime(fuzz_dir)
     except BundleError:
-        pass
+        return
+    audio = np.random.default_rng(0).standard_normal(4800).astype(np.float32) * 0.1
+    assert rt.enhance(audio, rt.sample_rate).shape == audio.shape
 
 
 # -- 6. the weights a bundle was made from -------------------------------------------------------
@@ -345,7 +380,7 @@ def test_source_model_round_trips_and_names_the_model():
 def test_load_model_records_its_source(tmp_path):
     from dfnet4_sdk.models import load_model, save_checkpoint
 
-    assert load_model(DEFAULT_MODEL).source_model == {"name": DEFAULT_MODEL, "kind": "shipped"}
+    assert load_model(LITE).source_model == {"name": LITE, "kind": "shipped"}
     assert load_model("dfnet4-lite").source_model == {"name": "dfnet4-lite", "kind": "preset"}
     path = save_checkpoint(load_model("dfnet4-lite"), tmp_path / "mine.pt")
     source = load_model(path).source_model
@@ -355,7 +390,7 @@ def test_load_model_records_its_source(tmp_path):
 def test_reference_model_follows_the_manifest(bundle_dir, caplog):
     from dfnet4_sdk.conformance import reference_model
 
-    assert reference_model(Bundle.load(SHIPPED)) == DEFAULT_MODEL  # shipped, exported before the key existed
+    assert reference_model(Bundle.load(SHIPPED)) == LITE  # shipped, exported before the key existed
     with caplog.at_level(logging.WARNING):
         assert reference_model(Bundle.load(bundle_dir)) == "dfnet4-lite"  # an old copy elsewhere: the family
     assert "records no source_model" in caplog.text
