@@ -1,22 +1,26 @@
-"""The real clip every conformance cell streams."""
+"""The real clip every conformance cell streams (../shared/data; a bare clone skips the cells)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
+import pytest
 
 from dfnet4_sdk.audio_io import read_audio, resample
+from dfnet4_sdk.shared_data import NOISY_CLIP, missing_data_reason, shared_data_dir, shared_data_present
 
-DATA_DIR = Path(os.environ.get("DFNET4_SDK_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CLIP = "noisy_real/dns5_blind_street_48k.flac"  # real noisy speech, CC BY 4.0 (DNS5 blind test)
+DATA_DIR = shared_data_dir()
+CLIP = NOISY_CLIP  # real noisy speech, CC BY 4.0 (DNS5 blind test)
+MISSING_DATA = missing_data_reason(DATA_DIR)
 
 
 def load_clip(sample_rate: int, seconds: float, offset_s: float = 0.0) -> np.ndarray:
+    """Mono ``seconds`` of CLIP at ``sample_rate`` from ``offset_s``. Skips the test when the data
+    folder is absent; a missing clip in a folder that is there is an error."""
+    if not shared_data_present(DATA_DIR):
+        pytest.skip(MISSING_DATA)
     path = DATA_DIR / CLIP
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the shared data folder must sit beside the repo")
+        raise FileNotFoundError(f"{path} is missing from {DATA_DIR}, which is there: restore the file")
     audio, sr = read_audio(path)
     audio = resample(audio.mean(axis=1), sr, sample_rate)
     start = int(offset_s * sample_rate)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import click
 
-DEFAULT_DATA = Path(os.environ.get("DFNET4_SDK_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from dfnet4_sdk.shared_data import shared_data_dir
+
+DEFAULT_DATA = shared_data_dir()  # ../shared/data beside the checkout, or $DFNET4_SDK_DATA
 STREET_CLIP = "noisy_real/dns5_blind_street_48k.flac"
 EVAL_CLIPS = ("0_p102_382", "0_p104_302", "0_p106_813")  # dev_eval/ears, evaluation only
 

@@ -1,12 +1,73 @@
-"""Shared fixtures: an isolated model cache, the DFN3 model, real clips."""
+"""Shared fixtures: an isolated model cache, the DFN3 model, real clips; without the project's
+audio (a bare clone), the tests that need it are skipped (see audio_data)."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_data import load_clip, mix_at_snr
+from audio_data import DATA_DIR, MISSING_DATA, data_present, load_clip, mix_at_snr
+
+
+def _inside_data_dir(value) -> bool:
+    if isinstance(value, Path):
+        path, root = value.resolve(), DATA_DIR.resolve()
+        return path == root or root in path.parents
+    return isinstance(value, str) and ("import audio_data" in value or "from audio_data import" in value)
+
+
+def _references_data(func, seen: set) -> bool:
+    """Whether ``func`` (or a function of its own module that it calls) uses a module-level path
+    inside the data folder, or holds / names a script that imports audio_data (run in a subprocess,
+    where a skip would be a failure)."""
+    func = inspect.unwrap(func)
+    code = getattr(func, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    names, stack = set(), [code]
+    while stack:  # nested functions and comprehensions have their own code objects
+        c = stack.pop()
+        names.update(c.co_names)
+        for const in c.co_consts:
+            if isinstance(const, types.CodeType):
+                stack.append(const)
+            elif _inside_data_dir(const):
+                return True
+    module_globals = getattr(func, "__globals__", {})
+    for name in names:
+        value = module_globals.get(name)
+        if _inside_data_dir(value):
+            return True
+        if isinstance(value, types.FunctionType) and value.__module__ == func.__module__:
+            if _references_data(value, seen):
+                return True
+    return False
+
+
+def _needs_data(item) -> bool:
+    funcs = [getattr(item, "obj", None)]
+    fixtureinfo = getattr(item, "_fixtureinfo", None)
+    if fixtureinfo is not None:
+        funcs += [d.func for defs in fixtureinfo.name2fixturedefs.values() for d in defs]
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return (any(_inside_data_dir(v) for v in params.values())
+            or any(f is not None and _references_data(f, set()) for f in funcs))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without the data folder, skip the tests that reference it at module level; the others that
+    need it skip when they ask ``data_file`` for a file."""
+    if data_present():
+        return
+    skip = pytest.mark.skip(reason=MISSING_DATA)
+    for item in items:
+        if _needs_data(item):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

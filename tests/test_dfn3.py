@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from audio_data import data_file
 
 from dfnet4_sdk.errors import ConfigError, ModelImportError, ModelNotAvailableError
 from dfnet4_sdk.models.dfn3_import import find_dfn3_archive, load_dfn3, read_dfn3_archive
@@ -22,7 +23,7 @@ sf = pytest.importorskip("soundfile", reason="soundfile reads the test recording
 
 log = logging.getLogger(__name__)
 
-NOISY = Path("/work/shared/data/noisy_real/dns5_blind_street_48k.flac")
+NOISY = "noisy_real/dns5_blind_street_48k.flac"  # in ../shared/data (audio_data.data_file)
 SECONDS = 4.0  # 400 frames
 ONNX_TOL = 1e-4
 STEP_TOL = 1e-5
@@ -42,9 +43,7 @@ def model() -> DfNet3:
 @pytest.fixture(scope="module")
 def features(model):
     """Real noisy speech -> libDF features {feat_erb [1,1,T,32], feat_spec [1,2,T,96]} (numpy)."""
-    if not NOISY.is_file():
-        pytest.skip(f"test recording {NOISY} is not available")
-    audio, sr = sf.read(NOISY, dtype="float32")
+    audio, sr = sf.read(data_file(NOISY), dtype="float32")
     assert sr == model.dsp.sample_rate_hz
     audio = audio[: int(SECONDS * sr)]
     p = model.params
