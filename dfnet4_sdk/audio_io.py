@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -13,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from dfnet4_sdk.errors import AudioFileError, AudioInputError
+from dfnet4_sdk.errors import AudioFileError, AudioInputError, ConfigError, PathError
 
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0}
 
@@ -54,42 +56,146 @@ def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read any format soundfile supports as float32 [samples, channels]."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioFileError(f"input file {path} does not exist")
-    try:
-        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioFileError(
-            f"cannot read {path} as audio ({e}); supported formats: {', '.join(sorted(sf.available_formats()))}"
-        ) from e
+    with open_audio(path) as f:
+        try:
+            audio = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioFileError(f"cannot read {path} as audio ({e})") from e
+        sample_rate = f.samplerate
     if audio.shape[0] == 0:
         raise AudioInputError(f"{path} contains no samples")
     return to_float32(audio, what=str(path)), int(sample_rate)
 
 
-def check_output_path(path: str | Path, overwrite: bool) -> Path:
-    """Fail before any work when the output exists (unless overwrite) or has an unknown format."""
+def open_audio(path: str | Path) -> sf.SoundFile:
+    """An audio file opened for reading (in blocks: ``f.read(frames, dtype="float32", always_2d=True)``)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise AudioFileError(f"output {path} exists; pass --overwrite to replace it")
-    fmt = path.suffix.lstrip(".").upper()
-    if fmt not in sf.available_formats():
-        raise AudioFileError(f"cannot write {path}: unknown audio format {path.suffix!r}; use .wav or .flac")
-    if not path.parent.exists():
-        raise AudioFileError(f"output directory {path.parent} does not exist")
+    if not path.is_file():
+        raise PathError(f"input file {path} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        return sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioFileError(
+            f"cannot read {path} as audio ({e}); supported formats: {', '.join(sorted(sf.available_formats()))}"
+        ) from e
+
+
+def audio_format(path: str | Path) -> str:
+    """soundfile's format name for a file name: "WAV" for x.wav."""
+    return Path(path).suffix.lstrip(".").upper()
+
+
+def check_output_path(path: str | Path, overwrite: bool) -> Path:
+    """Fail before any work when the output exists (unless overwrite), is a directory, lies in a
+    directory that does not exist, or has a format soundfile cannot write with a header.
+    (Writability, the sample rate and the sample format are checked by ``open_output``.)"""
+    path = Path(path)
+    problems = []
+    if path.is_dir():
+        problems.append(f"output {path} is a directory; give a file name such as {path / 'enhanced.wav'}")
+    elif path.exists() and not overwrite:
+        problems.append(f"output {path} exists; pass --overwrite to replace it")
+    fmt = audio_format(path)
+    if fmt == "RAW":
+        problems.append(f"cannot write {path}: headerless .raw audio cannot be read back without its rate and "
+                        "sample format; use .wav or .flac")
+    elif fmt not in sf.available_formats():
+        problems.append(f"cannot write {path}: unknown audio format {path.suffix!r}; use .wav or .flac")
+    if not path.parent.is_dir():
+        problems.append(f"output directory {path.parent} does not exist; create it first")
+    if problems:
+        raise PathError("; ".join(problems))
     return path
+
+
+_WIDE_SUBTYPES = ("FLOAT", "DOUBLE", "PCM_32", "PCM_24")
+_BYTES_PER_SAMPLE = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+def output_subtype(path: str | Path, input_subtype: str | None, requested: str | None = None) -> str:
+    """The sample format to write ``path`` in: ``requested`` if given (validated), else the input's
+    when the output format takes it (float stays float, 24-bit stays 24-bit), else the widest PCM
+    the format takes for wide input, else the format's default."""
+    fmt = audio_format(path)
+    if requested is not None:
+        requested = requested.upper()
+        if not sf.check_format(fmt, requested):
+            raise ConfigError(
+                f"--subtype {requested} cannot be written as {fmt} ({Path(path).name}); "
+                f"{fmt} takes: {', '.join(sf.available_subtypes(fmt))}"
+            )
+        return requested
+    candidates = [input_subtype] + (["PCM_24", "PCM_16"] if input_subtype in _WIDE_SUBTYPES else [])
+    return next((c for c in candidates if c and sf.check_format(fmt, c)), sf.default_subtype(fmt))
+
+
+def clip_to_format(audio: np.ndarray, subtype: str) -> tuple[np.ndarray, int]:
+    """Samples beyond full scale clipped when ``subtype`` cannot hold them (every format but
+    float; integer PCM would wrap around), and how many were."""
+    if subtype in ("FLOAT", "DOUBLE"):
+        return audio, 0
+    clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
+    return (np.clip(audio, -1.0, 1.0) if clipped else audio), clipped
+
+
+def check_free_space(path: str | Path, frames: int, channels: int, subtype: str) -> None:
+    """Fail before any work when an uncompressed output clearly cannot fit on its disk."""
+    path = Path(path)
+    if subtype not in _BYTES_PER_SAMPLE or audio_format(path) in ("FLAC", "OGG", "MP3"):
+        return  # compressed: the size is not known in advance
+    need = frames * channels * _BYTES_PER_SAMPLE[subtype]
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise AudioFileError(
+            f"not enough disk space for {path}: it needs about {need / 1e6:.0f} MB, {path.parent} has "
+            f"{free / 1e6:.0f} MB free; free some space or write elsewhere"
+        )
+
+
+def open_output(tmp: str | Path, path: str | Path, sample_rate: int, channels: int, subtype: str) -> sf.SoundFile:
+    """``tmp`` opened for writing audio in ``path``'s format; fails (before any work, when called
+    early) if the format cannot hold this rate, channel count or sample format."""
+    fmt = audio_format(path)
+    try:
+        return sf.SoundFile(str(tmp), "w", samplerate=sample_rate, channels=channels, subtype=subtype, format=fmt)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise PathError(
+            f"cannot write {path} as {fmt} {subtype} at {sample_rate} Hz with {channels} channel(s): {e}"
+        ) from e
+
+
+def new_file_mode(path: str | Path) -> int:
+    """The mode a new file at ``path`` gets: the mode of the file it replaces, else 0666 less the umask."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success, so an
-    error or Ctrl-C never leaves a half-written file."""
+    error, Ctrl-C or SIGTERM (see the CLI) never leaves a half-written file. The file gets the
+    mode of the file it replaces, else the umask's (as ``open`` would give it)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise PathError(f"cannot write in {path.parent}: {e.strerror}; choose a writable directory") from e
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -97,11 +203,13 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
+def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> int:
+    """Write ``audio`` atomically; returns how many samples beyond full scale were clipped
+    (integer PCM would wrap around, not clip)."""
     path = Path(path)
-    fmt = path.suffix.lstrip(".").upper()
-    subtype = subtype or sf.default_subtype(fmt)
-    if not subtype.startswith(("FLOAT", "DOUBLE")):
-        audio = np.clip(audio, -1.0, 1.0)  # integer PCM would wrap around, not clip
-    with atomic_output(path) as tmp:
-        sf.write(str(tmp), audio, sample_rate, subtype=subtype, format=path.suffix.lstrip(".").upper())
+    subtype = subtype or sf.default_subtype(audio_format(path))
+    audio, clipped = clip_to_format(np.asarray(audio, dtype=np.float32), subtype)
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    with atomic_output(path) as tmp, open_output(tmp, path, sample_rate, channels, subtype) as f:
+        f.write(audio)
+    return clipped

@@ -2,27 +2,76 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from dfnet4_sdk import __version__
-from dfnet4_sdk.errors import DfSdkError
+from dfnet4_sdk.errors import ConfigError, DfSdkError, ModelNotAvailableError, PathError
+
+log = logging.getLogger(__name__)
+
+# Exit codes: 1 a failure (corrupt input, failed write), 2 a usage error (a bad option value or
+# path), 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM), as shells do.
+EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+_USAGE_ERRORS = (ConfigError, ModelNotAvailableError, PathError)
+
+
+class _UsageFailure(click.ClickException):
+    """A one-line "Error: ..." like any ClickException, with the usage exit code."""
+
+    exit_code = EXIT_USAGE
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def _fail_on_sdk_errors(fn):
-    """Turn the SDK's typed errors into a one-line message and exit code 2, without a traceback."""
+    """Every way a command can fail, as a one-line message and a conventional exit code, never a
+    traceback: the SDK's typed errors (usage errors 2, the rest 1), OS errors 1, Ctrl-C 130 and
+    SIGTERM 143 (both after the command's own cleanup: no partial output is left). Anything else
+    is a bug: 1, with the traceback at -vv."""
 
+    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             return fn(*args, **kwargs)
+        except _USAGE_ERRORS as e:
+            raise _UsageFailure(str(e)) from e
         except DfSdkError as e:
             raise click.ClickException(str(e)) from e
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was written", err=True)
+            sys.exit(EXIT_SIGINT)
+        except _Terminated:
+            click.echo("terminated; no output was written", err=True)
+            sys.exit(EXIT_SIGTERM)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from e
+        except Exception as e:
+            log.debug("unexpected error", exc_info=True)
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {e}. This is a bug; rerun with -vv for the traceback and report it"
+            ) from e
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper
 
 
@@ -91,15 +140,20 @@ def main(verbose: int) -> None:
                    "default: 2 when the machine has two cores.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--subtype", default=None,
+              help="Sample format of OUTPUT, a soundfile subtype such as PCM_16, PCM_24 or FLOAT "
+                   "(default: the input's when OUTPUT's format takes it).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write before/after spectrograms of the input and output to this PNG.")
 @_fail_on_sdk_errors
 def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post_filter_beta, threads, offline_threads,
-        overwrite, quiet, plot_path):
-    """Enhance INPUT_PATH (any sample rate, mono or multi-channel, wav/flac/...)."""
+        overwrite, quiet, subtype, plot_path):
+    """Enhance INPUT_PATH (any sample rate, mono or multi-channel, wav/flac/...), streaming it from
+    disk to disk in blocks. The output keeps the input's sample format unless --subtype says otherwise."""
     from tqdm import tqdm
 
-    from dfnet4_sdk.runtime import Runtime, enhance_file
+    from dfnet4_sdk.files import check_new_file, enhance_file
+    from dfnet4_sdk.runtime import Runtime
 
     if output_path is None:
         output_path = input_path.with_name(f"{input_path.stem}_enhanced{input_path.suffix or '.wav'}")
@@ -107,6 +161,7 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
     if plot_path is not None:
         from dfnet4_sdk.plotting import check_plotting_available
 
+        check_new_file(plot_path, ".png", "--plot")
         check_plotting_available()  # fail before enhancing when matplotlib is missing
 
     def make_runtime() -> Runtime:
@@ -116,10 +171,16 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
     def bar(total: int):
         return tqdm(total=total, unit="sample", unit_scale=True, desc="enhancing", disable=quiet, file=sys.stderr)
 
-    summary = enhance_file(input_path, output_path, make_runtime, overwrite=overwrite, progress_factory=bar)
-    rt = summary["runtime"]
+    summary = enhance_file(input_path, output_path, make_runtime, overwrite=overwrite, progress_factory=bar,
+                           subtype=subtype)
+    rt, clipped = summary["runtime"], summary["clipped_samples"]
+    name = getattr(rt.manifest, "model_name", None) or rt.model_family
+    if clipped:
+        click.echo(f"warning: {clipped} samples beyond full scale were clipped in the {summary['subtype']} output; "
+                   "--subtype FLOAT (in .wav) keeps them", err=True)
     click.echo(f"wrote {summary['output']} ({summary['seconds']:.2f} s, {summary['channels']} ch, "
-               f"{summary['sample_rate']} Hz, model {rt.model_family}, backend {rt.backend.name})")
+               f"{summary['sample_rate']} Hz, {summary['subtype']}, model {name}, backend {rt.backend.name}"
+               + (f", {clipped} samples clipped" if clipped else "") + ")")
     if plot_path is not None:
         from dfnet4_sdk.plotting import plot_spectrogram_files
 
@@ -169,8 +230,14 @@ def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, th
     from tqdm import tqdm
 
     from dfnet4_sdk import evaluation as ev
+    from dfnet4_sdk.files import check_new_file, check_output_dir
     from dfnet4_sdk.runtime import Runtime
 
+    for path, suffix, what in ((csv_path, ".csv", "--csv"), (markdown_path, ".md", "--markdown")):
+        if path is not None:
+            check_new_file(path, suffix, what)
+    if plot_dir is not None:
+        check_output_dir(plot_dir, overwrite=None, what="--plot folder")
     items = ev.find_eval_items(source or DEFAULT_EVAL_DIR)
     runtime = Runtime(model, backend=backend, num_threads=threads) if not systems or "enhanced" in systems else None
     with tqdm(total=len(items), unit="item", desc="evaluating", disable=quiet, file=sys.stderr) as bar:
@@ -204,12 +271,16 @@ def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, th
 @_fail_on_sdk_errors
 def import_dfn3(archive, output_path, target, overwrite):
     """Import the official DeepFilterNet3 weights (ARCHIVE, or the [dfn3] extra's copy)."""
-    from dfnet4_sdk.errors import AudioFileError
+    from dfnet4_sdk.files import check_new_file, check_output_dir
     from dfnet4_sdk.models import save_checkpoint
     from dfnet4_sdk.models.dfn3_import import find_dfn3_archive, load_dfn3
 
-    if output_path.exists() and not overwrite:
-        raise AudioFileError(f"output {output_path} exists; pass --overwrite to replace it")
+    if output_path.suffix == ".pt":
+        if output_path.exists() and not overwrite:
+            raise PathError(f"output {output_path} exists; pass --overwrite to replace it")
+        check_new_file(output_path, ".pt", "output")
+    else:
+        check_output_dir(output_path, overwrite)
     source = archive or find_dfn3_archive()
     model = load_dfn3(source)
     n_params = sum(p.numel() for p in model.parameters())
@@ -230,17 +301,21 @@ def import_dfn3(archive, output_path, target, overwrite):
               help="Bundle directory to write.")
 @click.option("--fixture-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real clip for the golden fixtures (default: a synthetic voiced signal in noise).")
-@click.option("--fixture-seconds", type=float, default=1.0, show_default=True)
+@click.option("--fixture-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Real noisy speech for int8 calibration (a ../shared/data-style folder or plain audio files); "
                    "default: the fixture clip.")
-@click.option("--calibration-seconds", type=float, default=24.0, show_default=True)
+@click.option("--calibration-seconds", type=click.FloatRange(min=0, min_open=True), default=24.0, show_default=True)
 @click.option("--archive", is_flag=True, help="Also write OUTPUT.dfbundle, a single-file copy.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @_fail_on_sdk_errors
 def export(model, target, precision, output_dir, fixture_audio, fixture_seconds, calibration, calibration_seconds,
            archive, overwrite):
     """Export MODEL to a streaming bundle for TARGET, validated against PyTorch."""
+    from dfnet4_sdk.files import check_output_dir
+
+    check_output_dir(output_dir, overwrite, what="bundle directory")  # before the (slow) imports
+
     from dfnet4_sdk.audio_io import read_audio, resample
     from dfnet4_sdk.bundle import pack
     from dfnet4_sdk.exporters.base import converter_for, export_bundle

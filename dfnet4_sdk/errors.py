@@ -37,3 +37,8 @@ class BundleError(DfSdkError, ValueError):
 
 class ExportError(DfSdkError, RuntimeError):
     """An export failed or its validation against PyTorch exceeded the declared tolerances."""
+
+
+class PathError(AudioFileError):
+    """A path given by the user cannot be used as asked: a missing input, an existing output
+    without overwrite, an unknown output format, a directory that does not exist or is not writable."""

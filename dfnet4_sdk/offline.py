@@ -102,6 +102,8 @@ class OfflineStream:
         return np.concatenate([out, np.zeros(owed, np.float32)])
 
     def _add_hops(self, hops: np.ndarray, check_silence: bool) -> None:
+        if len(hops) == 0:
+            return
         keep = np.ones(len(hops), dtype=bool)
         if check_silence and self.options.skip_silent_hops:
             keep = np.einsum("ij,ij->i", hops, hops) >= SILENT_HOP_MEAN_SQUARE * self.hop

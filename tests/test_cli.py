@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +96,8 @@ def test_bad_input_files_fail_clearly_and_write_nothing(tmp_path, make_input, me
     src, out = tmp_path / "in.wav", tmp_path / "out.wav"
     make_input(src)
     result = run_cli("run", str(src), "-o", str(out), "--quiet")
-    assert result.exit_code != 0
-    assert message in result.output
+    assert result.exit_code == (2 if message == "does not exist" else 1)  # a bad path is a usage error
+    assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
     assert list(tmp_path.glob(".out.*")) == []  # no temporary left behind
 
@@ -148,3 +151,116 @@ def test_import_dfn3_straight_into_a_bundle(tmp_path, noisy_wav):
     assert result.exit_code == 0, result.output
     assert (out / "manifest.json").is_file() and (out / "enc.onnx").is_file()
     assert run_cli("run", str(noisy_wav), "-o", str(tmp_path / "x.wav"), "--model", str(out), "--quiet").exit_code == 0
+
+
+def test_run_names_the_model_and_keeps_the_sample_format(noisy_wav, tmp_path):
+    out = tmp_path / "o.wav"
+    result = run_cli("run", str(noisy_wav), "-o", str(out), "--quiet", "--model", "dfnet4-lite-v1")
+    assert result.exit_code == 0, result.output
+    assert "model dfnet4-lite-v1," in result.output and "PCM_16" in result.output  # not the preset's name
+    assert sf.info(out).subtype == sf.info(noisy_wav).subtype == "PCM_16"
+
+
+def test_run_reports_clipping_on_stderr_and_in_the_summary(tmp_path):
+    x = load_clip("noisy_real/gtcrn_mix_16k.flac", sample_rate=16000, seconds=2.0)
+    src = tmp_path / "loud.wav"
+    sf.write(src, 6.0 * x / np.abs(x).max(), 16000, subtype="FLOAT")
+    lite = ["--quiet", "--model", "dfnet4-lite-v1"]
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "o.wav"), "--subtype", "PCM_16", *lite],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    count = int(result.stderr.split("warning: ")[1].split()[0])
+    assert count > 100 and f"{count} samples clipped" in result.stdout
+    assert "clipped" not in run_cli("run", str(src), "-o", str(tmp_path / "f.wav"), *lite).output  # FLOAT kept
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Loading a model fails the test: the checks must come before any work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the paths were checked")
+
+    monkeypatch.setattr("dfnet4_sdk.runtime.Runtime", refuse)
+
+
+@pytest.mark.parametrize(
+    "output, extra, message",
+    [
+        ("/proc/o.wav", [], "cannot write in /proc"),
+        ("{tmp}/nodir/o.wav", [], "does not exist"),
+        ("{tmp}/o.raw", [], "headerless .raw"),
+        ("{tmp}/o.flac", ["--subtype", "FLOAT"], "FLAC takes"),
+        ("{tmp}/o.wav", ["--subtype", "NOPE"], "WAV takes"),
+        ("{tmp}/o.wav", ["--plot", "{tmp}/p.jpg"], "must end in .png"),
+        ("{tmp}/o.wav", ["--plot", "{tmp}/nodir/p.png"], "does not exist"),
+        ("{tmp}/o.wav", ["--plot", "/proc/p.png"], "cannot write --plot in /proc"),
+    ],
+    ids=["unwritable-dir", "missing-dir", "raw", "flac-float", "bad-subtype", "plot-suffix", "plot-dir", "plot-unwritable"],
+)
+def test_run_bad_paths_fail_before_work_with_usage_code(noisy_wav, tmp_path, no_model, output, extra, message):
+    args = [a.format(tmp=tmp_path) for a in ["run", str(noisy_wav), "-o", output, "--quiet", *extra]]
+    before = sorted(os.listdir(tmp_path))
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_run_mp3_at_96k_fails_before_work(tmp_path, no_model):
+    src = tmp_path / "hi.wav"
+    sf.write(src, np.full(9600, 0.01, np.float32), 96000)
+    result = run_cli("run", str(src), "-o", str(tmp_path / "o.mp3"), "--quiet")
+    assert result.exit_code == 2 and "only supports sample rates" in result.output
+    assert os.listdir(tmp_path) == ["hi.wav"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "--target", "onnx", "-o", "/proc/x"], "cannot write bundle directory /proc/x"),
+        (["export", "--target", "onnx", "-o", "{tmp}/b", "--fixture-seconds", "0"], "--fixture-seconds"),
+        (["import-dfn3", "-o", "/proc/x.pt"], "cannot write output in /proc"),
+        (["import-dfn3", "-o", "/proc/x"], "cannot write output /proc/x"),
+        (["eval", "{tmp}", "--csv", "/proc/x.csv"], "cannot write --csv in /proc"),
+        (["eval", "{tmp}", "--markdown", "{tmp}/x.txt"], "must end in .md"),
+    ],
+)
+def test_other_commands_refuse_bad_paths_before_work(tmp_path, args, message):
+    result = run_cli(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_unexpected_error_is_a_message_not_a_traceback(noisy_wav, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise TypeError("boom")
+
+    monkeypatch.setattr("dfnet4_sdk.files.enhance_file", broken)
+    result = run_cli("run", str(noisy_wav), "-o", str(tmp_path / "o.wav"), "--quiet")
+    assert result.exit_code == 1
+    assert "unexpected TypeError: boom" in result.output and "-vv" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_run_leaves_no_file_and_exits_conventionally(tmp_path, sig, code):
+    """`dfsdk run` on 3 minutes of audio, signalled once it has written its first block."""
+    x = load_clip("noisy_real/dns5_blind_street_48k.flac")
+    src, out_dir = tmp_path / "long.wav", tmp_path / "out"
+    out_dir.mkdir()
+    sf.write(src, np.tile(x, 18), 48000)
+    exe = Path(sys.executable).with_name("dfsdk")
+    proc = subprocess.Popen([str(exe), "run", str(src), "-o", str(out_dir / "clean.wav"), "--quiet", "--model", "dfnet4-lite-v1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):  # the temporary file holds a whole block: enhancement is under way
+            if any(p.stat().st_size > 500_000 for p in out_dir.glob(".clean.*")) or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stdout + stderr
+    assert "Traceback" not in stderr and "no output was written" in stderr
+    assert os.listdir(out_dir) == []
