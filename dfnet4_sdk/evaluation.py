@@ -44,6 +44,7 @@ from dfnet4_sdk.errors import (
     AudioInputError,
     BackendNotAvailableError,
     ConfigError,
+    PathError,
 )
 from dfnet4_sdk.metrics import align, estimate_delay
 
@@ -307,15 +308,15 @@ def find_eval_items(folder_or_manifest: str | Path) -> list[EvalItem]:
     elif src.is_file() and src.suffix.lower() == ".csv":
         items = _items_from_csv(src)
     else:
-        raise AudioFileError(f"{src} is neither a folder nor a .csv manifest; pass a folder of X_noisy/X_clean files")
+        raise PathError(f"{src} is neither a folder nor a .csv manifest; pass a folder of X_noisy/X_clean files")
     if not items:
-        raise AudioFileError(
+        raise PathError(
             f"no evaluation items in {src}: expected files named X_noisy.<ext> with X_clean.<ext> "
             f"(and optionally X_<label>.<ext>) beside them, or a manifest name,noisy,clean"
         )
     missing = [str(p) for it in items for p in (it.noisy_path, it.clean_path, *it.reference_paths.values()) if p and not p.is_file()]
     if missing:
-        raise AudioFileError(f"{len(missing)} files listed in {src} do not exist, e.g. {missing[0]}")
+        raise PathError(f"{len(missing)} files listed in {src} do not exist, e.g. {missing[0]}")
     return items
 
 

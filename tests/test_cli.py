@@ -224,9 +224,12 @@ def test_run_mp3_at_96k_fails_before_work(tmp_path, no_model):
         (["import-dfn3", "-o", "/proc/x"], "cannot write output /proc/x"),
         (["eval", "{tmp}", "--csv", "/proc/x.csv"], "cannot write --csv in /proc"),
         (["eval", "{tmp}", "--markdown", "{tmp}/x.txt"], "must end in .md"),
+        (["eval", "{tmp}", "--quiet"], "no evaluation items"),
+        (["eval", "{tmp}/f.txt", "--quiet"], "neither a folder nor a .csv"),
     ],
 )
 def test_other_commands_refuse_bad_paths_before_work(tmp_path, args, message):
+    (tmp_path / "f.txt").write_text("not audio")
     result = run_cli(*[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
