@@ -13,6 +13,7 @@ import click
 
 from dfnet4_sdk import __version__
 from dfnet4_sdk.errors import ConfigError, DfSdkError, ModelNotAvailableError, PathError
+from dfnet4_sdk.shared_data import shared_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -188,17 +189,19 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
         click.echo(f"wrote {plot_path}")
 
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # beside a source checkout
+SHARED_DATA = shared_data_dir()  # ../shared/data beside a source checkout, or $DFNET4_SDK_DATA
 DEFAULT_EVAL_DIR = SHARED_DATA / "dev_eval"
 
 
 def _default_clip() -> Path:
-    """Real noisy speech for conformance and benchmarks: the DNS5 clip of ../shared/data."""
-    from dfnet4_sdk.errors import AudioFileError
+    """Real noisy speech for conformance and benchmarks: the DNS5 clip of ../shared/data, else the
+    checkout's demo clip (said on stderr), else an AudioFileError saying to pass --audio."""
+    from dfnet4_sdk.shared_data import DEMO_CLIP, default_noisy_clip
 
-    path = SHARED_DATA / "noisy_real" / "dns5_blind_street_48k.flac"
-    if not path.is_file():
-        raise AudioFileError(f"no default clip at {path}; pass --audio with a real noisy speech file")
+    path = default_noisy_clip("--audio")
+    if path == DEMO_CLIP:
+        click.echo(f"no DNS5 clip in {shared_data_dir()}: using the demo clip {path.name} (pass --audio to choose)",
+                   err=True)
     return path
 
 
