@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
+import numbers
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,6 +78,14 @@ def _onnx_available() -> bool:
 class Runtime:
     """Streaming speech enhancement.
 
+    Threads: a ``Runtime`` is one stream (one per channel). Its ``process``, ``flush`` and
+    ``reset`` take a lock, so calls from several threads never corrupt memory, but they feed
+    that one stream in whatever order the threads arrive: for parallel streams give each
+    thread its own ``clone()`` (same loaded model, own state; clones run in parallel on every
+    backend). ``enhance`` never touches the stream (a stream in progress continues exactly as
+    if it had not been called) and may run in any thread, alongside ``process`` or another
+    ``enhance``.
+
     Args:
         model: a model name (a shipped model such as "dfnet4-lite-v1", "dfn3", a DfNet4 preset),
             a checkpoint, a DFN3 archive, a bundle directory, or an ``EnhancementModel``; None for
@@ -86,12 +97,12 @@ class Runtime:
         post_filter_beta: libDF's post-filter strength (0 = off, 0.02 = upstream's choice).
         min_db_thresh, max_db_erb_thresh, max_db_df_thresh: libDF's local-SNR gating.
         skip_silent_hops: output zeros for digitally silent hops without touching state (libDF).
-        num_threads: intra-op threads of the backend.
+        num_threads: intra-op threads of the backend (1 to ``MAX_THREADS``).
         offline_threads: threads ``enhance`` spreads the block graphs of its offline path over:
             with 2, the deep-filter decoder and the synthesis of one block run while the encoder
             works on the next (the numbers are identical; only the time changes). None: 2 when
             the machine has two cores, else 1. Independent of ``num_threads``, which these small
-            graphs barely use (BENCHMARKS.md).
+            graphs barely use (BENCHMARKS.md). At most ``MAX_THREADS``.
         input_sample_rate: the rate of the chunks given to ``process`` (default: the model's);
             other rates are resampled in and out on the fly (soxr, delay-compensated).
     """
@@ -113,20 +124,33 @@ class Runtime:
     ):
         if offline_threads is None:
             offline_threads = min(2, os.cpu_count() or 1)
-        if offline_threads < 1:
-            raise ConfigError(f"offline_threads must be >= 1, got {offline_threads}")
+        problems = [p for p in (_thread_problem("num_threads", num_threads),
+                                _thread_problem("offline_threads", offline_threads)) if p]
+        try:
+            options = StreamOptions(
+                atten_lim_db=atten_lim_db,
+                post_filter_beta=post_filter_beta,
+                min_db_thresh=min_db_thresh,
+                max_db_erb_thresh=max_db_erb_thresh,
+                max_db_df_thresh=max_db_df_thresh,
+                skip_silent_hops=skip_silent_hops,
+            )
+        except ConfigError as e:
+            problems.append(str(e).removeprefix("invalid stream options: "))
+        if problems:
+            raise ConfigError("invalid Runtime arguments: " + "; ".join(problems))
+        if input_sample_rate is not None:
+            _check_rate(input_sample_rate, "input_sample_rate")  # before loading anything
         self.offline_threads = int(offline_threads)
-        self.options = StreamOptions(
-            atten_lim_db=atten_lim_db,
-            post_filter_beta=post_filter_beta,
-            min_db_thresh=min_db_thresh,
-            max_db_erb_thresh=max_db_erb_thresh,
-            max_db_df_thresh=max_db_df_thresh,
-            skip_silent_hops=skip_silent_hops,
-        )
-        self.backend = _resolve_backend(model, backend, num_threads)
+        self.options = options
+        self.backend = _resolve_backend(model, backend, int(num_threads))
         self.manifest = self.backend.manifest
-        self.input_sample_rate = _check_rate(input_sample_rate or self.manifest.dsp.sample_rate_hz)
+        rate = self.manifest.dsp.sample_rate_hz if input_sample_rate is None else input_sample_rate
+        self.input_sample_rate = _check_rate(rate, "input_sample_rate")
+        self._init_stream()
+
+    def _init_stream(self) -> None:
+        self._lock = threading.RLock()  # serialises process / flush / reset of this stream
         self._streams: list[_Channel] = []
         self._channel_layout: int | None = None  # None: not started; 0: mono 1-D; C: [N, C]
 
@@ -136,7 +160,7 @@ class Runtime:
         other = object.__new__(Runtime)
         other.options, other.backend, other.manifest = self.options, self.backend, self.manifest
         other.input_sample_rate, other.offline_threads = self.input_sample_rate, self.offline_threads
-        other._streams, other._channel_layout = [], None
+        other._init_stream()
         return other
 
     # -- read-only facts ---------------------------------------------------------------------
@@ -162,30 +186,33 @@ class Runtime:
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Enhance the next chunk (model sample rate). Returns the samples that are ready;
         the output lags by ``latency_samples`` until ``flush``."""
-        audio = to_float32(chunk, what="chunk")
-        layout = 0 if audio.ndim == 1 else audio.shape[1]
-        if layout == 0 and audio.size == 0 and self._channel_layout:
-            layout = self._channel_layout  # an empty 1-D chunk is fine in any layout
-        self._ensure_streams(layout)
-        if layout == 0:
-            return self._streams[0].process(audio)
-        outs = [s.process(audio[:, c] if audio.ndim == 2 else audio) for c, s in enumerate(self._streams)]
-        return np.stack(outs, axis=1)
+        audio = _check_audio(chunk, "chunk")
+        with self._lock:
+            layout = 0 if audio.ndim == 1 else audio.shape[1]
+            if layout == 0 and audio.size == 0 and self._channel_layout:
+                layout = self._channel_layout  # an empty 1-D chunk is fine in any layout
+            self._ensure_streams(layout)
+            if layout == 0:
+                return self._streams[0].process(audio)
+            outs = [s.process(audio[:, c] if audio.ndim == 2 else audio) for c, s in enumerate(self._streams)]
+            return np.stack(outs, axis=1)
 
     def flush(self) -> np.ndarray:
         """Return the remaining output (look-ahead pushed through with zeros) and reset."""
-        if self._channel_layout is None:
-            return np.zeros(0, dtype=np.float32)
-        layout = self._channel_layout
-        outs = [s.flush() for s in self._streams]
-        self._channel_layout = None
-        return outs[0] if layout == 0 else np.stack(outs, axis=1)
+        with self._lock:
+            if self._channel_layout is None:
+                return np.zeros(0, dtype=np.float32)
+            layout = self._channel_layout
+            outs = [s.flush() for s in self._streams]
+            self._channel_layout = None
+            return outs[0] if layout == 0 else np.stack(outs, axis=1)
 
     def reset(self) -> None:
         """Forget every state; the next ``process`` starts a new signal."""
-        for s in self._streams:
-            s.reset()
-        self._channel_layout = None
+        with self._lock:
+            for s in self._streams:
+                s.reset()
+            self._channel_layout = None
 
     def _ensure_streams(self, layout: int) -> None:
         if self._channel_layout is None:
@@ -212,12 +239,15 @@ class Runtime:
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Enhance a whole signal [N] or [N, C] at any sample rate; returns the same shape and rate.
-        ``progress`` is called with the number of input samples consumed after each chunk."""
-        audio = to_float32(audio)
+        ``progress`` is called with the number of input samples consumed after each chunk
+        (``chunk_seconds`` long, on the streaming path). A stream in progress on this runtime
+        is not disturbed: ``process`` continues where it left off."""
+        audio = _check_audio(audio, "audio")
         if audio.shape[0] == 0:
             raise AudioInputError("audio is empty; nothing to enhance")
         _check_rate(sample_rate)
-        self.reset()
+        if not _is_number(chunk_seconds) or not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
+            raise ConfigError(f"chunk_seconds must be a finite number of seconds > 0 (default 1.0), got {chunk_seconds!r}")
         x = resample(audio, sample_rate, self.sample_rate)
         y = self._enhance_offline(x) if self.manifest.block_graphs else None
         if y is None:
@@ -256,14 +286,47 @@ class Runtime:
 
 
 MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ = 4000, 768000
+# Thread counts beyond this only cost memory (each thread a stack; 100000 took 16 GB).
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+# A 2-D array with more "channels" than this and than samples is taken for channels-first.
+MAX_CHANNELS_FIRST_GUESS = 16
 
 
-def _check_rate(sample_rate: int) -> int:
-    if not MIN_SAMPLE_RATE_HZ <= int(sample_rate) <= MAX_SAMPLE_RATE_HZ or int(sample_rate) != sample_rate:
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_rate(sample_rate: object, what: str = "sample_rate") -> int:
+    ok = _is_number(sample_rate) and math.isfinite(sample_rate) and float(sample_rate).is_integer()
+    if not ok or not MIN_SAMPLE_RATE_HZ <= sample_rate <= MAX_SAMPLE_RATE_HZ:
         raise AudioInputError(
-            f"sample_rate must be an integer in [{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}] Hz, got {sample_rate}"
+            f"{what} must be an integer in [{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}] Hz, got {sample_rate!r}"
         )
     return int(sample_rate)
+
+
+def _thread_problem(name: str, value: object) -> str | None:
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and 1 <= value <= MAX_THREADS:
+        return None
+    return f"{name} must be an integer from 1 to {MAX_THREADS} (this machine has {os.cpu_count()} cores), got {value!r}"
+
+
+def _check_audio(audio: object, what: str) -> np.ndarray:
+    """``to_float32`` plus the layout checks: [N] or [N, C], never a scalar, never channels first."""
+    audio = to_float32(audio, what=what)
+    if audio.ndim == 0:
+        raise AudioInputError(f"{what} is a single number ({audio.item()!r}); expected an array of samples, "
+                              "[N] (mono) or [N, C]: wrap one sample as np.array([x])")
+    if audio.ndim == 2:
+        n, c = audio.shape
+        if c == 0:
+            raise AudioInputError(f"{what} has shape {audio.shape}: no channels; expected [N] (mono) or [N, C] with C >= 1")
+        if c > MAX_CHANNELS_FIRST_GUESS and c > n:
+            raise AudioInputError(
+                f"{what} has shape {audio.shape}, which would be {c} channels of {n} sample{'' if n == 1 else 's'}: this looks like "
+                f"channels-first [C, N]; pass [N, C] (samples first), e.g. {what}.T, or a 1-D array for mono"
+            )
+    return audio
 
 
 class _Channel:

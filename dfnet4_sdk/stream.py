@@ -13,6 +13,8 @@ tract.rs (DeepFilterNet 0.5.6), the official streaming runtime.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,19 +40,36 @@ class StreamOptions:
     skip_silent_hops: bool = True
 
     def __post_init__(self) -> None:
+        """Every invalid option reported at once: what was expected, what was found."""
         problems = []
-        if self.post_filter_beta < 0:
-            problems.append(f"post_filter_beta must be >= 0, got {self.post_filter_beta}")
-        if abs(self.atten_lim_db) < 0.01:
-            problems.append("atten_lim_db below 0.01 dB would disable enhancement; use >= 0.01 (100 = no limit)")
+        for name, (valid, expected) in _OPTION_RULES.items():
+            value = getattr(self, name)
+            is_number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            if not is_number or not valid(float(value)):
+                problems.append(f"{name} must be {expected}, got {value!r}")
+        if not isinstance(self.skip_silent_hops, (bool, np.bool_)):
+            problems.append(f"skip_silent_hops must be True or False, got {self.skip_silent_hops!r}")
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise ConfigError("invalid stream options: " + "; ".join(problems))
 
     @property
     def atten_lim_gain(self) -> float | None:
         """Linear share of the noisy signal mixed back in, or None for no limit."""
         lim = abs(self.atten_lim_db)
         return None if lim >= 100.0 else float(10.0 ** (-lim / 20.0))
+
+
+_GATE = (lambda v: not math.isnan(v), "a number of dB (-inf or inf switches that gate off)")
+# name -> (is the float value valid, what is expected). NaN fails every rule: it would make the
+# output NaN (attenuation limit) or full-scale garbage, or silently disable a gate.
+_OPTION_RULES = {
+    "atten_lim_db": (lambda v: math.isfinite(v) and abs(v) >= 0.01,
+                     "a finite number of dB of magnitude >= 0.01 (100 = no limit; less would switch enhancement off)"),
+    "post_filter_beta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off; upstream uses 0.02)"),
+    "min_db_thresh": _GATE,
+    "max_db_erb_thresh": _GATE,
+    "max_db_df_thresh": _GATE,
+}
 
 
 def apply_stages(lsnr_db: float, options: StreamOptions) -> tuple[bool, bool, bool]:
