@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import soundfile as sf
 import soxr
 
 from dfnet4_sdk.audio_io import (
@@ -30,7 +31,7 @@ from dfnet4_sdk.audio_io import (
     output_subtype,
     to_float32,
 )
-from dfnet4_sdk.errors import AudioInputError, PathError
+from dfnet4_sdk.errors import AudioFileError, AudioInputError, PathError
 from dfnet4_sdk.offline import OfflineStream, StageSkipped
 from dfnet4_sdk.runtime import Runtime
 
@@ -108,18 +109,29 @@ def _write_enhanced(rt, src, tmp: Path, output_path: Path, subtype: str, block: 
     with open_output(tmp, output_path, src.samplerate, src.channels, subtype) as dst:
         start = 0
         while True:
-            x = src.read(block, dtype="float32", always_2d=True)
+            try:
+                x = src.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AudioFileError(f"cannot read {src.name} after sample {start}: {e}") from e
             if len(x) == 0:
                 break
-            y, n = clip_to_format(blocks.process(to_float32(x, what=f"{src.name} (block from sample {start})")), subtype)
-            dst.write(y)
-            clipped += n
+            clipped += _write(dst, blocks.process(to_float32(x, what=f"{src.name} (block from sample {start})")),
+                              subtype, output_path)
             start += len(x)
             if bar is not None:
                 bar.update(len(x))
-        y, n = clip_to_format(blocks.finish(), subtype)
+        clipped += _write(dst, blocks.finish(), subtype, output_path)
+    return clipped
+
+
+def _write(dst, y: np.ndarray, subtype: str, output_path: Path) -> int:
+    """Write a block (clipped when the sample format must); returns how many samples were clipped."""
+    y, clipped = clip_to_format(y, subtype)
+    try:
         dst.write(y)
-    return clipped + n
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:  # a full disk, a vanished directory
+        raise AudioFileError(f"failed writing {output_path}: {e}; nothing was written (check the free space)") from e
+    return clipped
 
 
 class BlockEnhancer:

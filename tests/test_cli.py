@@ -267,3 +267,16 @@ def test_a_signal_mid_run_leaves_no_file_and_exits_conventionally(tmp_path, sig,
     assert proc.returncode == code, stdout + stderr
     assert "Traceback" not in stderr and "no output was written" in stderr
     assert os.listdir(out_dir) == []
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--threads", "0", "num_threads"), ("--threads", "100000", "num_threads"), ("--atten-lim-db", "nan", "atten_lim_db"),
+     ("--offline-threads", "0", "offline_threads")],
+)
+def test_bad_option_values_reach_the_user_as_usage_errors(noisy_wav, tmp_path, option, value, message):
+    """The Runtime's own validation, as a one-line message with exit code 2 and no output file."""
+    result = run_cli("run", str(noisy_wav), "-o", str(tmp_path / "o.wav"), "--quiet", option, value)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.wav").exists() and list(tmp_path.glob(".o.*")) == []

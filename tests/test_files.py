@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from audio_data import REPO_ROOT, load_clip
 
-from dfnet4_sdk.errors import ConfigError, PathError
+from dfnet4_sdk.errors import AudioFileError, ConfigError, PathError
 from dfnet4_sdk.files import enhance_file
 from dfnet4_sdk.metrics import snr_db
 from dfnet4_sdk.runtime import Runtime
@@ -199,3 +199,17 @@ def test_unwritable_outputs_fail_before_the_model_loads(tmp_path, name, rate, me
     with pytest.raises(PathError, match=message):
         enhance_file(src, tmp_path / name, _never_called)
     assert os.listdir(tmp_path) == ["in.wav"]  # no output, no temporary left behind
+
+
+def test_a_failed_write_is_an_error_and_leaves_nothing(rt, tmp_path, street_48k, monkeypatch):
+    """A full disk mid-file (libsndfile's write error, simulated): a typed error, no output, no temporary."""
+    src = tmp_path / "in.wav"
+    sf.write(src, street_48k[:48000], 48000)
+
+    def full_disk(self, data):
+        raise sf.LibsndfileError(0, "Error : write failed: No space left on device")
+
+    monkeypatch.setattr(sf.SoundFile, "write", full_disk)
+    with pytest.raises(AudioFileError, match="failed writing .*out.wav.*No space left"):
+        enhance_file(src, tmp_path / "out.wav", rt)
+    assert os.listdir(tmp_path) == ["in.wav"]
