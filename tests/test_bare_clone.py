@@ -14,48 +14,119 @@ import pytest
 from dfnet4_sdk import shared_data
 from dfnet4_sdk.errors import AudioFileError
 
-# (module, -k expression, tests that must pass, tests that must skip for want of data). The skips
-# cover each route: a fixture calling data_file (vbd_pair, case, speech_mix_48k), a module-level
-# path inside the folder (DEV_EVAL, DATA_DIR), a script importing audio_data run in a subprocess.
+# Real modules: (module, -k expression, tests that must pass, tests that must skip for want of data).
 SELECTION = [
-    ("tests/test_evaluation.py", "find_eval_items or pesq_identity",
+    ("tests/test_evaluation.py", "find_eval_items or pesq_identity",  # DEV_EVAL / DATA_DIR; fixture vbd_pair
      {"test_find_eval_items_says_what_is_wrong"},
      {"test_find_eval_items_in_dev_eval", "test_find_eval_items_from_manifests", "test_pesq_identity_and_noisy_pair"}),
-    ("tests/test_dsp.py", "norm_alpha or stft_matches",
+    ("tests/test_dsp.py", "norm_alpha or stft_matches",  # a parametrized fixture reading clips
      {"test_norm_alpha_at_defaults"}, {"test_stft_matches_libdf_analysis[16k]", "test_stft_matches_libdf_analysis[48k]"}),
-    ("tests/test_runtime.py", "digital_silence or reset_restarts",
+    ("tests/test_runtime.py", "digital_silence or reset_restarts",  # the session fixture speech_mix_48k
      {"test_digital_silence_gives_silence"}, {"test_reset_restarts_the_stream"}),
-    ("tests/test_api_hardening.py", "hammered", set(),
-     {"test_one_runtime_hammered_from_four_threads_never_crashes_and_loses_nothing"}),
 ]
 
+# Every route by which a test reaches the data, in one module run with tests/conftest.py as a plugin.
+ROUTES = """
+import subprocess
+import sys
 
-def _env(data_dir) -> dict:
-    return {**os.environ, shared_data.DATA_ENV_VAR: str(data_dir)}
+import pytest
+from audio_data import DATA_DIR, load_clip
+
+CLIP = "noisy_real/dns5_blind_street_48k.flac"
+NOISY_DIR = DATA_DIR / "noisy_real"
+SCRIPT = "from audio_data import load_clip\\nload_clip(" + repr(CLIP) + ")"
+
+
+@pytest.fixture
+def clip():
+    return load_clip(CLIP)
+
+
+def _files():
+    return sorted(NOISY_DIR.iterdir())
+
+
+def test_fixture(clip):
+    assert len(clip) > 0
+
+
+def test_module_level_path():
+    assert NOISY_DIR.is_dir()
+
+
+def test_module_level_path_through_a_helper():
+    assert _files()
+
+
+@pytest.mark.parametrize("path", [DATA_DIR / "manifest.csv"])
+def test_parametrized_path(path):
+    assert path.is_file()
+
+
+def test_script_in_a_subprocess():
+    subprocess.run([sys.executable, "-c", SCRIPT], check=True)
+
+
+def test_needs_no_data():
+    assert sum(range(4)) == 6
+"""
+ROUTE_TESTS = {"test_fixture", "test_module_level_path", "test_module_level_path_through_a_helper",
+               "test_parametrized_path[path0]", "test_script_in_a_subprocess"}
+
+
+def _env(data_dir, **extra) -> dict:
+    return {**os.environ, shared_data.DATA_ENV_VAR: str(data_dir), **extra}
+
+
+def _pytest(args: list, cwd, env, report) -> dict:
+    """Run pytest in a subprocess; {test name: "passed" | "failed" | skip reason}."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stdout[-4000:] + proc.stderr[-2000:]  # 1: some tests failed
+    outcomes = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        failed = any(c.tag in ("failure", "error") for c in case)
+        outcomes[case.get("name")] = "failed" if failed else "passed" if skipped is None else skipped.get("message")
+    assert (proc.returncode == 1) == ("failed" in outcomes.values()), proc.stdout[-4000:]
+    return outcomes
 
 
 def test_without_the_data_the_tests_that_need_it_skip_naming_it_and_none_fails(tmp_path):
     empty = tmp_path / "data"
     empty.mkdir()
-    report = tmp_path / "report.xml"
     modules = [module for module, *_ in SELECTION]
     k = " or ".join(f"({k})" for _, k, _, _ in SELECTION)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", k,
-                           f"--junitxml={report}", *modules], cwd=audio_data.REPO_ROOT, env=_env(empty),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    outcomes = {}
-    for case in ET.parse(report).getroot().iter("testcase"):
-        bad = [c for c in case if c.tag in ("failure", "error")]
-        assert not bad, f"{case.get('name')}: {bad[0].get('message')}"
-        skipped = case.find("skipped")
-        outcomes[case.get("name")] = "passed" if skipped is None else skipped.get("message")
+    outcomes = _pytest(["-k", k, *modules], audio_data.REPO_ROOT, _env(empty), tmp_path / "report.xml")
+    assert "failed" not in outcomes.values(), outcomes
     reason = shared_data.missing_data_reason(empty)
     for _, _, passing, skipping in SELECTION:
         for name in passing:
             assert outcomes.get(name) == "passed", (name, outcomes.get(name))
         for name in skipping:
             assert reason in (outcomes.get(name) or ""), (name, outcomes.get(name))
+
+
+@pytest.mark.parametrize("data", ["absent", "empty", "present without the files"])
+def test_every_route_to_the_data_skips_only_when_the_folder_is_missing(tmp_path, data):
+    """Absent or empty folder (a bare clone): each route skips with the reason naming the folder.
+    A folder that is there but lacks the files (CI with a broken data set): each fails, none skips."""
+    module = tmp_path / "routes" / "test_routes.py"
+    module.parent.mkdir()
+    module.write_text(ROUTES)
+    root = tmp_path / "data"
+    if data != "absent":
+        root.mkdir()
+    if data == "present without the files":
+        (root / "README.md").write_text("the data set, emptied\n")
+    env = _env(root, PYTHONPATH=os.pathsep.join([str(audio_data.REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    outcomes = _pytest(["-p", "conftest", str(module)], module.parent, env, tmp_path / "report.xml")
+    assert outcomes.pop("test_needs_no_data") == "passed"
+    assert set(outcomes) == ROUTE_TESTS, outcomes
+    expected = "failed" if data == "present without the files" else shared_data.missing_data_reason(root)
+    for name, outcome in outcomes.items():
+        assert expected in outcome, (name, outcome)
 
 
 def test_a_missing_file_in_a_folder_that_is_there_is_an_error_not_a_skip(tmp_path, monkeypatch):
@@ -104,6 +175,6 @@ def test_cli_without_data_or_demo_clip_says_what_to_pass_in_one_line(tmp_path, a
     proc = subprocess.run([sys.executable, "-c", code, *args, "-o", str(tmp_path / "b.md")] if args[0] == "bench"
                           else [sys.executable, "-c", code, *args], cwd=tmp_path, env=_env(tmp_path / "absent"),
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode in (1, 2), proc.stderr  # a failure or a usage error (issue 15 item 8), not 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert str(tmp_path / "absent") in proc.stderr and needs in proc.stderr, proc.stderr
