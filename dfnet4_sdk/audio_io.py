@@ -164,11 +164,13 @@ def open_output(tmp: str | Path, path: str | Path, sample_rate: int, channels: i
         ) from e
 
 
-def new_file_mode(path: str | Path) -> int:
-    """The mode a new file at ``path`` gets: the mode of the file it replaces, else 0666 less the umask."""
+def new_file_mode(path: str | Path, directory: bool = False) -> int:
+    """The mode a new file (or ``directory``) at ``path`` gets: the mode of the one it replaces,
+    else 0666 (0777) less the umask, as ``open`` (``mkdir``) would give it. For files written
+    through a private temporary (``mkstemp``/``mkdtemp`` make them 0600/0700) and renamed into place."""
     with contextlib.suppress(OSError):
         return stat.S_IMODE(os.stat(path).st_mode)
-    return 0o666 & ~_umask()
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 def _umask() -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dfnet4_sdk.audio_io import new_file_mode
 from dfnet4_sdk.bundle import FIXTURES_NAME, Bundle, file_sha256, write_manifest
 from dfnet4_sdk.errors import ConfigError, ExportError
 from dfnet4_sdk.manifest import GraphSpec, Manifest
@@ -351,6 +352,7 @@ def export_bundle(
             **({"note": left_out} if left_out else {}),
         })
         write_manifest(staging, manifest)
+        staging.chmod(new_file_mode(out_dir, directory=True))  # mkdtemp's 0700 would leak through
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

@@ -147,8 +147,13 @@ def test_eval_scores_a_folder_and_writes_tables(tmp_path):
 
 def test_import_dfn3_straight_into_a_bundle(tmp_path, noisy_wav):
     out = tmp_path / "dfn3_bundle"
-    result = run_cli("import-dfn3", "-o", str(out))
+    old = os.umask(0o002)
+    try:
+        result = run_cli("import-dfn3", "-o", str(out))
+    finally:
+        os.umask(old)
     assert result.exit_code == 0, result.output
+    assert oct(out.stat().st_mode & 0o777) == oct(0o775)  # the umask's, not the staging directory's 0700
     assert (out / "manifest.json").is_file() and (out / "enc.onnx").is_file()
     assert run_cli("run", str(noisy_wav), "-o", str(tmp_path / "x.wav"), "--model", str(out), "--quiet").exit_code == 0
 
