@@ -205,6 +205,33 @@ def _default_clip() -> Path:
     return path
 
 
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects instead of a table.")
+def models_(as_json):
+    """List the models that ship inside the package, which one is the default, and what they measure."""
+    import json
+
+    from dfnet4_sdk.shipped import model_listing
+
+    rows = model_listing()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from dfnet4_sdk.shipped import describe_quality
+
+    for r in rows:
+        flags = ", ".join(f for f, on in (("default", r["default"]), ("trained here", r["trained_here"])) if on)
+        runs = ", ".join(f"{b['backend']} {b['precision']}" + ("" if b["runs_here"] else " (runtime not installed)")
+                         for b in r["bundles"])
+        click.echo(f"{r['name']}  [{r['family']}{'; ' + flags if flags else ''}]")
+        click.echo(f"    {r['description']}")
+        if r["parameters"] is not None:
+            click.echo(f"    {r['parameters']:,} parameters, {r['macs_per_second'] / 1e6:.1f} MMAC/s, "
+                       f"latency {r['latency_ms']:g} ms; bundles: {runs}")
+        for line in describe_quality(r["quality"]):
+            click.echo(f"    {line}")
+
+
 @main.command("eval")
 @click.argument("source", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", default=None,

@@ -34,13 +34,20 @@ def _resolve_backend(model: Any, backend: str | None, num_threads: int):
     run by the torch backend or exported once for the named backend and cached."""
     from dfnet4_sdk.bundle import Bundle, is_bundle
     from dfnet4_sdk.runtimes import load_backend
-    from dfnet4_sdk.shipped import DEFAULT_MODEL, shipped_model
+    from dfnet4_sdk.shipped import DEFAULT_MODEL, RUNTIME_PACKAGES, shipped_model
 
     model = DEFAULT_MODEL if model is None else model
     shipped = shipped_model(model)
-    if shipped is not None and backend in (None, "onnx") and _onnx_available():
-        # The shipped ONNX bundle: no torch, no export on first use.
-        return load_backend("onnx", Bundle.load(shipped.onnx_bundle_dir), num_threads=num_threads)
+    prebuilt = shipped.bundle_for(backend) if shipped is not None else None
+    if prebuilt is not None:
+        # A bundle packaged with the SDK: no torch, no export on first use.
+        return load_backend(prebuilt.backend, Bundle.load(prebuilt.path), num_threads=num_threads)
+    if shipped is not None and backend is None and importlib.util.find_spec("torch") is None:
+        raise ModelNotAvailableError(
+            f"model {model!r} ships as a {', '.join(f'{b.backend} {b.precision}' for b in shipped.bundles)} bundle, "
+            f"but its runtime is not installed here: pip install {', '.join(RUNTIME_PACKAGES[b.backend] for b in shipped.bundles)}"
+            " where it has wheels, or install the torch extra to export the model for onnxruntime"
+        )
     if isinstance(model, Bundle) or (isinstance(model, (str, Path)) and is_bundle(model)):
         bundle = model if isinstance(model, Bundle) else Bundle.load(model)
         target = bundle.manifest.backend

@@ -1,48 +1,150 @@
 """The models that ship inside the package, and which one is the default.
 
-A shipped model is a checkpoint (for the torch backend and for exporting to other targets) plus
-an ONNX bundle exported from it, so that ``Runtime()`` and ``dfsdk run`` enhance with no torch
-installed and no export on first use. This module imports neither torch nor onnxruntime.
+A shipped model is one or more prebuilt bundles (so that ``Runtime()`` and ``dfsdk run`` enhance
+with no torch installed and no export on first use) plus, for the models this project trained,
+the checkpoint they were exported from. Their measured facts (size, compute, latency, quality on
+held-out sets) live in ``assets/models.json``, written from `dfsdk eval` runs
+(docs/MODEL_CARD.md); the default model is chosen from those numbers by ``choose_default``. This
+module imports neither torch nor any backend runtime.
 
-The bundle is regenerated from the checkpoint with::
+The bundles are regenerated from their sources with::
 
     python -m dfnet4_sdk.shipped            # re-export every shipped bundle (needs the [all] extras)
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+FACTS_PATH = ASSETS_DIR / "models.json"
+
+# The python module each backend's runtime imports (what decides whether a bundle can run here).
+BACKEND_MODULES = {"onnx": "onnxruntime", "tflite": "ai_edge_litert", "coreml": "coremltools"}
+RUNTIME_PACKAGES = {"onnx": "onnxruntime", "tflite": "ai-edge-litert", "coreml": "coremltools"}  # on PyPI
+
+
+@dataclass(frozen=True)
+class ShippedBundle:
+    """One prebuilt bundle of a shipped model (a directory under ``assets/``)."""
+
+    backend: str
+    precision: str
+    directory: str
+    fused: bool = True  # the fused frame graph: one call per hop
+    blocks: bool | None = None  # offline block graphs (None: the exporter's measured choice)
+
+    @property
+    def path(self) -> Path:
+        return ASSETS_DIR / self.directory
+
+    def runs_here(self) -> bool:
+        return importlib.util.find_spec(BACKEND_MODULES[self.backend]) is not None
 
 
 @dataclass(frozen=True)
 class ShippedModel:
-    name: str
+    name: str  # what `--model` and `Runtime()` accept
+    family: str
     description: str
+    trained_here: bool  # trained by this project's training/
+    bundles: tuple[ShippedBundle, ...]  # fastest measured first; Runtime() takes the first that runs here
+    checkpoint: str | None = None  # file under assets/ (None: the weights come from another package)
+    notice: str | None = None  # licence and attribution file under assets/, for weights made elsewhere
 
     @property
-    def checkpoint_path(self) -> Path:
-        return ASSETS_DIR / f"{self.name}.pt"
+    def checkpoint_path(self) -> Path | None:
+        return None if self.checkpoint is None else ASSETS_DIR / self.checkpoint
 
     @property
-    def onnx_bundle_dir(self) -> Path:
-        return ASSETS_DIR / f"{self.name}-onnx"
+    def onnx_bundle_dir(self) -> Path | None:
+        return next((b.path for b in self.bundles if b.backend == "onnx"), None)
+
+    def bundle_for(self, backend: str | None) -> ShippedBundle | None:
+        """The bundle ``Runtime`` runs for ``backend`` (None: the first whose runtime is installed)."""
+        for b in self.bundles:
+            if (backend is None or b.backend == backend) and b.runs_here():
+                return b
+        return None
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """Measured facts from assets/models.json: parameters, macs_per_second, latency_ms, quality."""
+        return load_facts().get(self.name, {})
 
 
 SHIPPED_MODELS: dict[str, ShippedModel] = {
     m.name: m
     for m in (
         ShippedModel(
+            "dfn3",
+            "dfn3",
+            "DeepFilterNet3, the official weights (Schröter et al.), imported exactly; prebuilt LiteRT fp16 bundle",
+            trained_here=False,
+            # LiteRT runs DFN3's fused frame graph faster than onnxruntime (BENCHMARKS.md); its fp16
+            # weights are expanded to fp32 at load, so it equals fp32 to ~59 dB at half the size. Where
+            # LiteRT has no wheel (Windows, Intel macOS), Runtime("dfn3") exports the official weights
+            # for onnxruntime once (needs the [torch,dfn3] extras), as for any model not shipped.
+            bundles=(ShippedBundle("tflite", "fp16", "dfn3-tflite-fp16", fused=True, blocks=False),),
+            notice="licenses/DeepFilterNet3-NOTICE.md",
+        ),
+        ShippedModel(
             "dfnet4-lite-v1",
+            "dfnet4-lite",
             "DfNet4Lite trained by this project's training/ (distilled from DFN3); docs/MODEL_CARD.md",
+            trained_here=True,
+            bundles=(ShippedBundle("onnx", "fp32", "dfnet4-lite-v1-onnx"),),
+            checkpoint="dfnet4-lite-v1.pt",
         ),
     )
 }
 
+# The rule that decides the default (docs/MODEL_CARD.md): a model this project trained becomes the
+# default once it is within these margins of DFN3 on the held-out sets, measured through the shipped
+# runtime; until then the default is DFN3.
+REFERENCE_MODEL = "dfn3"
+DEFAULT_RULE = {
+    # metric key in models.json -> (held-out set, largest allowed deficit vs DFN3)
+    "dnsmos_ovrl": ("noisy_real", 0.05),
+    "pesq": ("ears", 0.1),
+}
+
+
+def load_facts(path: Path = FACTS_PATH) -> dict[str, dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _score(facts: dict[str, Any], name: str, metric: str, eval_set: str) -> float | None:
+    for q in facts.get(name, {}).get("quality", []):
+        if q["set"] == eval_set and metric in q:
+            return float(q[metric])
+    return None
+
+
+def meets_default_rule(name: str, facts: dict[str, dict[str, Any]]) -> bool:
+    """Whether model ``name`` is within DEFAULT_RULE's margins of DFN3 on every held-out set."""
+    for metric, (eval_set, margin) in DEFAULT_RULE.items():
+        ours, ref = _score(facts, name, metric, eval_set), _score(facts, REFERENCE_MODEL, metric, eval_set)
+        if ours is None or ref is None or ours < ref - margin:
+            return False
+    return True
+
+
+def choose_default(facts: dict[str, dict[str, Any]] | None = None) -> str:
+    """The best project-trained model that meets the rule (highest real-recording OVRL), else DFN3."""
+    facts = load_facts() if facts is None else facts
+    candidates = [m.name for m in SHIPPED_MODELS.values() if m.trained_here and meets_default_rule(m.name, facts)]
+    if not candidates:
+        return REFERENCE_MODEL
+    return max(candidates, key=lambda n: _score(facts, n, "dnsmos_ovrl", DEFAULT_RULE["dnsmos_ovrl"][0]) or 0.0)
+
+
 # The model `Runtime()` and `dfsdk run` use when none is named.
-DEFAULT_MODEL = "dfnet4-lite-v1"
+DEFAULT_MODEL = choose_default()
 
 
 def shipped_model(name: object) -> ShippedModel | None:
@@ -50,18 +152,56 @@ def shipped_model(name: object) -> ShippedModel | None:
     return SHIPPED_MODELS.get(name) if isinstance(name, str) else None
 
 
+def model_listing() -> list[dict[str, Any]]:
+    """What `dfsdk models --json` prints: one object per shipped model."""
+    rows = []
+    for m in SHIPPED_MODELS.values():
+        facts = m.facts
+        rows.append({
+            "name": m.name,
+            "family": m.family,
+            "default": m.name == DEFAULT_MODEL,
+            "trained_here": m.trained_here,
+            "parameters": facts.get("parameters"),
+            "macs_per_second": facts.get("macs_per_second"),
+            "latency_ms": facts.get("latency_ms"),
+            "quality": facts.get("quality", []),
+            "bundles": [{"backend": b.backend, "precision": b.precision, "runs_here": b.runs_here()} for b in m.bundles],
+            "description": m.description,
+            "licence": facts.get("licence"),
+        })
+    return rows
+
+
+def describe_quality(quality: list[dict[str, Any]]) -> list[str]:
+    """One line per measured set: ``set (items, date): metric value, ...``."""
+    lines = []
+    for q in quality:
+        values = ", ".join(f"{k} {v:.3f}" for k, v in q.items() if isinstance(v, float))
+        lines.append(f"{q['set']} ({q.get('items', '?')} items, {q.get('date', '?')}): {values}")
+    return lines
+
+
 def export_shipped_bundles(names: tuple[str, ...] = tuple(SHIPPED_MODELS)) -> list[Path]:
-    """Re-export the ONNX bundle of each named shipped model from its checkpoint (fp32, with the
-    fused frame and offline block graphs), replacing the bundle in the package."""
+    """Re-export every bundle of each named shipped model from its source (the checkpoint, or the
+    official weights for DFN3), with the demo clip as golden fixture, replacing the packaged ones."""
+    import soundfile as sf
+
+    from dfnet4_sdk.audio_io import resample
     from dfnet4_sdk.exporters.base import converter_for, export_bundle
     from dfnet4_sdk.models import load_model
 
     written = []
+    clip = Path(__file__).resolve().parents[1] / "examples" / "noisy_speech_48k.flac"
     for name in names:
-        model = SHIPPED_MODELS[name]
-        bundle = export_bundle(load_model(name), converter_for("onnx"), model.onnx_bundle_dir,  # records source_model
-                               precision="fp32", overwrite=True)
-        written.append(bundle.root)
+        shipped = SHIPPED_MODELS[name]
+        model = load_model(name)  # records source_model in the manifest
+        audio, rate = sf.read(clip, dtype="float32")
+        fixture = resample(audio, rate, model.dsp.sample_rate_hz)[: model.dsp.sample_rate_hz]
+        for b in shipped.bundles:
+            bundle = export_bundle(model, converter_for(b.backend), b.path, precision=b.precision, fused=b.fused,
+                                   blocks=b.blocks, fixture_audio=fixture, fixture_source=clip.name, overwrite=True)
+            written.append(bundle.root)
     return written
 
 
