@@ -83,15 +83,18 @@ def run_points(run: Path) -> list[tuple[int, float, float, Path]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--labels", nargs="+", required=True)
+    ap.add_argument("runs", nargs="*", type=Path)
+    ap.add_argument("--labels", nargs="*", default=[])
     ap.add_argument("--init", nargs="+", default=None, help="per run: the step-0 checkpoint, or - for none")
-    ap.add_argument("--reference", nargs="*", default=["dfn3", "dfnet4-lite-v1"], help="models scored once")
+    ap.add_argument("--reference", nargs="*", default=["dfn3", "dfnet4-lite-v1"], help="models (names or checkpoints) scored once")
     ap.add_argument("--every", type=int, default=1, help="score every n-th validated checkpoint (and the last)")
     ap.add_argument("--ears-pairs", type=int, default=12)
     ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args(argv)
+    if len(args.labels) != len(args.runs) or (args.init and len(args.init) != len(args.runs)):
+        ap.error(f"give one --labels (and one --init, if any) per run: {len(args.runs)} runs, "
+                 f"{len(args.labels)} labels, {len(args.init or [])} inits")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     held = HeldOut(args.data_root, args.ears_pairs)
     rows = [{"recipe": "noisy", "step": 0, "audio_hours": 0, "train_wall_min": 0, **held.score_noisy(), "checkpoint": ""}]
