@@ -44,7 +44,7 @@ def _is_str_map(v: Any) -> bool:
 
 
 def _is_shape(v: Any) -> bool:
-    return isinstance(v, list) and 1 <= len(v) <= MAX_RANK and all(_is_int(d) and d > 0 for d in v)
+    return isinstance(v, (list, tuple)) and 1 <= len(v) <= MAX_RANK and all(_is_int(d) and d > 0 for d in v)
 
 
 def _show(v: Any) -> str:
@@ -62,7 +62,7 @@ _NONNEG_INT: _Check = (lambda v: _is_int(v) and v >= 0, "a non-negative integer"
 _POS_NUMBER: _Check = (lambda v: _is_number(v) and v > 0, "a positive finite number")
 _NUMBER: _Check = (_is_number, "a finite number")
 _SHAPE: _Check = (_is_shape, f"a list of 1 to {MAX_RANK} positive integers")
-_LIST: _Check = (lambda v: isinstance(v, list), "a list")
+_LIST: _Check = (lambda v: isinstance(v, (list, tuple)), "a list")
 
 
 def _keys(data: Mapping[str, Any], cls: type, what: str, problems: list[str]) -> None:
@@ -121,7 +121,7 @@ def structure_problems(data: Any) -> list[str]:
         if _is_int(la) and _is_int(conv_la) and la > conv_la:
             problems.append(f"streaming.df_lookahead_frames ({la}) cannot exceed conv_lookahead_frames ({conv_la})")
     graphs = data.get("graphs", [])
-    if not isinstance(graphs, list) or not graphs:
+    if not isinstance(graphs, (list, tuple)) or not graphs:
         problems.append(f"graphs: expected a non-empty list of graphs ({', '.join(COMPONENTS)} at least), "
                         f"found {_show(graphs)}")
         graphs = []
@@ -133,18 +133,18 @@ def structure_problems(data: Any) -> list[str]:
         if not _object(g, GraphSpec, what, checks, problems):
             continue
         for side in ("inputs", "outputs"):
-            for j, t in enumerate(g.get(side) if isinstance(g.get(side), list) else []):
+            for j, t in enumerate(g.get(side) if isinstance(g.get(side), (list, tuple)) else []):
                 name = t.get("name") if isinstance(t, Mapping) else None
                 _object(t, TensorSpec, f"{what} {side}[{j}]" + (f" {name!r}" if name else ""),
                         {"name": _STR, "shape": _SHAPE, "role": (lambda v: v in TENSOR_ROLES, f"one of {list(TENSOR_ROLES)}"),
                          "dtype": (lambda v: v in TENSOR_DTYPES, f"one of {list(TENSOR_DTYPES)}")}, problems)
     states = data.get("states", [])
-    if not isinstance(states, list):
+    if not isinstance(states, (list, tuple)):
         problems.append(f"states: expected a list, found {_show(states)}")
         states = []
     for i, s in enumerate(states):
         what = f"state {s.get('name')!r}" if isinstance(s, Mapping) else f"states[{i}]"
-        init_values = (lambda v: v is None or (isinstance(v, list) and all(_is_number(x) for x in v)),
+        init_values = (lambda v: v is None or (isinstance(v, (list, tuple)) and all(_is_number(x) for x in v)),
                        "null or a list of finite numbers")
         _object(s, StateSpecEntry, what, {"name": _STR, "graph": _STR, "shape": _SHAPE, "init_value": _NUMBER,
                                           "init_values": init_values}, problems)
@@ -268,6 +268,14 @@ def _dsp_shape_problems(m: Manifest, by_name: Mapping[str, GraphSpec]) -> list[s
             for t in by_name[name].inputs if name in by_name else ():
                 if t.role != "state_in" and enc_out.get(t.name) != t.shape:
                     problems.append(f"graph {name!r}: input {t.name!r} {t.shape} is not an output of 'enc' of that shape")
+    for graph, fed in (("enc", ("feat_erb", "feat_spec", "frame_samples")),
+                       (FRAME_GRAPH, ("spec", "gating_thresholds_db", "frame_samples"))):
+        for t in by_name[graph].inputs if graph in by_name else ():
+            if t.role != "state_in" and t.name not in fed:
+                problems.append(f"graph {graph!r}: input {t.name!r} is not one the stream provides ({', '.join(fed)})")
+    if FRAME_GRAPH in by_name and "enc" in by_name and (
+            ("frame_samples" in by_name["enc"].input_names) != ("frame_samples" in by_name[FRAME_GRAPH].input_names)):
+        problems.append("graphs 'enc' and 'frame' must both take 'frame_samples' or neither")
     hop = (1, 1, 1, d.hop_size_samples)
     for g in m.graphs:
         if g.kind != "block" and "frame_samples" in g.input_names:
@@ -300,12 +308,17 @@ def _block_problems(m: Manifest, by_name, need, numel) -> list[str]:
         need("df_dec_block", "output", "df_coefs", numel(block * d.nb_df * s.df_order * 2),
              f"{block} x nb_df x df_order x 2 values")
     need("enc_block", "output", "lsnr", None, "")
-    available = set(BLOCK_FEATURES)
+    available = {t.name: t.shape for t in by_name["enc_block"].inputs if t.name in BLOCK_FEATURES}
     for g in m.block_graphs:
         for t in g.inputs:
-            if t.role != "state_in" and t.name not in available:
+            if t.role == "state_in" or g.name == "enc_block" and t.name in BLOCK_FEATURES:
+                continue
+            if t.name not in available:
                 problems.append(f"graph {g.name!r}: input {t.name!r} is neither a feature nor an output of an earlier block graph")
-        available |= set(g.output_names)
+            elif available[t.name] != t.shape:
+                problems.append(f"graph {g.name!r}: input {t.name!r} has shape {t.shape}, but the graph that makes it "
+                                f"declares {available[t.name]}")
+        available.update((t.name, t.shape) for t in g.outputs)
     return problems
 
 

@@ -375,6 +375,7 @@ def test_source_model_round_trips_and_names_the_model():
     assert "source_model" not in m.to_dict() and m.model_name == "dfnet4-lite"  # unnamed: falls back to the family
     named = Manifest.from_dict({**ORIGINAL, "source_model": {"name": "my.pt", "kind": "checkpoint", "sha256": "ab"}})
     assert named.model_name == "my.pt" and Manifest.from_json(named.to_json()) == named
+    assert Manifest.from_dict(named.to_dict()) == named  # tuples (asdict) check as lists do
 
 
 def test_load_model_records_its_source(tmp_path):
