@@ -60,6 +60,54 @@ def test_licence_filter_excludes_nc_eval_and_unstated():
     assert len(everything.noise) > len(shipped.noise)
 
 
+def test_optional_corpora_are_listed_only_when_named_and_held_out_sets_never(tmp_path):
+    from dfnet4_sdk.errors import ConfigError
+    from dfnet4_sdk.training.data import CORPORA
+
+    base = tiny_cfg().data
+    folders = {name: folder for name, (folder, _) in CORPORA.items()}
+    rel = lambda e: e.path.relative_to(DATA_ROOT).as_posix()
+    # Without `corpora` none of the new folders is used (before, all of them fell into "real").
+    plain = [rel(e) for e in build_lists(base).speech]
+    assert plain and not any(p.startswith(tuple(folders.values())) for p in plain)
+    lists = build_lists(dataclasses.replace(base, corpora=tuple(CORPORA)))
+    groups: dict[str, set[str]] = {}
+    for e in lists.speech:
+        groups.setdefault(e.group, set()).add("/".join(rel(e).split("/")[:2]) + "/")
+    for name, (folder, group) in CORPORA.items():
+        assert folder in groups[group], (name, sorted(groups))
+    assert groups["acted"] == {"speech/0ad_voices/"} and groups["ivr_wideband"] == {"speech/asterisk_wb/"}
+    everything = [rel(e) for e in lists.speech + lists.noise + lists.rir + lists.noisy]
+    assert not any(p.startswith(("dev_eval/", "noisy_real/")) or "freesound_33711" in p or "vbd_train_p287" in p for p in everything)
+    assert not any("NC" in e.licence for e in lists.speech + lists.noise)
+    assert {e.band_limit_hz for e in lists.speech if e.group == "librispeech"} == {8000.0}
+    # A screened file below the threshold is dropped, one above it kept, unlisted files untouched.
+    libri = sorted(p for p in everything if p.startswith(folders["librispeech"]))
+    screen = tmp_path / "screen.csv"
+    screen.write_text(f"path,sig,bak,ovrl,p808\n{libri[0]},3.0,3.0,2.5,3.0\n{libri[1]},3.4,4.0,3.2,3.5\n")
+    screened = [rel(e) for e in build_lists(dataclasses.replace(
+        base, corpora=("librispeech",), speech_screen=str(screen), min_screen_ovrl=3.0)).speech]
+    assert libri[0] not in screened and libri[1] in screened and libri[2] in screened
+    # Every mistake in the corpus / group settings is reported at once.
+    with pytest.raises(ConfigError) as err:
+        build_lists(dataclasses.replace(base, corpora=("librispeech", "timit"), group_weights=("acted=x", "nope=1")))
+    assert all(s in str(err.value) for s in ("'timit'", "'acted=x'", "'nope=1'"))
+
+
+def test_group_weights_set_how_often_each_speech_group_is_drawn():
+    from dfnet4_sdk.training.data import CORPORA
+
+    cfg = dataclasses.replace(tiny_cfg().data, corpora=tuple(CORPORA), group_weights=("acted=0.1", "synthetic=0"))
+    ds = MixtureDataset(cfg, DfNet4.from_preset("dfnet4-lite").dsp, build_lists(cfg))
+    assert "synthetic" not in ds.group_names and "acted" in ds.group_names
+    rng = np.random.default_rng(0)
+    picks = np.bincount([ds.pick_group(rng) for _ in range(20000)], minlength=len(ds.group_names)) / 20000
+    share = dict(zip(ds.group_names, picks))
+    expected_acted = 0.1 / (len(ds.group_names) - 1 + 0.1)  # every other group weighs 1
+    assert abs(share["acted"] - expected_acted) < 0.006, share
+    assert all(abs(v - (1 - expected_acted) / (len(ds.group_names) - 1)) < 0.02 for g, v in share.items() if g != "acted")
+
+
 def test_mixtures_are_deterministic_by_seed_and_index(dataset):
     other = MixtureDataset(dataset.cfg, dataset.params, build_lists(dataset.cfg))
     for i in (0, 5, 17):
@@ -169,6 +217,30 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert result["step"] == 4
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_data_workers_prepare_the_same_batches_and_teacher_targets(tmp_path):
+    """Batches and the teacher's targets made ahead in a worker process give the same run as the
+    plain loop, and log.jsonl says where the time went."""
+    from dfnet4_sdk.training.distill import teacher_targets
+    from dfnet4_sdk.training.trainer import BatchPipeline, Trainer
+
+    teacher_or_skip()
+    torch.set_num_threads(1)
+    runs = {}
+    for workers in (0, 1):
+        trainer = Trainer(tiny_cfg(steps=3, data_workers=workers), tmp_path / str(workers), mode="distill", device="cpu")
+        assert trainer.fit(resume=False)["step"] == 3
+        runs[workers] = trainer.model.state_dict()
+    for name, a in runs[0].items():
+        torch.testing.assert_close(runs[1][name], a, rtol=1e-5, atol=1e-6, msg=name)
+    pipeline = BatchPipeline(trainer.data, 2, 5, 6, trainer.teacher)  # what a worker computes
+    made = pipeline[0]
+    for k, v in teacher_targets(trainer.teacher, trainer.data.batch(5, 2)).items():
+        torch.testing.assert_close(made["teacher"][k], v, rtol=0, atol=0, msg=k)
+    row = json.loads((tmp_path / "1" / "log.jsonl").read_text().splitlines()[-1])
+    phases = ("t_data", "t_teacher", "t_forward", "t_backward", "t_optimizer")
+    assert all(row[k] >= 0 for k in phases) and sum(row[k] for k in phases) <= row["s_per_step"] * 1.05, row
 
 
 def test_dnsmos_proxy_fit_reports_held_out_correlation_and_refuses_a_bad_one(tmp_path):

@@ -34,6 +34,13 @@ class DataConfig:
     include_not_shippable: bool = False  # noises / RIR whose upstream licence is not stated
     include_asterisk: bool = True  # 8 kHz CC BY-SA prompts (band-limited, see band_limited_hf_weight)
     include_synthetic: bool = True
+    # optional corpora of speech/ (data.CORPORA), e.g. ("librispeech", "asterisk_wb", "0ad_voices")
+    corpora: tuple[str, ...] = ()
+    # relative weight of a speech group when a batch item picks its group (others weigh 1),
+    # "group=weight", e.g. ("acted=0.1",); groups: data.SPEECH_GROUPS
+    group_weights: tuple[str, ...] = ()
+    speech_screen: str = ""  # DNSMOS list of screened files (training/screen.py); "" = no screening
+    min_screen_ovrl: float = 0.0  # screened files below this DNSMOS OVRL are not used
     extra_speech_dirs: tuple[str, ...] = ()  # user folders of clean speech (any rate)
     extra_noise_dirs: tuple[str, ...] = ()
     extra_noisy_dirs: tuple[str, ...] = ()  # real noisy recordings: distillation targets only
@@ -95,7 +102,8 @@ class OptimConfig:
     checkpoint_every: int = 50
     valid_every: int = 250  # 0: no validation
     valid_clips: int = 6  # dev_eval/vbd_train pairs scored with DNSMOS + PESQ
-    num_threads: int = 1
+    num_threads: int = 1  # torch intra-op threads of the training process
+    data_workers: int = 0  # processes preparing batches ahead (and, on CPU, the teacher's targets)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,13 @@ Licence rules (shared/data/README.md), applied by ``build_lists``:
 - by default not: noises / RIRs whose upstream licence is not stated (``include_not_shippable``);
 - yes: VCTK, LibriSpeech, CMU ARCTIC, the CC BY / CC0 / PD noises, the DeepFilterNet RIR, the
   synthetic speech (training only; never shipped) and the 8 kHz Asterisk prompts (CC BY-SA,
-  training only; ``include_asterisk``).
+  training only; ``include_asterisk``);
+- when named in ``corpora``: the corpora of ``CORPORA`` (LibriSpeech 16 kHz, Asterisk wideband
+  prompts 16 kHz, LJ Speech 22 kHz, Thorsten 22/44 kHz, VCTK s5 48 kHz, 0 A.D. acted voices);
+  files that ``speech_screen`` scored below ``min_screen_ovrl`` DNSMOS OVRL are dropped.
+
+Each batch item first picks a speech group (``SPEECH_GROUPS``; all weigh 1 unless
+``group_weights`` says otherwise), then a file of that group uniformly.
 
 Band-limited speech (16 kHz or 8 kHz files, resampled to 48 kHz) has nothing above its band
 limit. The mixture keeps noise up there, so the target there is silence; each item carries its
@@ -52,6 +58,17 @@ NC_MARKERS = ("BY-NC", "NC ", "non-commercial")
 NOT_SHIPPABLE_MARKER = "not stated upstream"
 EARLY_REVERB_S = 0.05  # the target keeps the direct path and the first 50 ms of the RIR
 SPLITS = {"train": 0, "valid": 1}
+# Optional corpora (``[data] corpora``): name -> (folder under data_root, speech group). Without
+# its name a folder is not used at all, so older configs keep their exact data.
+CORPORA = {
+    "librispeech": ("speech/librispeech/", "librispeech"),  # 16 kHz read speech, 190 speakers
+    "asterisk_wb": ("speech/asterisk_wb/", "ivr_wideband"),  # 16 kHz studio prompts, 3 voices
+    "ljspeech": ("speech/ljspeech/", "real"),  # 22.05 kHz
+    "thorsten": ("speech/thorsten/", "real"),  # 44.1 / 22.05 kHz
+    "vctk_seflow": ("speech/vctk_seflow/", "real"),  # 48 kHz
+    "0ad_voices": ("speech/0ad_voices/", "acted"),  # acted, short: give it a low group weight
+}
+SPEECH_GROUPS = ("real", "synthetic", "narrowband", "librispeech", "ivr_wideband", "acted", "user")
 
 
 @dataclass(frozen=True)
@@ -95,7 +112,11 @@ def _held_out(entry: AudioEntry, every_nth: int) -> bool:
     return every_nth > 0 and int(hashlib.sha1(entry.path.name.encode()).hexdigest(), 16) % every_nth == 0
 
 
-def _speech_group(path: str) -> str:
+def _speech_group(path: str, corpora: tuple[str, ...]) -> str | None:
+    """The speech group of a manifest path, None for a corpus that ``corpora`` does not name."""
+    for name, (folder, group) in CORPORA.items():
+        if path.startswith(folder):
+            return group if name in corpora else None
     if "/synthetic/" in path:
         return "synthetic"
     if "/asterisk/" in path:
@@ -103,11 +124,43 @@ def _speech_group(path: str) -> str:
     return "real"
 
 
+def _check_data_config(cfg: DataConfig) -> dict[str, float]:
+    """Every problem of the corpus / group settings at once; returns {group: weight}."""
+    problems = [f"unknown corpus {c!r}" for c in cfg.corpora if c not in CORPORA]
+    weights = {}
+    for item in cfg.group_weights:
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if name not in SPEECH_GROUPS or weight < 0:
+            problems.append(f"group weight {item!r}")
+        weights[name] = weight
+    if problems:
+        raise ConfigError(
+            f"[data] has {'; '.join(problems)}: corpora must be some of {sorted(CORPORA)}, group_weights "
+            f"'group=weight' with weight >= 0 and group one of {list(SPEECH_GROUPS)}"
+        )
+    return weights
+
+
+def _screened_out(cfg: DataConfig) -> set[str]:
+    """Manifest paths that the DNSMOS screen list scores below ``min_screen_ovrl``."""
+    if not cfg.speech_screen:
+        return set()
+    from dfnet4_sdk.training.screen import load_screen
+
+    return {p for p, s in load_screen(cfg.speech_screen).items() if s["ovrl"] < cfg.min_screen_ovrl}
+
+
 def build_lists(cfg: DataConfig) -> DataLists:
     """Licence-filtered file lists from ``<data_root>/manifest.csv`` plus the user folders."""
     root = Path(cfg.data_root)
     manifest = root / "manifest.csv"
     speech, noise, rir = [], [], []
+    _check_data_config(cfg)
+    dropped = _screened_out(cfg)
     if manifest.is_file():
         with manifest.open(newline="") as f:
             for row in csv.DictReader(f):
@@ -116,7 +169,9 @@ def build_lists(cfg: DataConfig) -> DataLists:
                     continue
                 if NOT_SHIPPABLE_MARKER in licence and not cfg.include_not_shippable:
                     continue
-                group = _speech_group(path) if kind == "speech" else kind
+                group = _speech_group(path, cfg.corpora) if kind == "speech" else kind
+                if group is None or path in dropped:
+                    continue
                 if (group == "narrowband" and not cfg.include_asterisk) or (
                     group == "synthetic" and not cfg.include_synthetic
                 ):
@@ -147,7 +202,7 @@ def _scan(folders: tuple[str, ...], group: str) -> list[AudioEntry]:
     return entries
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)  # every speech file of shared/data fits (about 0.5 GB)
 def load_mono(path: Path) -> np.ndarray:
     """A file's samples as mono float32 at its own rate (channels averaged), cached."""
     audio, _ = sf.read(str(path), dtype="float32", always_2d=True)
@@ -222,7 +277,15 @@ class MixtureDataset:
         groups: dict[str, list[AudioEntry]] = {}
         for e in self.lists.speech:
             groups.setdefault(e.group, []).append(e)
-        self._groups = [groups[g] for g in sorted(groups)]  # each group equally likely
+        weights = _check_data_config(cfg)
+        names = [g for g in sorted(groups) if weights.get(g, 1.0) > 0]
+        if groups and not names:
+            raise ConfigError(f"[data] group_weights {cfg.group_weights} give every speech group ({sorted(groups)}) weight 0")
+        self.group_names = tuple(names)
+        self._groups = [groups[g] for g in names]
+        w = np.array([weights.get(g, 1.0) for g in names])
+        # all equal: one integer draw, exactly as before group weights existed (same batches)
+        self._group_cdf = None if len(set(w)) <= 1 else np.cumsum(w) / w.sum()
         self.rate = params.sample_rate_hz
         self.samples = int(round(cfg.segment_s * self.rate / params.hop_size_samples)) * params.hop_size_samples
 
@@ -233,7 +296,7 @@ class MixtureDataset:
             entry = self.lists.noisy[int(rng.integers(len(self.lists.noisy)))]
             noisy = read_segment(entry, seconds, rate, rng, loop=True)
             return Example(self._level(rng, noisy)[0], None, None, noisy * 0, float("nan"), rate / 2)
-        group = self._groups[int(rng.integers(len(self._groups)))]
+        group = self._groups[self.pick_group(rng)]
         entry = group[int(rng.integers(len(group)))]
         speech = read_segment(entry, seconds, rate, rng, loop=False)
         clean = speech
@@ -249,6 +312,12 @@ class MixtureDataset:
             noisy, noise = mix_at_snr(speech, noise, snr_db)
         noisy, gain = self._level(rng, noisy)
         return Example(noisy, clean * gain, speech * gain, noise * gain, snr_db, min(entry.band_limit_hz, rate / 2))
+
+    def pick_group(self, rng: np.random.Generator) -> int:
+        """Index into ``group_names`` of the speech group of the next item (by group weight)."""
+        if self._group_cdf is None:
+            return int(rng.integers(len(self._groups)))
+        return min(int(np.searchsorted(self._group_cdf, rng.random(), side="right")), len(self._groups) - 1)
 
     def _noise(self, rng: np.random.Generator, seconds: float) -> np.ndarray:
         pick = lambda: self.lists.noise[int(rng.integers(len(self.lists.noise)))]

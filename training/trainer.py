@@ -18,6 +18,13 @@ Run directory ``out``:
 Batch ``step`` depends only on (seed, step) (see ``data.py``), and the torch RNG state is saved, so
 a resumed run continues with exactly the batches and random draws of an uninterrupted one.
 
+Throughput (``[optim]``): ``num_threads`` torch threads in the training process, and
+``data_workers`` processes that prepare batches ahead of the step (``BatchPipeline``): the
+mixtures and, when the teacher runs on the CPU, the teacher's targets, so both overlap the
+student's step on another core. The batches are the same with or without workers. Each
+``log.jsonl`` row also says where the time went (``t_data``: waiting for the batch, ``t_teacher``,
+``t_forward``: student and losses, ``t_backward``, ``t_optimizer``; seconds per step).
+
 Callbacks (e.g. quantisation-aware training) observe and modify the run; see ``Callback``.
 """
 
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models import load_model, save_checkpoint
@@ -88,6 +96,31 @@ class _Meter:
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+class BatchPipeline(Dataset):
+    """Batches ``start``, ``start + 1``, ... ``stop - 1`` of ``data``, each with the teacher's
+    targets under ``"teacher"`` when a (CPU) teacher is given. Index i is batch ``start + i``,
+    a pure function of (seed, step), so workers change when a batch is made, never what it is."""
+
+    def __init__(self, data: MixtureDataset, batch_size: int, start: int, stop: int, teacher=None):
+        self.data, self.batch_size, self.start, self.stop, self.teacher = data, batch_size, start, stop, teacher
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        batch: dict[str, Any] = self.data.batch(self.start + i, self.batch_size)
+        if self.teacher is not None:
+            batch["teacher"] = teacher_targets(self.teacher, batch)
+        return batch
+
+    def iterate(self, workers: int):
+        """Yields the batches in order; with ``workers`` > 0 from that many processes (one torch
+        thread each) that keep up to two batches each ready ahead of the consumer."""
+        if workers <= 0:
+            return (self[i] for i in range(len(self)))
+        return iter(DataLoader(self, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2))
 
 
 def pick_device(device: str) -> torch.device:
@@ -199,9 +232,18 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor], teacher_out: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """One optimiser step. ``teacher_out``: the teacher's targets for this batch when they were
+        computed ahead (``BatchPipeline``); otherwise the teacher runs here. Returns the loss terms
+        and ``t_*`` seconds spent in each phase."""
+        clock = [time.perf_counter()]
+        lap = lambda: clock.append(time.perf_counter()) or clock[-1] - clock[-2]
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        teacher_out = teacher_targets(self.teacher, batch) if self.teacher is not None else None
+        if self.teacher is not None and teacher_out is None:
+            teacher_out = teacher_targets(self.teacher, batch)
+        elif teacher_out is not None:
+            teacher_out = {k: v.to(self.device) for k, v in teacher_out.items()}
+        timings = {"t_teacher": lap()}
         self.model.train()
         out = run_model(self.model, batch)
         if self.disc_optimizer is not None:
@@ -217,14 +259,25 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
+        timings["t_forward"] = lap()
         loss.backward()
+        timings["t_backward"] = lap()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["loss"] = float(loss.detach())
         if self.disc_optimizer is not None and d_loss is not None:
             values["disc"] = float(d_loss.detach())
-        return values
+        timings["t_optimizer"] = lap()
+        return {**values, **timings}
+
+    def _batches(self):
+        """The run's remaining batches as (batch, teacher targets or None), in step order."""
+        o = self.cfg.optim
+        cpu_teacher = self.teacher if self.teacher is not None and self.device.type == "cpu" else None
+        pipeline = BatchPipeline(self.data, o.batch_size, self.step, o.steps, cpu_teacher if o.data_workers > 0 else None)
+        for batch in pipeline.iterate(o.data_workers):
+            yield batch, batch.pop("teacher", None)
 
     def fit(self, resume: bool = True) -> dict[str, Any]:
         o = self.cfg.optim
@@ -245,8 +298,12 @@ class Trainer:
             if self.devset is not None and not (self.out / "reference.json").exists():
                 ref = self.devset.reference(self.teacher)
                 (self.out / "reference.json").write_text(json.dumps(ref, indent=1))
+            batches = self._batches()
             while self.step < o.steps and not self._stop:
-                terms = self.train_step(self.data.batch(self.step, o.batch_size))
+                waited = time.perf_counter()
+                batch, teacher_out = next(batches)
+                waited = time.perf_counter() - waited
+                terms = {**self.train_step(batch, teacher_out), "t_data": waited}
                 self.step += 1
                 meter.add(terms)
                 for c in self.callbacks:
@@ -263,6 +320,7 @@ class Trainer:
                 if self.step % o.checkpoint_every == 0:
                     self.save_state()
         finally:
+            batches = None  # stops the pipeline's workers
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.save_state()
