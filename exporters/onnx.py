@@ -28,7 +28,9 @@ class OnnxConverter:
     """int8 (see ``exporters/quantize.py``): each graph's Gemm / MatMul weights become 8-bit
     ``MatMulNBits`` (block-wise symmetric, int8 activations per block at run time), other ops
     and every state stay float; with calibration frames the per-graph variant is chosen by
-    measurement (``choose_onnx_int8``) and recorded in ``quantization``."""
+    measurement (``choose_onnx_int8``) and recorded in ``quantization``. A block graph (offline
+    path) takes the scheme chosen for its component's step graph; its GRU ops' weights are
+    stored in the same int8 grid (``quantize.recurrent_weights_int8``)."""
 
     target = "onnx"
     suffix = ".onnx"
@@ -70,7 +72,9 @@ class OnnxConverter:
         onnx.save(model, str(path))
         if precision == "int8":
             keep_float = _dsp_nodes(model, module) if spec.kind == "frame" else ()
-            self.quantization[spec.name] = _quantize_int8(path, spec, calibration, keep_float)
+            # A block graph (offline path) takes the scheme measured for its component's step graph.
+            like = self.quantization.get(spec.name.removesuffix("_block")) if spec.kind == "block" else None
+            self.quantization[spec.name] = _quantize_int8(path, spec, calibration, keep_float, like)
         _check_io_names(path, spec)
         return {}
 
@@ -129,9 +133,11 @@ def _dsp_nodes(model: onnx.ModelProto, module: nn.Module) -> tuple[str, ...]:
     return tuple(n.name for n in model.graph.node if any(i in dsp_inits for i in n.input[1:]))
 
 
-def _quantize_int8(path: Path, spec: GraphSpec, calibration, keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
+def _quantize_int8(path: Path, spec: GraphSpec, calibration, keep_float: tuple[str, ...] = (),
+                   like: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Quantize the float graph at ``path`` in place (its ``metadata_props`` gain the scheme);
-    nodes named in ``keep_float`` stay float. Return what the manifest records."""
+    nodes named in ``keep_float`` stay float; ``like``: the recorded choice of another graph
+    (a block graph's component), whose scheme is used. Return what the manifest records."""
     import json
 
     from dfnet4_sdk.exporters.base import TOLERANCES
@@ -140,7 +146,12 @@ def _quantize_int8(path: Path, spec: GraphSpec, calibration, keep_float: tuple[s
     tmp = path.with_suffix(".fp32.onnx")
     path.rename(tmp)
     try:
-        if calibration is not None and len(calibration) >= 20 and not keep_float:
+        same = next((c for c in ONNX_CANDIDATES if like and all(like.get(k) == v for k, v in c.describe().items())), None)
+        if same is not None:
+            quantize_onnx(tmp, path, replace(same, exclude=keep_float))
+            info = {**same.describe(), "measured_on": "the scheme chosen for its step graph; validated at export "
+                    "(offline path audio SNR)"}
+        elif calibration is not None and len(calibration) >= 20 and not keep_float:
             info = choose_onnx_int8(tmp, path, calibration, spec, TOLERANCES[("onnx", "int8")].graph_rel_error)
         else:
             # No calibration frames (the fused frame graph has none: they are recorded per

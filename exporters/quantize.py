@@ -128,7 +128,8 @@ class OnnxScheme:
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"scheme": self.kind}
         if self.kind == "nbits":
-            d["weights"] = (f"Gemm/MatMul: MatMulNBits 8-bit symmetric, block {self.block_size}; other weights: "
+            d["weights"] = (f"Gemm/MatMul: MatMulNBits 8-bit symmetric, block {self.block_size}; GRU/LSTM/RNN ops "
+                            "(block graphs): the same int8 grid, dequantized at load; other weights: "
                             + (f"int8 per-channel DequantizeLinear (>= {MIN_QUANT_WEIGHTS} elements)" if self.other_weights
                                else "float32 (conv, grouped linear: a DequantizeLinear per frame costs more than it saves)"))
             d["activations"] = ("int8 per block, quantized on the fly (accuracy_level 4)" if self.accuracy_level == 4
@@ -155,6 +156,7 @@ def quantize_onnx(src: Path, dst: Path, scheme: OnnxScheme, calibration: Sequenc
 
     if scheme.kind == "nbits":
         model = matmul_nbits_int8(onnx.load(str(src)), scheme.block_size, scheme.accuracy_level, scheme.exclude)
+        model = recurrent_weights_int8(model, scheme.block_size, scheme.exclude)
         onnx.save(weight_only_int8(model) if scheme.other_weights else model, str(dst))
     elif scheme.kind == "weights":
         onnx.save(weight_only_int8(onnx.load(str(src))), str(dst))
@@ -250,6 +252,66 @@ def matmul_nbits_int8(model, block_size: int = BLOCK_SIZE_DEFAULT, accuracy_leve
         graph.initializer.remove(inits[name])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+RECURRENT_OPS = ("GRU", "LSTM", "RNN")
+
+
+def recurrent_weights_int8(model, block_size: int = BLOCK_SIZE_DEFAULT, skip: Sequence[str] = ()):
+    """The weights ``W`` and ``R`` of ONNX GRU / LSTM / RNN nodes (the sequence form of a
+    recurrent layer, in the offline block graphs) stored as int8 in MatMulNBits' grid
+    (``pack_int8_blocks``: per output row, symmetric scales per ``block_size`` inputs) and
+    dequantized by constant ops that onnxruntime folds at load. The step graphs compute the
+    same layer as Gemm -> MatMulNBits; each row is quantized on its own, so the gate order of
+    the ONNX op does not matter and both forms use the same int8 weights. Compute stays
+    float: ONNX has no int8 recurrent op."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    prefix, dropped = [], set()
+    done: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in RECURRENT_OPS or node.name in skip:
+            continue
+        for slot in (1, 2):  # W [dirs, gates*H, K], R [dirs, gates*H, H]
+            name = node.input[slot] if len(node.input) > slot else ""
+            if name in done:
+                node.input[slot] = done[name]
+                continue
+            if name not in inits or np.prod(inits[name].dims) < MIN_QUANT_WEIGHTS:
+                continue
+            w = numpy_helper.to_array(inits[name]).astype(np.float32)
+            dirs, rows, k = w.shape
+            packed = [pack_int8_blocks(np.ascontiguousarray(w[d].T), block_size) for d in range(dirs)]
+            q = np.stack([(p.astype(np.int16) - 128).astype(np.int8) for p, _ in packed])  # [dirs, rows, blocks, block]
+            scales = np.stack([sc.reshape(rows, -1, 1) for _, sc in packed])  # [dirs, rows, blocks, 1]
+            base = name.replace("/", "_").strip("_")
+            graph.initializer.extend([
+                numpy_helper.from_array(q, f"{base}_q8"), numpy_helper.from_array(scales, f"{base}_scales"),
+                numpy_helper.from_array(np.array([dirs, rows, -1], np.int64), f"{base}_shape"),
+                numpy_helper.from_array(np.array([0], np.int64), f"{base}_start"),
+                numpy_helper.from_array(np.array([k], np.int64), f"{base}_end"),
+                numpy_helper.from_array(np.array([2], np.int64), f"{base}_axis"),
+            ])
+            prefix += [
+                helper.make_node("Cast", [f"{base}_q8"], [f"{base}_qf"], name=f"{base}_Cast", to=TensorProto.FLOAT),
+                helper.make_node("Mul", [f"{base}_qf", f"{base}_scales"], [f"{base}_blocks"], name=f"{base}_Scale"),
+                helper.make_node("Reshape", [f"{base}_blocks", f"{base}_shape"], [f"{base}_padded"], name=f"{base}_Reshape"),
+                helper.make_node("Slice", [f"{base}_padded", f"{base}_start", f"{base}_end", f"{base}_axis"],
+                                 [f"{base}_dq"], name=f"{base}_Unpad"),
+            ]
+            done[name] = f"{base}_dq"
+            node.input[slot] = done[name]
+            dropped.add(name)
+    if prefix:
+        nodes = prefix + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        still_used = {i for n in graph.node for i in n.input}
+        for name in dropped - still_used:
+            graph.initializer.remove(inits[name])
     return model
 
 

@@ -187,3 +187,63 @@ def test_static_qdq_sensitivity_groups_the_recurrent_path(exports):
           f"{result['error']:.3f} with {result['float_groups']} float")
     assert result["error"] <= result["rounds"][0]["error"]
     assert set(result["float_groups"]) <= set(groups)
+
+
+def test_recurrent_ops_get_int8_weights_in_the_matmulnbits_grid(tmp_path):
+    """An ONNX GRU op (the sequence form, in offline block graphs) keeps no float weights: W and
+    R are stored int8 in MatMulNBits' grid and dequantized at load, so its output moves by an
+    int8-sized amount, not zero and not more."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(160, 48, batch_first=True).eval()
+    x = torch.randn(1, 30, 160)
+    with torch.no_grad():
+        torch.onnx.export(gru, (x,), str(tmp_path / "gru.onnx"), input_names=["x"], output_names=["y", "h"],
+                          opset_version=17, dynamo=False)
+    q.quantize_onnx(tmp_path / "gru.onnx", tmp_path / "gru8.onnx", q.ONNX_CANDIDATES[0])
+    model = onnx.load(str(tmp_path / "gru8.onnx"))
+    floats = [t.name for t in model.graph.initializer
+              if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= q.MIN_QUANT_WEIGHTS and "scales" not in t.name]
+    assert not floats
+    w = gru.weight_ih_l0.detach().numpy()  # [3H, K]: each row quantized in blocks along K
+    packed, scales = q.pack_int8_blocks(np.ascontiguousarray(w.T), q.BLOCK_SIZE_DEFAULT)
+    grid = ((packed.astype(np.float32) - 128) * scales.reshape(48 * 3, -1, 1)).reshape(48 * 3, -1)[:, :160]
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    q8 = next(v for k, v in stored.items() if k.endswith("_q8") and v.shape[:3] == (1, 144, 3))  # W: 160 in 3 blocks
+    s8 = next(v for k, v in stored.items() if k.endswith("_scales") and v.shape[1] == 144 and v.shape[2] == q8.shape[2])
+    # ONNX orders the gates z, r, h; PyTorch r, z, n: rows move, each row's values do not.
+    rows = np.concatenate([np.arange(48, 96), np.arange(0, 48), np.arange(96, 144)])
+    np.testing.assert_array_equal((q8[0].astype(np.float32) * s8[0]).reshape(144, -1)[:, :160], grid[rows])
+    ref = ort.InferenceSession(str(tmp_path / "gru.onnx")).run(["y"], {"x": x.numpy()})[0]
+    out = ort.InferenceSession(str(tmp_path / "gru8.onnx")).run(["y"], {"x": x.numpy()})[0]
+    rel = float(np.abs(out - ref).max() / np.abs(ref).max())
+    assert 1e-5 < rel < 0.05, rel
+
+
+def test_int8_offline_path_runs_int8(exports):
+    """The offline block graphs of an int8 bundle were float (issue #15: enhance() equal to fp32
+    PyTorch to 134 dB while streaming was 39 dB from it): they now take their step graph's
+    scheme, GRU weights included, so the offline path is int8 and close to the streaming path."""
+    from dfnet4_sdk.exporters.base import ALL_STAGES
+    from dfnet4_sdk.metrics import snr_db
+    from dfnet4_sdk.offline import enhance_offline
+    from dfnet4_sdk.stream import EnhancementStream
+
+    model, _, bundle = exports["dfn3"]
+    for g in bundle.manifest.block_graphs:
+        graph = onnx.load(str(bundle.graph_path(g.name))).graph
+        floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= 4096}
+        recurrent = {i for n in graph.node if n.op_type == "GRU" for i in n.input[1:3]}
+        assert recurrent and not recurrent & floats, g.name
+        assert bundle.manifest.quantization["graphs"][g.name]["scheme"] == "nbits"
+    audio = load_clip("noisy_real/dns5_blind_street_48k.flac", seconds=2.0, offset_s=4.0)
+    _, reference = record_reference(model, audio)
+    backend = load_backend("onnx", bundle)
+    offline = enhance_offline(backend, audio, ALL_STAGES)
+    stream = EnhancementStream(backend, ALL_STAGES, fused=False)
+    streamed = np.concatenate([stream.process(audio), stream.flush()])
+    vs_float, vs_stream = snr_db(reference, offline), snr_db(streamed, offline)
+    print(f"\nonnx-int8-dfn3 offline path: {vs_float:.1f} dB from fp32 PyTorch, {vs_stream:.1f} dB from the int8 stream")
+    assert TOLERANCES[("onnx", "int8")].audio_snr_db <= vs_float < 70.0
+    assert vs_stream >= 40.0
