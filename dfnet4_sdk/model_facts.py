@@ -31,6 +31,7 @@ HELD_OUT_SETS = {
     "noisy_real": (REPO / "evalsets" / "noisy_real.csv", "real noisy recordings (DNS5 street, gtcrn mix), DNSMOS only"),
     "ears": (DATA / "dev_eval" / "ears", "EARS test triples p102-p107, 16 kHz, CC BY-NC (evaluation only)"),
 }
+DEMO_CLIP = REPO / "examples" / "noisy_speech_48k.flac"
 QUALITY_METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 
 
@@ -52,6 +53,21 @@ def measure_quality(name: str) -> list[dict[str, Any]]:
     return quality
 
 
+def measure_stability(name: str, repeats: int = 8) -> dict[str, Any]:
+    """The demo clip (9.6 s) streamed ``repeats`` times through one stream: how long until
+    consecutive repeats agree (dfnet4_sdk/stability.py)."""
+    import soundfile as sf
+
+    from dfnet4_sdk.audio_io import resample
+    from dfnet4_sdk.runtime import Runtime
+    from dfnet4_sdk.stability import repeated_clip_agreement
+
+    runtime = Runtime(name)
+    clip, rate = sf.read(DEMO_CLIP, dtype="float32")
+    report = repeated_clip_agreement(runtime, resample(clip, rate, runtime.sample_rate), repeats=repeats)
+    return {"clip": DEMO_CLIP.name, **report.as_dict()}
+
+
 def measure(name: str) -> dict[str, Any]:
     from dfnet4_sdk.models import load_model
     from dfnet4_sdk.models.complexity import count_macs_per_second, count_parameters
@@ -65,6 +81,7 @@ def measure(name: str) -> dict[str, Any]:
         "macs_per_second": round(count_macs_per_second(model)),
         "latency_ms": 1000.0 * rt.latency_samples / rt.sample_rate,
         "quality": measure_quality(name),
+        "stability": measure_stability(name),
     }
     if shipped.notice:
         facts["licence"] = f"see dfnet4_sdk/assets/{shipped.notice}"

@@ -125,13 +125,20 @@ def _score(facts: dict[str, Any], name: str, metric: str, eval_set: str) -> floa
     return None
 
 
+# ... and it must settle on long streams: consecutive repeats of a clip agree to >= 40 dB after at
+# most this many seconds of stream (dfnet4_sdk/stability.py).
+MAX_SETTLE_SECONDS = 30.0
+
+
 def meets_default_rule(name: str, facts: dict[str, dict[str, Any]]) -> bool:
-    """Whether model ``name`` is within DEFAULT_RULE's margins of DFN3 on every held-out set."""
+    """Whether model ``name`` is within DEFAULT_RULE's margins of DFN3 on every held-out set and
+    settles within MAX_SETTLE_SECONDS on a long stream."""
     for metric, (eval_set, margin) in DEFAULT_RULE.items():
         ours, ref = _score(facts, name, metric, eval_set), _score(facts, REFERENCE_MODEL, metric, eval_set)
         if ours is None or ref is None or ours < ref - margin:
             return False
-    return True
+    settled = facts.get(name, {}).get("stability", {}).get("settled_after_s")
+    return settled is not None and settled <= MAX_SETTLE_SECONDS
 
 
 def choose_default(facts: dict[str, dict[str, Any]] | None = None) -> str:
@@ -166,6 +173,7 @@ def model_listing() -> list[dict[str, Any]]:
             "macs_per_second": facts.get("macs_per_second"),
             "latency_ms": facts.get("latency_ms"),
             "quality": facts.get("quality", []),
+            "stability": facts.get("stability"),
             "bundles": [{"backend": b.backend, "precision": b.precision, "runs_here": b.runs_here()} for b in m.bundles],
             "description": m.description,
             "licence": facts.get("licence"),
