@@ -243,6 +243,23 @@ def test_data_workers_prepare_the_same_batches_and_teacher_targets(tmp_path):
     assert all(row[k] >= 0 for k in phases) and sum(row[k] for k in phases) <= row["s_per_step"] * 1.05, row
 
 
+def test_throughput_section_replaces_its_block_and_keeps_the_rest(tmp_path):
+    from dfnet4_sdk.training.throughput import END, START, SETTINGS, write_section
+
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n\ninference table\n")
+    write_section(bench, f"{START}\n## Training\nfirst\n{END}\n")
+    write_section(bench, f"{START}\n## Training\nsecond\n{END}\n")
+    text = bench.read_text()
+    assert text.startswith("# Benchmarks\n\ninference table\n\n")
+    assert text.count(START) == 1 and text.count(END) == 1 and "second" in text and "first" not in text
+    cfg = TrainConfig.load(REPO / "training" / "configs" / "dfnet4_lite_distill.toml")
+    batch16 = next(s for s in SETTINGS if s.batch_size == 16).apply(cfg, steps=5).optim
+    assert (batch16.batch_size, batch16.steps, batch16.valid_every) == (16, 5, 0)
+    assert batch16.lr == pytest.approx(cfg.optim.lr * (16 / cfg.optim.batch_size) ** 0.5)
+    assert SETTINGS[0].baseline_losses and (SETTINGS[0].num_threads, SETTINGS[0].data_workers, SETTINGS[0].batch_size) == (1, 0, 4)
+
+
 def test_dnsmos_proxy_fit_reports_held_out_correlation_and_refuses_a_bad_one(tmp_path):
     from dfnet4_sdk.training.data import spec_tensor
     from dfnet4_sdk.training.dnsmos_proxy import DnsmosProxy, FitClip, fit_proxy

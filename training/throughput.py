@@ -1,0 +1,221 @@
+"""Training throughput: seconds of audio trained per second of wall time, old vs new settings.
+
+    python -m dfnet4_sdk.training.throughput --config training/configs/dfnet4_lite_distill.toml \\
+        --rounds 3 --steps 6 --write BENCHMARKS.md
+
+Every setting runs ``Trainer.fit`` (the real loop, real data, the config's losses) for
+``warmup + steps`` steps in a scratch directory; the clock runs from the end of the last warm-up
+step to the end of the last step, so worker start-up and first-batch latency are excluded (a
+real run amortises them over thousands of steps). The settings are measured in turn within
+each round, rounds repeated, and medians reported: the machine may be shared, and interleaving
+spreads its load over every setting alike.
+
+The ``old`` setting is the recipe as it ran before this measurement existed: one thread, no
+worker, batch 4, and the loss code of commit ``BASELINE_REV`` (loaded from git and swapped into
+the objective for that setting only), so old and new are measured by the same process on the
+same machine in the same minutes.
+
+``--write`` puts a Markdown "Training" section between ``<!-- training:start -->`` and
+``<!-- training:end -->`` in the given file (appended at the end when the markers are absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from dfnet4_sdk.training.config import TrainConfig
+from dfnet4_sdk.training.trainer import Callback, Trainer
+
+log = logging.getLogger(__name__)
+
+BASELINE_REV = "cafb778"  # the last commit before the training speed-ups (issue 13, item 2)
+START, END = "<!-- training:start -->", "<!-- training:end -->"
+PHASES = ("t_data", "t_teacher", "t_forward", "t_backward", "t_optimizer")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    num_threads: int
+    data_workers: int
+    batch_size: int
+    baseline_losses: bool = False  # the loss code of BASELINE_REV
+
+    def apply(self, cfg: TrainConfig, steps: int) -> TrainConfig:
+        """The config with this setting; lr scaled by sqrt(batch / config batch) (Adam)."""
+        o = cfg.optim
+        lr = o.lr * math.sqrt(self.batch_size / o.batch_size)
+        optim = replace(o, num_threads=self.num_threads, data_workers=self.data_workers, batch_size=self.batch_size,
+                        lr=lr, steps=steps, valid_every=0, checkpoint_every=10**9, log_every=10**9)
+        return replace(cfg, optim=optim)
+
+
+SETTINGS = (
+    Setting("old", 1, 0, 4, baseline_losses=True),
+    Setting("new losses", 1, 0, 4),
+    Setting("+ worker", 1, 1, 4),
+    Setting("+ 2 threads", 2, 1, 4),
+    Setting("+ batch 8", 2, 1, 8),
+    Setting("+ batch 16", 2, 1, 16),
+)
+
+
+class _Clock(Callback):
+    def __init__(self):
+        self.ends: list[float] = []
+        self.terms: list[dict[str, float]] = []
+
+    def on_step(self, trainer, step, terms):
+        self.ends.append(time.perf_counter())
+        self.terms.append(dict(terms))
+
+
+@contextlib.contextmanager
+def _losses_of(rev: str | None):
+    """The objective computes with training/losses.py as of git ``rev`` inside the block."""
+    from dfnet4_sdk.training import objective
+
+    if rev is None:
+        yield
+        return
+    repo = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{rev}:training/losses.py"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "losses_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("dfnet4_sdk_losses_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    current = objective.L
+    objective.L = module
+    try:
+        yield
+    finally:
+        objective.L = current
+
+
+def measure(cfg: TrainConfig, setting: Setting, steps: int, warmup: int, mode: str = "distill") -> dict[str, float]:
+    """One run of ``setting``: audio s / wall s, samples / s, mean phase seconds per step."""
+    clock = _Clock()
+    with tempfile.TemporaryDirectory() as out, _losses_of(BASELINE_REV if setting.baseline_losses else None):
+        trainer = Trainer(setting.apply(cfg, warmup + steps), out, mode=mode, device="cpu", callbacks=[clock])
+        trainer.fit(resume=False)
+    wall = clock.ends[-1] - clock.ends[warmup - 1]
+    audio_s = steps * setting.batch_size * cfg.data.segment_s
+    measured = clock.terms[warmup:]
+    phases = {k: statistics.fmean(t.get(k, 0.0) for t in measured) for k in PHASES}
+    return {"audio_per_s": audio_s / wall, "samples_per_s": steps * setting.batch_size / wall,
+            "s_per_step": wall / steps, **phases, "loss": statistics.fmean(t["loss"] for t in measured)}
+
+
+def run(cfg: TrainConfig, settings=SETTINGS, rounds: int = 3, steps: int = 6, warmup: int = 2) -> dict:
+    """Interleaved rounds; returns the raw results and the machine description."""
+    results: dict[str, list[dict[str, float]]] = {s.name: [] for s in settings}
+    load_before = os.getloadavg()
+    for r in range(rounds):
+        for s in settings:
+            results[s.name].append(measure(cfg, s, steps, warmup))
+            log.info("round %d %s: %.2f s audio / s", r + 1, s.name, results[s.name][-1]["audio_per_s"])
+    torch.set_num_threads(1)
+    return {"results": results, "settings": settings, "rounds": rounds, "steps": steps, "warmup": warmup,
+            "load": (load_before, os.getloadavg()), "date": datetime.date.today().isoformat()}
+
+
+def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
+    res, settings = report["results"], report["settings"]
+    med = {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in res.items()}
+    base = med[settings[0].name]["audio_per_s"]
+    cpu = _cpu_name()
+    (l1, _, _), (l2, _, _) = report["load"]
+    lines = [
+        START,
+        "## Training",
+        "",
+        f"Written by `python -m dfnet4_sdk.training.throughput --config {config_path}` on {report['date']}.",
+        f"Machine: {cpu}, {os.cpu_count()} cores, load average {l1:.1f} at the start and {l2:.1f} at the end "
+        f"(other processes were running: read ratios, not absolute figures). Python {platform.python_version()}, "
+        f"torch {torch.__version__}.",
+        f"Real config ({config_path}: DfNet4Lite distilled from DFN3, every loss term of the config), real data "
+        f"(`{cfg.data.data_root}`), segments of {cfg.data.segment_s} s at 48 kHz. Each setting ran "
+        f"{report['warmup']} warm-up + {report['steps']} timed steps of `Trainer.fit`, in turn, {report['rounds']} rounds; "
+        "medians over rounds (min-max in brackets). `old`: one thread, no worker, batch 4, the losses of "
+        f"commit {BASELINE_REV} (the code before the speed-ups). Larger batches scale the learning rate by "
+        "sqrt(batch / 4); the data, the losses and their weights are the same in every setting.",
+        "",
+        "| setting | threads | workers | batch | audio s per wall s | samples / s | speed-up | s / step | "
+        "wait for data | teacher | forward + losses | backward | optimizer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in settings:
+        m, rows = med[s.name], res[s.name]
+        lo, hi = min(r["audio_per_s"] for r in rows), max(r["audio_per_s"] for r in rows)
+        phases = " | ".join(f"{m[k]:.3f}" for k in PHASES)
+        lines.append(f"| {s.name} | {s.num_threads} | {s.data_workers} | {s.batch_size} | {m['audio_per_s']:.1f} "
+                     f"({lo:.1f}-{hi:.1f}) | {m['samples_per_s']:.2f} | {m['audio_per_s'] / base:.2f}x | "
+                     f"{m['s_per_step']:.2f} | {phases} |")
+    lines += [
+        "",
+        "Phases are seconds per step in the training process. With a worker, the mixtures and DFN3's targets "
+        "are made in the worker process while the step runs, so `teacher` drops to 0 and `wait for data` is "
+        "only the time the step waited for them; without one, `wait for data` is the mixing itself.",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def write_section(path: str | Path, section: str) -> None:
+    """Replace the marked Training section of ``path`` (or append it at the end)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="training/configs/dfnet4_lite_distill.toml")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="names of the settings to run (default: all)")
+    parser.add_argument("--write", help="file that receives the Training section (e.g. BENCHMARKS.md)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig.load(args.config)
+    settings = tuple(s for s in SETTINGS if not args.only or s.name in args.only or s.name == "old")
+    report = run(cfg, settings, args.rounds, args.steps, args.warmup)
+    section = to_markdown(report, cfg, args.config)
+    sys.stdout.write(section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()
