@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from audio_data import data_file, load_clip
 
 from dfnet4_sdk.cli import main
-from dfnet4_sdk.metrics import estimate_delay
+from dfnet4_sdk.metrics import estimate_delay, snr_db
 
 
 def run_cli(*args: str):
@@ -113,9 +113,12 @@ def test_import_dfn3_writes_a_checkpoint_that_run_uses(noisy_wav, tmp_path):
     assert result.exit_code == 0, result.output
     assert "2,1" in result.output  # parameter count printed
     out_named, out_ckpt = tmp_path / "a.wav", tmp_path / "b.wav"
-    assert run_cli("run", str(noisy_wav), "-o", str(out_named), "--quiet", "--model", "dfn3").exit_code == 0
-    assert run_cli("run", str(noisy_wav), "-o", str(out_ckpt), "--quiet", "--model", str(ckpt)).exit_code == 0
-    np.testing.assert_array_equal(sf.read(out_named)[0], sf.read(out_ckpt)[0])
+    assert run_cli("run", str(noisy_wav), "-o", str(out_named), "--quiet", "--model", "dfn3", "--subtype", "FLOAT").exit_code == 0
+    assert run_cli("run", str(noisy_wav), "-o", str(out_ckpt), "--quiet", "--model", str(ckpt), "--subtype", "FLOAT").exit_code == 0
+    # The named model may run a shipped reduced-precision bundle (LiteRT fp16), the checkpoint an fp32 export.
+    snr = snr_db(sf.read(out_ckpt)[0], sf.read(out_named)[0])
+    print(f"dfn3 named vs imported checkpoint: {snr:.1f} dB")
+    assert snr >= 50.0
 
 
 def test_unknown_model_name_is_a_clear_error(noisy_wav, tmp_path):
