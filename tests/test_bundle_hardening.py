@@ -403,6 +403,43 @@ def test_reference_model_follows_the_manifest(bundle_dir, caplog):
         reference_model(Bundle.load(bundle_dir))
 
 
+def test_export_records_the_checkpoint_and_conformance_asks_for_it(tmp_path, caplog):
+    """A bundle exported from a checkpoint names that file and its sha256; conformance then
+    needs the file (--model) and warns when given another one."""
+    from dfnet4_sdk.conformance import reference_model
+    from dfnet4_sdk.exporters.base import converter_for, export_bundle
+    from dfnet4_sdk.models import load_model, save_checkpoint
+
+    ckpt = save_checkpoint(load_model(LITE), tmp_path / "lite.pt")
+    bundle = export_bundle(load_model(ckpt), converter_for("onnx"), tmp_path / "b", fused=False, blocks=False)
+    source = Bundle.load(bundle.root).manifest.source_model
+    assert source == {"name": "lite.pt", "kind": "checkpoint", "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    assert bundle.manifest.model_name == "lite.pt"
+    result = CliRunner().invoke(main, ["conformance", str(bundle.root), "--audio", str(_short_clip(tmp_path))])
+    assert result.exit_code == 2 and "pass that file as the PyTorch reference with --model PATH" in result.output
+    with caplog.at_level(logging.WARNING):
+        assert reference_model(bundle, str(ckpt)) == str(ckpt)
+        assert "records" not in caplog.text and "not from" not in caplog.text
+        other = save_checkpoint(load_model("dfnet4-lite"), tmp_path / "other.pt")
+        assert reference_model(bundle, str(other)) == str(other)
+    assert "was exported from lite.pt" in caplog.text and "not from" in caplog.text
+
+
+def _short_clip(tmp_path: Path) -> Path:
+    clip = tmp_path / "short.wav"
+    sf.write(clip, np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1, 48000)
+    return clip
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to give the cache to another user")
+def test_cache_directory_of_another_user_is_refused(archive, tmp_path):
+    cache = tmp_path / "cache" / ARCHIVE_CACHE
+    cache.mkdir(parents=True, mode=0o700)
+    os.chown(cache, 65534, 65534)
+    with pytest.raises(BundleError, match="belongs to uid 65534, not to you"):
+        Bundle.load(archive)
+
+
 def test_shipped_bundle_passes_conformance_against_its_checkpoint(tmp_path, noisy_real_48k):
     """`dfsdk conformance` on the packaged default bundle compared it with the untrained
     dfnet4-lite preset (-7.2 dB, exit 1); it must compare with dfnet4-lite-v1 and pass."""
