@@ -14,12 +14,16 @@ anywhere from 0.53 to 0.60 ms in one afternoon), so one measurement per cell mak
 numbers taken minutes apart. The cells are therefore measured in rounds, every cell once per
 round with the official runtime first, and each figure is the median over the rounds (offline
 RTF: the best); the official runtime's spread over the rounds is reported with the table.
+
+The long-run benchmark (``dfsdk bench --soak HOURS``) is ``soak`` (dfnet4_sdk/soak.py, re-exported
+here).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -30,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dfnet4_sdk.errors import ConfigError
+from dfnet4_sdk.errors import AudioFileError, ConfigError, ModelNotAvailableError
+from dfnet4_sdk.soak import SoakReport, soak  # the long-run benchmark (its own module)
 
 OFFICIAL = "official"
 
@@ -255,6 +260,50 @@ def to_markdown(results: list[BenchResult], audio_name: str, seconds: float) -> 
     return "\n".join(lines)
 
 
+def check_models(models: tuple[str, ...]) -> None:
+    """Every model resolvable, checked before any cell starts: ModelNotAvailableError naming
+    all the unknown ones at once."""
+    unknown = [m for m in models if not _is_known_model(m)]
+    if unknown:
+        from dfnet4_sdk.shipped import SHIPPED_MODELS
+
+        raise ModelNotAvailableError(
+            f"unknown model{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: pass a shipped model "
+            f"({', '.join(SHIPPED_MODELS)}), 'dfn3', a DfNet4 preset, or an existing checkpoint / DFN3 archive path"
+        )
+
+
+def check_seconds(audio_path: str | Path, seconds: float) -> None:
+    """``seconds`` must be a positive length no longer than the clip (ConfigError otherwise):
+    the real-time factors divide by it."""
+    import soundfile as sf
+
+    try:
+        clip_s = sf.info(str(audio_path)).duration
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioFileError(f"cannot read {audio_path} as audio ({e})") from e
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and MIN_SECONDS <= seconds <= clip_s):
+        raise ConfigError(
+            f"seconds must be a number from {MIN_SECONDS} to the clip's length ({clip_s:.2f} s of "
+            f"{Path(audio_path).name}), got {seconds}; pass a shorter --seconds or a longer --audio"
+        )
+
+
+MIN_SECONDS = 0.1  # ten hops: enough for the percentiles to mean something
+
+
+def _is_known_model(model: str) -> bool:
+    from dfnet4_sdk.shipped import shipped_model
+
+    if model == "dfn3" or shipped_model(model) is not None or Path(model).exists():
+        return True
+    try:
+        from dfnet4_sdk.models import preset_names
+    except ImportError:  # no torch: only shipped models and bundles can run at all
+        return False
+    return model in preset_names()
+
+
 def run(
     cells: list[tuple[str, str, str]], audio_path: str, seconds: float, echo=print, rounds: int = 3
 ) -> list[BenchResult]:
@@ -262,6 +311,8 @@ def run(
     result per cell, the official runtime first."""
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    check_models(tuple(dict.fromkeys(m for m, _, _ in cells)))
+    check_seconds(audio_path, seconds)
     everything = [("dfn3", OFFICIAL, "fp32"), *cells]
     runs: list[list[BenchResult]] = [[] for _ in everything]
     for i in range(rounds):
@@ -278,4 +329,5 @@ def _line(r: BenchResult, official: BenchResult | None = None) -> str:
     return f"{r.cell:28s} p50 {r.frame_ms_p50:.3f} ms  p99 {r.frame_ms_p99:.3f} ms  RTF {r.offline_rtf:.4f}{rel}"
 
 
-__all__ = ["BenchResult", "measure_cell", "run", "to_markdown", "asdict"]
+__all__ = ["BenchResult", "SoakReport", "check_models", "check_seconds", "measure_cell", "run", "soak", "to_markdown",
+           "asdict"]

@@ -423,23 +423,57 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 
 @main.command()
 @click.option("--model", "models", multiple=True,
-              help="Models to measure (repeatable; default: dfn3 and the default model).")
-@click.option("--backend", "backends", multiple=True, help="Backends (repeatable; default: torch and onnx).")
-@click.option("--precision", "precisions", multiple=True, help="Precisions for exported backends (default: fp32).")
+              help="Models to measure (repeatable; default: dfn3 and the default model; with --soak: the default model).")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnx", "tflite", "coreml"]),
+              help="Backends (repeatable; default: torch and onnx; with --soak: the model's best).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Precisions for exported backends (default: fp32).")
 @click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Clip to process (default: the DNS5 clip of ../shared/data).")
-@click.option("--seconds", type=float, default=10.0, show_default=True)
-@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("BENCHMARKS.md"), show_default=True, help="Markdown report to write.")
+@click.option("--seconds", type=float, default=10.0, show_default=True,
+              help="How much of the clip to process (0.1 s up to the clip's length).")
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown report to write (default: BENCHMARKS.md; with --soak: none unless given).")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Measure every cell this many times in turn and report the median (a shared machine drifts).")
+@click.option("--soak", "soak_hours", type=float, default=None, metavar="HOURS",
+              help="Instead: stream the clip, looped, one hop at a time through one model for HOURS of wall-clock "
+                   "time (fractions welcome: 0.01 is 36 s); report per-hop latency percentiles and RSS per time "
+                   "window, and whether RSS grew after warm-up (exit 1 if it did).")
 @_fail_on_sdk_errors
-def bench(models, backends, precisions, audio_path, seconds, output_path, rounds):
+def bench(models, backends, precisions, audio_path, seconds, output_path, rounds, soak_hours):
     """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
     from dfnet4_sdk import bench as b
     from dfnet4_sdk.shipped import DEFAULT_MODEL
 
+    try:
+        b.check_models(models)
+    except DfSdkError as e:
+        raise click.BadParameter(str(e), param_hint="--model") from e
+    if soak_hours is not None:
+        from dfnet4_sdk.soak import check_hours
+
+        if len(models) > 1 or len(backends) > 1:
+            raise click.UsageError("--soak streams one model on one backend: pass at most one --model and one --backend")
+        try:
+            check_hours(soak_hours)
+        except DfSdkError as e:
+            raise click.BadParameter(str(e), param_hint="--soak") from e
+        report = b.soak(soak_hours, audio_path or _default_clip(), model=next(iter(models), None),
+                        backend=next(iter(backends), None), echo=click.echo)
+        click.echo(report.verdict())
+        if output_path is not None:
+            output_path.write_text(report.to_markdown())
+            click.echo(f"wrote {output_path}")
+        if report.rss_grew:
+            raise SystemExit(1)
+        return
     audio_path = audio_path or _default_clip()
+    try:
+        b.check_seconds(audio_path, seconds)
+    except DfSdkError as e:
+        raise click.BadParameter(str(e), param_hint="--seconds") from e
+    output_path = output_path or Path("BENCHMARKS.md")
     cells = [
         (m, be, p)
         for m in (models or ("dfn3", DEFAULT_MODEL))

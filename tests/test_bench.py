@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from audio_data import data_file
 
@@ -40,3 +41,83 @@ def test_rounds_combine_to_medians_best_rtf_and_highest_memory():
     assert (r.frame_ms_p50, r.frame_ms_p99) == (0.35, 0.60)
     assert (r.offline_rtf, r.offline_rtf_all_cores, r.peak_rss_mb) == (0.008, 0.004, 190)
     assert r.rounds == 3 and r.frame_ms_p50_range == (0.30, 0.40) and r.bundle_mb == 6.9
+
+
+# -- bad options: a one-line message and exit 2, before any work ---------------------------------
+
+
+def _clip() -> str:
+    return str(data_file("noisy_real/dns5_blind_street_48k.flac"))
+
+
+@pytest.mark.parametrize(
+    "args, option, message",
+    [
+        (["--model", "nosuch"], "--model", "unknown model 'nosuch'"),
+        (["--model", "nosuch", "--model", "dfnet4-lite-v1", "--model", "nope"], "--model", "unknown models 'nosuch', 'nope'"),
+        (["--seconds", "0"], "--seconds", "got 0.0"),
+        (["--seconds", "-1"], "--seconds", "got -1.0"),
+        (["--seconds", "nan"], "--seconds", "got nan"),
+        (["--seconds", "11"], "--seconds", "clip's length (10.00 s"),  # longer than the clip: RTFs would be wrong
+        (["--soak", "0"], "--soak", "got 0.0"),
+        (["--soak", "-2"], "--soak", "got -2.0"),
+        (["--soak", "inf"], "--soak", "got inf"),
+        (["--soak", "0.01", "--model", "dfn3", "--model", "dfnet4-lite-v1"], None, "at most one --model"),
+        (["--backend", "nosuch"], "--backend", "'nosuch' is not one of"),
+    ],
+)
+def test_bad_bench_options_exit_2_with_a_message(tmp_path, args, option, message):
+    """Before: `--model nosuch` ran the official cell, then died with a RuntimeError traceback;
+    `--seconds 0` with a traceback from numpy (percentile of nothing)."""
+    out = tmp_path / "BENCH.md"
+    result = CliRunner().invoke(main, ["bench", "--audio", _clip(), "-o", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert message in result.output and (option is None or option in result.output), result.output
+    assert "Traceback" not in result.output and not out.exists()
+    assert "official" not in result.output  # refused before the first cell ran
+
+
+# -- soak ------------------------------------------------------------------------------------------
+
+
+def test_soak_reports_latency_percentiles_and_memory_per_window():
+    from dfnet4_sdk import Runtime
+    from dfnet4_sdk.bench import soak
+    from dfnet4_sdk.shipped import DEFAULT_MODEL
+
+    lines = []
+    report = soak(0.0005, _clip(), window_s=0.3, echo=lines.append)  # 1.8 s of wall clock
+    assert len(report.windows) == 6 and len(lines) == 6 and lines[-1].startswith("window 6/6 at")
+    assert report.model == DEFAULT_MODEL and report.backend == Runtime().backend.name and report.warmup_windows == 1
+    for k, w in enumerate(report.windows):
+        assert w.hops >= 1, w
+        assert 0 < w.p50_ms <= w.p95_ms <= w.p99_ms <= w.max_ms, w
+        assert 30 < w.rss_mb < 4000, w
+        assert w.end_s >= 0.3 * (k + 1) - 1e-9 and (k == 0 or w.end_s > report.windows[k - 1].end_s), (k, w.end_s)
+    assert report.audio_hours * 3600 == pytest.approx(sum(w.hops for w in report.windows) * 0.01)
+    assert report.rss_growth_mb == report.windows[-1].rss_mb - report.windows[0].rss_mb
+    table = [line for line in report.to_markdown().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 6 and report.verdict() in report.to_markdown()
+
+
+def test_soak_verdict_flags_growth_after_warm_up_only():
+    from dfnet4_sdk.soak import SOAK_RSS_TOLERANCE_MB, SoakReport, SoakWindow
+
+    def report(rss):
+        windows = [SoakWindow(float(k + 1), 100, 0.3, 0.4, 0.5, 0.9, r) for k, r in enumerate(rss)]
+        return SoakReport("m", "onnx", "clip.flac", 0.01, 1.0, 0.01, 2, windows)
+
+    flat = report([80.0, 150.0, 150.5, 151.0, 150.2])  # growth inside the warm-up windows is expected
+    assert not flat.rss_grew and flat.rss_growth_mb == pytest.approx(0.2) and "flat" in flat.verdict()
+    leak = report([80.0, 150.0, 160.0, 170.0, 150.0 + SOAK_RSS_TOLERANCE_MB + 1])
+    assert leak.rss_grew and "GREW" in leak.verdict()
+
+
+def test_bench_soak_command_streams_for_the_given_fraction_of_an_hour(tmp_path):
+    out = tmp_path / "SOAK.md"
+    result = CliRunner().invoke(main, ["bench", "--soak", "0.0003", "--audio", _clip(), "-o", str(out)])
+    assert result.exit_code == 0, result.output  # 1 would mean RSS grew after warm-up
+    assert result.output.count("window ") == 10 and "window 10/10 at" in result.output
+    assert "after warm-up" in result.output and "flat" in result.output
+    assert "| window end s | hops |" in out.read_text()
