@@ -57,6 +57,11 @@ def _resolve_backend(model: Any, backend: str | None, num_threads: int):
                 f"export one with `dfsdk export --model MODEL --target {backend} -o DIR`"
             )
         return load_backend(target, bundle, num_threads=num_threads)
+    if isinstance(model, (str, Path)) and Path(model).is_dir() and not any(Path(model).rglob("config.ini")):
+        from dfnet4_sdk.errors import BundleError
+
+        raise BundleError(f"no manifest.json in {model}; expected a bundle directory written by `dfsdk export` "
+                          "(or an official DeepFilterNet3 export directory, with config.ini)")
     if importlib.util.find_spec("torch") is None:
         raise ModelNotAvailableError(
             f"model {model!r} is not a bundle and needs PyTorch to load: install the torch extra "

@@ -133,6 +133,17 @@ def test_directory_without_manifest_says_so(tmp_path):
         Runtime(tmp_path)
 
 
+def test_directory_without_manifest_says_so_without_torch(tmp_path, monkeypatch):
+    """An app without torch used to be told it needs PyTorch for a folder that is simply no bundle."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    (tmp_path / "notes.txt").write_text("not a bundle")
+    with pytest.raises(BundleError, match=f"no manifest.json in {tmp_path}; expected a bundle directory written by"):
+        Runtime(tmp_path)
+
+
 def test_cli_reports_a_bad_state_shape_without_a_traceback(bundle_dir, tmp_path):
     wav = tmp_path / "noise.wav"
     sf.write(wav, np.random.default_rng(0).standard_normal(4800).astype(np.float32) * 0.1, 48000)
