@@ -125,9 +125,15 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@click.argument("input_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1)
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file (default: INPUT_enhanced.<ext> beside the input).")
+              help="Output file of a single input (default: INPUT_enhanced.<ext> beside the input).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Batch: write every output here, mirroring each input folder's tree (a plain file by its name).")
+@click.option("--list", "list_files", multiple=True, type=click.Path(path_type=Path),
+              help="Batch: a file naming one input (file, folder or glob) per line (repeatable; also @FILE).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Batch: worker processes, each with its own model (about one per core).")
 @click.option("--model", default=None, help="Model: a shipped model (default dfnet4-lite-v1), dfn3, a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
               help="Backend (default: the bundle's, else onnx when installed, else torch). "
@@ -139,7 +145,8 @@ def main(verbose: int) -> None:
 @click.option("--offline-threads", type=int, default=None,
               help="Threads the whole-file path spreads the model's block graphs over (same output, faster); "
                    "default: 2 when the machine has two cores.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUTPUT if it exists (batch: also outputs that no dfsdk run wrote).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--subtype", default=None,
               help="Sample format of OUTPUT, a soundfile subtype such as PCM_16, PCM_24 or FLOAT "
@@ -147,18 +154,31 @@ def main(verbose: int) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write before/after spectrograms of the input and output to this PNG.")
 @_fail_on_sdk_errors
-def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post_filter_beta, threads, offline_threads,
-        overwrite, quiet, subtype, plot_path):
-    """Enhance INPUT_PATH (any sample rate, mono or multi-channel, wav/flac/...), streaming it from
-    disk to disk in blocks. The output keeps the input's sample format unless --subtype says otherwise."""
+def run(inputs, output_path, output_dir, list_files, jobs, model, backend, atten_lim_db, post_filter, post_filter_beta,
+        threads, offline_threads, overwrite, quiet, subtype, plot_path):
+    """Enhance INPUTS (any sample rate, mono or multi-channel, wav/flac/...), streaming each from
+    disk to disk in blocks. The output keeps the input's sample format unless --subtype says otherwise.
+
+    One file: written to -o (default INPUT_enhanced.<ext>). Many: files, folders (searched
+    recursively), quoted globs and list files (--list FILE or @FILE) into --output-dir, mirroring
+    the tree; outputs already made with the same model and options are skipped (a killed run
+    resumes), a bad file is reported and skipped, exit 1 if any file failed."""
     from tqdm import tqdm
 
+    from dfnet4_sdk.batch_inputs import is_glob
     from dfnet4_sdk.files import check_new_file, enhance_file
     from dfnet4_sdk.runtime import Runtime
 
+    beta = post_filter_beta if post_filter_beta is not None else (0.02 if post_filter else 0.0)
+    if (len(inputs) != 1 or output_dir is not None or list_files or inputs[0].startswith("@")
+            or is_glob(inputs[0]) or Path(inputs[0]).is_dir()):
+        _run_batch(inputs, output_path, output_dir, list_files, jobs, plot_path, quiet, overwrite, subtype,
+                   model=model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta,
+                   num_threads=threads, offline_threads=offline_threads)
+        return
+    input_path = Path(inputs[0])
     if output_path is None:
         output_path = input_path.with_name(f"{input_path.stem}_enhanced{input_path.suffix or '.wav'}")
-    beta = post_filter_beta if post_filter_beta is not None else (0.02 if post_filter else 0.0)
     if plot_path is not None:
         from dfnet4_sdk.plotting import check_plotting_available
 
@@ -187,6 +207,46 @@ def run(input_path, output_path, model, backend, atten_lim_db, post_filter, post
 
         plot_spectrogram_files(plot_path, {"input": input_path, "enhanced": output_path}, title=input_path.name)
         click.echo(f"wrote {plot_path}")
+
+
+def _run_batch(inputs, output_path, output_dir, list_files, jobs, plot_path, quiet, overwrite, subtype, **runtime):
+    """`dfsdk run` with many inputs: dfnet4_sdk.batch does the work; a bar over the audio, a summary."""
+    from tqdm import tqdm
+
+    from dfnet4_sdk.batch import enhance_batch
+
+    if not inputs and not list_files:
+        raise click.UsageError("name the input: a file, or many files, folders, quoted globs or --list FILE")
+    if output_path is not None:
+        raise click.UsageError("-o names the output of a single input file; with many inputs (or a folder, glob or "
+                               "list) use --output-dir DIR")
+    if output_dir is None:
+        raise click.UsageError("with many inputs (or a folder, glob or list), give --output-dir DIR for the outputs")
+    if plot_path is not None:
+        raise click.UsageError("--plot draws one file; run it on a single input")
+    bars = []  # one bar over the audio to enhance, made once the plan is known
+
+    def on_plan(plan):
+        bars.append(tqdm(total=plan.total_seconds, unit="s", desc="enhancing", disable=quiet or not plan.todo,
+                         file=sys.stderr,
+                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]"))
+
+    try:
+        report = enhance_batch(inputs, output_dir, jobs=jobs, subtype=subtype, overwrite=overwrite,
+                               list_files=list_files, progress=lambda s: bars[0].update(s), on_plan=on_plan,
+                               **runtime)
+    except (KeyboardInterrupt, _Terminated) as e:
+        for bar in bars:
+            bar.close()
+        click.echo(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else 'terminated'}; finished outputs are kept, "
+                   "the files in progress left nothing; run the same command again to resume", err=True)
+        sys.exit(EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM)
+    finally:
+        for bar in bars:
+            bar.close()
+    for line in report.summary_lines():
+        click.echo(line, err=line.startswith(("failed:", "warning:")))
+    sys.exit(report.exit_code)
 
 
 SHARED_DATA = shared_data_dir()  # ../shared/data beside a source checkout, or $DFNET4_SDK_DATA
