@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from dfnet4_sdk.audio_io import read_audio, resample
-from dfnet4_sdk.shared_data import NOISY_CLIP, missing_data_reason, shared_data_dir, shared_data_present
+from dfnet4_sdk.shared_data import (
+    NOISY_CLIP,
+    REQUIRE_ENV_VAR,
+    missing_data_reason,
+    shared_data_dir,
+    shared_data_present,
+    shared_data_required,
+)
 
 DATA_DIR = shared_data_dir()
 CLIP = NOISY_CLIP  # real noisy speech, CC BY 4.0 (DNS5 blind test)
@@ -15,8 +22,11 @@ MISSING_DATA = missing_data_reason(DATA_DIR)
 
 def load_clip(sample_rate: int, seconds: float, offset_s: float = 0.0) -> np.ndarray:
     """Mono ``seconds`` of CLIP at ``sample_rate`` from ``offset_s``. Skips the test when the data
-    folder is absent; a missing clip in a folder that is there is an error."""
+    folder is absent (an error where $DFNET4_SDK_REQUIRE_DATA is set); a missing clip in a folder
+    that is there is an error."""
     if not shared_data_present(DATA_DIR):
+        if shared_data_required():
+            raise FileNotFoundError(f"{REQUIRE_ENV_VAR} is set, but the conformance suite {MISSING_DATA}")
         pytest.skip(MISSING_DATA)
     path = DATA_DIR / CLIP
     if not path.is_file():

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 DATA_ENV_VAR = "DFNET4_SDK_DATA"
+REQUIRE_ENV_VAR = "DFNET4_SDK_REQUIRE_DATA"  # set (to 1) where the data must be there: CI
 # dfnet4_sdk/ sits at the top of a source checkout; in an installed wheel this is site-packages,
 # beside which no data and no examples/ sit, so every lookup below finds nothing there.
 CHECKOUT_ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,11 @@ def shared_data_present(root: Path | None = None) -> bool:
     clone); a folder with something in it is present, so a file missing inside it is an error."""
     root = shared_data_dir() if root is None else Path(root)
     return root.is_dir() and any(root.iterdir())
+
+
+def shared_data_required() -> bool:
+    """Whether a missing data folder is an error rather than a reason to skip (``$DFNET4_SDK_REQUIRE_DATA``)."""
+    return os.environ.get(REQUIRE_ENV_VAR, "") not in ("", "0")
 
 
 def missing_data_reason(root: Path | None = None) -> str:

@@ -4,7 +4,8 @@ A bare clone has no such folder: then every test that needs it skips, with ``MIS
 reason, by one of two routes: ``data_file`` (behind ``load_clip``) skips the test that asks for a
 file, and conftest's collection hook skips the tests that reference a path inside the folder held
 at module level (``DATA_DIR``, ``DEV_EVAL``...) or run a script that imports this module. A file
-missing from a folder that is there stays an error, so CI, which has the folder, never skips.
+missing from a folder that is there stays an error, and where ``$DFNET4_SDK_REQUIRE_DATA`` is set
+(CI, which has the folder) a missing folder is an error too: nothing there skips silently.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dfnet4_sdk.shared_data import missing_data_reason, shared_data_dir, shared_data_present
+from dfnet4_sdk.shared_data import (
+    REQUIRE_ENV_VAR,
+    missing_data_reason,
+    shared_data_dir,
+    shared_data_present,
+    shared_data_required,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = shared_data_dir()
@@ -30,6 +37,8 @@ def data_file(relative: str) -> Path:
     """A file of the shared data set: skips the test (or the module, when called at import) if the
     whole folder is absent; a missing file in a folder that is there is an error, never a skip."""
     if not data_present():
+        if shared_data_required():
+            raise FileNotFoundError(f"{REQUIRE_ENV_VAR} is set, but the test {MISSING_DATA}")
         pytest.skip(MISSING_DATA, allow_module_level=True)
     path = DATA_DIR / relative
     if not path.is_file():

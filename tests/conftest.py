@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_data import DATA_DIR, MISSING_DATA, data_present, load_clip, mix_at_snr
+from audio_data import DATA_DIR, MISSING_DATA, REQUIRE_ENV_VAR, data_present, load_clip, mix_at_snr
+
+from dfnet4_sdk.shared_data import shared_data_required
 
 
 def _inside_data_dir(value) -> bool:
@@ -64,6 +66,8 @@ def pytest_collection_modifyitems(config, items):
     need it skip when they ask ``data_file`` for a file."""
     if data_present():
         return
+    if shared_data_required():
+        raise pytest.UsageError(f"{REQUIRE_ENV_VAR} is set, but the tests {MISSING_DATA}")
     skip = pytest.mark.skip(reason=MISSING_DATA)
     for item in items:
         if _needs_data(item):

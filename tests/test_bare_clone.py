@@ -78,7 +78,10 @@ ROUTE_TESTS = {"test_fixture", "test_module_level_path", "test_module_level_path
 
 
 def _env(data_dir, **extra) -> dict:
-    return {**os.environ, shared_data.DATA_ENV_VAR: str(data_dir), **extra}
+    """This environment with the data folder at ``data_dir``; not required unless ``extra`` says so
+    (CI requires it for the suite, not for these bare-clone sessions)."""
+    env = {k: v for k, v in os.environ.items() if k != shared_data.REQUIRE_ENV_VAR}
+    return {**env, shared_data.DATA_ENV_VAR: str(data_dir), **extra}
 
 
 def _pytest(args: list, cwd, env, report) -> dict:
@@ -131,10 +134,29 @@ def test_every_route_to_the_data_skips_only_when_the_folder_is_missing(tmp_path,
         assert expected in outcome, (name, outcome)
 
 
+def test_where_the_data_is_required_a_missing_folder_stops_the_session(tmp_path):
+    """CI sets DFNET4_SDK_REQUIRE_DATA: without the folder, pytest stops at collection (usage error,
+    exit 4) naming the folder, rather than passing with every data test skipped."""
+    module = tmp_path / "routes" / "test_routes.py"
+    module.parent.mkdir()
+    module.write_text(ROUTES.replace("HELPER", "audio_data"))
+    env = _env(tmp_path / "absent", **{shared_data.REQUIRE_ENV_VAR: "1"},
+               PYTHONPATH=os.pathsep.join([str(audio_data.REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest", str(module)],
+                          cwd=module.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"DFNET4_SDK_REQUIRE_DATA is set, but the tests {shared_data.missing_data_reason(tmp_path / 'absent')}" in (
+        proc.stdout + proc.stderr)
+
+
 def test_a_missing_file_in_a_folder_that_is_there_is_an_error_not_a_skip(tmp_path, monkeypatch):
     monkeypatch.setattr(audio_data, "DATA_DIR", tmp_path)
+    monkeypatch.delenv(shared_data.REQUIRE_ENV_VAR, raising=False)
     with pytest.raises(pytest.skip.Exception, match="needs the project's audio"):
         audio_data.data_file("noisy_real/dns5_blind_street_48k.flac")  # empty folder: a bare clone
+    monkeypatch.setenv(shared_data.REQUIRE_ENV_VAR, "1")
+    with pytest.raises(FileNotFoundError, match="DFNET4_SDK_REQUIRE_DATA is set, but the test needs"):
+        audio_data.data_file("noisy_real/dns5_blind_street_48k.flac")  # CI without its data
     (tmp_path / "README.md").write_text("the data set\n")
     with pytest.raises(FileNotFoundError, match="restore the file"):
         audio_data.data_file("noisy_real/dns5_blind_street_48k.flac")
