@@ -16,8 +16,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from dfnet4_sdk.shared_data import shared_data_dir
+
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
+DATA = shared_data_dir()  # ../shared/data beside the checkout, or $DFNET4_SDK_DATA
 RATE = 48000
 SNR_DB = 5.0
 GAP_S = 0.4
