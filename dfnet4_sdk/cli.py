@@ -132,8 +132,12 @@ def main(verbose: int) -> None:
               help="Batch: write every output here, mirroring each input folder's tree (a plain file by its name).")
 @click.option("--list", "list_files", multiple=True, type=click.Path(path_type=Path),
               help="Batch: a file naming one input (file, folder or glob) per line (repeatable; also @FILE).")
-@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Batch: worker processes, each with its own model (about one per core).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None,
+              help="Batch: worker processes, each with its own model (about one per core; default 1; "
+                   "with --ray: actors, default one per CPU of the cluster).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Batch on a Ray cluster (Ray Data; the [ray] extra): --ray=auto or --ray=ray://HOST:10001, "
+                   "--ray alone for a local Ray. Inputs and outputs must be on a filesystem every node sees.")
 @click.option("--model", default=None, help="Model: a shipped model (default dfnet4-lite-v1), dfn3, a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
               help="Backend (default: the bundle's, else onnx when installed, else torch). "
@@ -154,7 +158,7 @@ def main(verbose: int) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write before/after spectrograms of the input and output to this PNG.")
 @_fail_on_sdk_errors
-def run(inputs, output_path, output_dir, list_files, jobs, model, backend, atten_lim_db, post_filter, post_filter_beta,
+def run(inputs, output_path, output_dir, list_files, jobs, ray_address, model, backend, atten_lim_db, post_filter, post_filter_beta,
         threads, offline_threads, overwrite, quiet, subtype, plot_path):
     """Enhance INPUTS (any sample rate, mono or multi-channel, wav/flac/...), streaming each from
     disk to disk in blocks. The output keeps the input's sample format unless --subtype says otherwise.
@@ -170,9 +174,9 @@ def run(inputs, output_path, output_dir, list_files, jobs, model, backend, atten
     from dfnet4_sdk.runtime import Runtime
 
     beta = post_filter_beta if post_filter_beta is not None else (0.02 if post_filter else 0.0)
-    if (len(inputs) != 1 or output_dir is not None or list_files or inputs[0].startswith("@")
-            or is_glob(inputs[0]) or Path(inputs[0]).is_dir()):
-        _run_batch(inputs, output_path, output_dir, list_files, jobs, plot_path, quiet, overwrite, subtype,
+    if (len(inputs) != 1 or output_dir is not None or list_files or ray_address is not None
+            or inputs[0].startswith("@") or is_glob(inputs[0]) or Path(inputs[0]).is_dir()):
+        _run_batch(inputs, output_path, output_dir, list_files, jobs, ray_address, plot_path, quiet, overwrite, subtype,
                    model=model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta,
                    num_threads=threads, offline_threads=offline_threads)
         return
@@ -209,11 +213,26 @@ def run(inputs, output_path, output_dir, list_files, jobs, model, backend, atten
         click.echo(f"wrote {plot_path}")
 
 
-def _run_batch(inputs, output_path, output_dir, list_files, jobs, plot_path, quiet, overwrite, subtype, **runtime):
-    """`dfsdk run` with many inputs: dfnet4_sdk.batch does the work; a bar over the audio, a summary."""
+def _run_batch(inputs, output_path, output_dir, list_files, jobs, ray_address, plot_path, quiet, overwrite, subtype,
+               **runtime):
+    """`dfsdk run` with many inputs: dfnet4_sdk.batch (or ray_batch) does the work; a bar over
+    the audio, a summary."""
     from tqdm import tqdm
 
-    from dfnet4_sdk.batch import enhance_batch
+    if ray_address is not None:
+        if ray_address and Path(ray_address).exists():
+            raise click.UsageError(f"--ray took {ray_address!r} as the cluster address; put --ray after the inputs "
+                                   "or write --ray=ADDRESS")
+        from dfnet4_sdk.ray_batch import enhance_corpus, quiet_ray_logs
+
+        quiet_ray_logs(logging.getLogger().getEffectiveLevel())
+
+        def enhance_batch(*args, jobs, **kwargs):
+            return enhance_corpus(*args, address=ray_address, workers=jobs, **kwargs)
+    else:
+        from dfnet4_sdk.batch import enhance_batch
+
+        jobs = jobs or 1
 
     if not inputs and not list_files:
         raise click.UsageError("name the input: a file, or many files, folders, quoted globs or --list FILE")

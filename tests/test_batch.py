@@ -200,3 +200,21 @@ def test_expand_inputs_skips_hidden_files_and_the_output_folder_inside_an_input(
     assert sorted(s.relative_output.as_posix() for s in sources) == sorted([*CORPUS, CORRUPT])
     with pytest.raises(PathError, match="would overwrite 1 input"):
         expand_inputs([str(corpus / "c" / "..")], output_dir=corpus / "c" / "..")
+
+
+def test_a_file_that_fails_while_enhancing_is_reported_and_the_batch_goes_on(corpus, tmp_path):
+    """A readable header over NaN samples fails inside the work (not at planning): reported, the rest done."""
+    sf.write(corpus / "a" / "nan.wav", np.array([0.0, np.nan, 0.1] * 1600, np.float32), 48000, subtype="FLOAT")
+    report = enhance_batch([str(corpus / "a")], tmp_path / "out", model="dfnet4-lite-v1", jobs=2)
+    assert {Path(r.input).name: r.status for r in report.results} == {
+        "nan.wav": "failed", "two.flac": "done", "three.wav": "done"}
+    assert "NaN" in report.of("failed")[0].reason and report.exit_code == 1
+    assert not (tmp_path / "out" / "nan.wav").exists()
+
+
+def test_only_ray_batch_imports_ray():
+    """Ray is an optional extra: no other module of the package imports it."""
+    package = REPO_ROOT / "dfnet4_sdk"
+    importers = [p.name for p in package.rglob("*.py")
+                 if any(line.strip().startswith(("import ray", "from ray")) for line in p.read_text().splitlines())]
+    assert importers == ["ray_batch.py"]

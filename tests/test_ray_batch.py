@@ -1,0 +1,59 @@
+"""The batch on Ray (``dfnet4_sdk.ray_batch``, ``dfsdk run --ray``) on a local Ray with 2 CPUs:
+the same outputs, records, skips and failure report as the local batch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from test_batch import CORPUS, CORRUPT, RECORDS, corpus, demo, outputs  # noqa: F401 (fixtures)
+
+from dfnet4_sdk.batch import enhance_batch
+from dfnet4_sdk.cli import main
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dfnet4-sdk[ray]'")
+from dfnet4_sdk.ray_batch import enhance_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_outputs_equal_the_local_batch_and_report_the_corrupt_file(local_ray, corpus, tmp_path):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    expected = enhance_batch([str(corpus)], local)
+    report = enhance_corpus([str(corpus)], on_ray, workers=2)
+    assert [(r.status, r.reason is None) for r in report.results].count(("done", True)) == len(CORPUS)
+    (failed,) = report.of("failed")
+    assert failed.input == str(corpus / CORRUPT) and "cannot read it as audio" in failed.reason
+    assert report.exit_code == expected.exit_code == 1
+    got, want = outputs(on_ray), outputs(local)
+    assert sorted(got) == sorted(want) == sorted(CORPUS)
+    for rel in CORPUS:  # the same samples, the same sample format, the same record
+        np.testing.assert_array_equal(got[rel], want[rel])
+        assert sf.info(on_ray / rel).subtype == sf.info(local / rel).subtype
+        mine, theirs = (json.loads((d / RECORDS / f"{rel}.json").read_text()) for d in (on_ray, local))
+        assert mine["identity"] == theirs["identity"] and mine["input"] == theirs["input"]
+
+    # The local batch sees Ray's outputs as its own: everything is skipped, and the other way round.
+    assert [r.status for r in enhance_batch([str(corpus)], on_ray).results].count("skipped") == len(CORPUS)
+    again = enhance_corpus([str(corpus)], local, workers=2)
+    assert [r.status for r in again.results].count("skipped") == len(CORPUS) and len(again.of("done")) == 0
+
+
+def test_dfsdk_run_ray_cli(local_ray, corpus, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(corpus / "a"), "--output-dir", str(out), "--ray", "--jobs", "2",
+                                       "--quiet", "--atten-lim-db", "12"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "2 done, 0 skipped, 0 failed" in result.output
+    assert sorted(outputs(out)) == ["b/three.wav", "two.flac"]
+    # --ray taking an input folder for its address is a usage error, not a connection attempt.
+    wrong = CliRunner().invoke(main, ["run", "--ray", str(corpus), "--output-dir", str(out)])
+    assert wrong.exit_code == 2 and "--ray=ADDRESS" in wrong.output
