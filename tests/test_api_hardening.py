@@ -18,11 +18,14 @@ from dfnet4_sdk.errors import AudioInputError, ConfigError
 
 TESTS_DIR = Path(__file__).resolve().parent
 CLIP = "noisy_real/dns5_blind_street_48k.flac"
+# Its shipped ONNX bundle has every path: the fused frame graph on IOBinding buffers (where two
+# threads corrupted the heap) and the offline block graphs.
+MODEL = "dfnet4-lite-v1"
 
 
 @pytest.fixture(scope="module")
 def rt():
-    return Runtime()  # the shipped default: ONNX, fused frame graph on IOBinding buffers, block graphs
+    return Runtime(MODEL, backend="onnx")
 
 
 @pytest.fixture(scope="module")
@@ -128,20 +131,38 @@ CLONES = """
 """
 
 
-def test_one_runtime_hammered_from_four_threads_never_crashes_and_loses_nothing():
-    """process / flush / enhance mixed on one shared Runtime (onnx IOBinding buffers): before
-    the lock, heap corruption (SIGABRT) or SIGSEGV; now every sample in comes out once and each
-    enhance() equals the single-threaded result exactly."""
-    out = run_isolated(HAMMER.format(model=None, backend=None, clip=CLIP, iterations=60))
+def _shipped_tflite_bundle() -> str:
+    """A LiteRT bundle that ships in the package (exporting one takes minutes)."""
+    import importlib.util
+
+    from dfnet4_sdk.shipped import SHIPPED_MODELS
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        pytest.skip("LiteRT (ai-edge-litert) is not installed")
+    paths = [b.path for m in SHIPPED_MODELS.values() for b in m.bundles if b.backend == "tflite"]
+    if not paths:
+        pytest.skip("no shipped model has a LiteRT bundle")
+    return str(paths[0])
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tflite"])
+def test_one_runtime_hammered_from_four_threads_never_crashes_and_loses_nothing(backend):
+    """process / flush / enhance mixed on one shared Runtime: before the lock, heap corruption
+    (SIGABRT) or SIGSEGV on onnx's IOBinding buffers; now every sample in comes out once and
+    each enhance() equals the single-threaded result exactly."""
+    model, backend = (_shipped_tflite_bundle(), None) if backend == "tflite" else (MODEL, backend)
+    out = run_isolated(HAMMER.format(model=model, backend=backend, clip=CLIP, iterations=60))
     assert "HAMMER_OK" in out
 
 
-@pytest.mark.parametrize("backend, seconds, repeats", [("onnx", 2.0, 2), ("torch", 0.5, 1)])
+@pytest.mark.parametrize("backend, seconds, repeats", [("onnx", 2.0, 2), ("torch", 0.5, 1), ("tflite", 1.0, 1)])
 def test_clones_in_threads_equal_single_threaded_streams_exactly(backend, seconds, repeats):
     """Four clones of one loaded model, each streaming its own signal in its own thread with its
     own chunk size: bit-identical to streaming each signal alone (onnx: each stream binds its
-    own buffers to the shared sessions; torch: the components hold no state)."""
-    out = run_isolated(CLONES.format(model=None, backend=backend, clip=CLIP, seconds=seconds, repeats=repeats))
+    own buffers to the shared sessions; torch: the components hold no state; tflite: one lock
+    per interpreter, each stream's buffers its own)."""
+    model, backend = (_shipped_tflite_bundle(), None) if backend == "tflite" else (MODEL, backend)
+    out = run_isolated(CLONES.format(model=model, backend=backend, clip=CLIP, seconds=seconds, repeats=repeats))
     assert "CLONES_OK 4" in out
 
 
@@ -213,7 +234,7 @@ def test_thread_bound_accepts_the_machine_and_refuses_a_runaway():
     from dfnet4_sdk.runtime import MAX_THREADS
 
     assert MAX_THREADS >= 4 * (os.cpu_count() or 1) and MAX_THREADS >= 64
-    r = Runtime(num_threads=os.cpu_count() or 1, offline_threads=MAX_THREADS)
+    r = Runtime(MODEL, num_threads=os.cpu_count() or 1, offline_threads=MAX_THREADS)
     assert r.offline_threads == MAX_THREADS
     with pytest.raises(ConfigError, match=f"from 1 to {MAX_THREADS}"):
         Runtime(num_threads=MAX_THREADS + 1)
