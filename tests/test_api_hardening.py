@@ -289,3 +289,31 @@ def test_a_scalar_chunk_is_a_typed_error(rt, scalar):
 def test_a_chunk_with_no_channels_is_a_typed_error(rt):
     with pytest.raises(AudioInputError, match="no channels"):
         rt.process(np.zeros((480, 0), np.float32))
+
+
+# -- the same checks reach the command line ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--atten-lim-db", "nan"], "atten_lim_db must be a finite number"),
+        (["--threads", "100000"], "num_threads must be an integer from 1 to"),
+        (["--offline-threads", "0"], "offline_threads must be an integer from 1 to"),
+        (["--post-filter-beta", "inf"], "post_filter_beta must be a finite number"),
+    ],
+)
+def test_dfsdk_run_refuses_bad_values_before_writing_anything(tmp_path, noisy, args, message):
+    """Before: `--atten-lim-db nan` wrote a full-scale output with exit 0; `--threads 100000`
+    ran away to 16 GB."""
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from dfnet4_sdk.cli import main
+
+    src, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(src, noisy[:24000], 48000)
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model", MODEL, "--quiet", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
