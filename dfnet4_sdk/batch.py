@@ -284,9 +284,17 @@ def enhance_batch(inputs: Iterable[str], output_dir: str | Path, model: Any = No
     ``runtime_kwargs`` go to ``Runtime`` (backend, atten_lim_db, post_filter_beta, num_threads,
     offline_threads). ``progress(seconds)`` is called as audio is enhanced; ``on_plan(plan)``
     once the work is known (for a progress bar over ``plan.total_seconds``). Usage problems raise
-    before any work; a file that fails is reported in the returned ``BatchReport``."""
+    before any work; a file that fails is reported in the returned ``BatchReport``. With
+    ``jobs > 1`` the workers are spawned processes, which import the main script again: in a
+    script, call this under ``if __name__ == "__main__":``."""
+    import multiprocessing
+
     from dfnet4_sdk.runtime import Runtime
 
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # a worker importing the main script
+        raise ConfigError("enhance_batch was called while a worker process was importing your script; worker "
+                          "processes import the main script again, so put the call under "
+                          "`if __name__ == \"__main__\":`")
     check_jobs(jobs)
     if jobs > 1 and runtime_kwargs.get("offline_threads") is None:
         runtime_kwargs["offline_threads"] = 1  # the processes share the cores

@@ -86,7 +86,8 @@ def run_pool(items: list[BatchItem], identity: dict, subtype: str | None, jobs: 
                         waiting.appendleft(item)
                     else:
                         results.append(FileResult(str(item.input), str(item.output), "failed", item.seconds,
-                                                  "a worker process died while enhancing it (twice)"))
+                                                  "a worker process died while enhancing it, twice (a crash, or it "
+                                                  "could not start: see its error above)"))
                 except Exception as e:  # the result could not come back (a bug): report it, go on
                     results.append(FileResult(str(item.input), str(item.output), "failed", item.seconds,
                                               f"unexpected {type(e).__name__}: {e} (a bug; please report it)"))

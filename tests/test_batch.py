@@ -218,3 +218,18 @@ def test_only_ray_batch_imports_ray():
     importers = [p.name for p in package.rglob("*.py")
                  if any(line.strip().startswith(("import ray", "from ray")) for line in p.read_text().splitlines())]
     assert importers == ["ray_batch.py"]
+
+
+def test_a_script_without_a_main_guard_gets_told_instead_of_running_the_batch_in_every_worker(corpus, tmp_path):
+    """Spawned workers import the main script again: unguarded, each would start a batch of its own
+    on the same outputs. The worker refuses with a message that says what to do; no output is written."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from dfnet4_sdk.batch import enhance_batch\n"
+                      f"report = enhance_batch([{str(corpus / 'a')!r}], {str(tmp_path / 'out')!r}, "
+                      "model='dfnet4-lite-v1', jobs=2)\n"
+                      "print(report.summary_lines()[0])\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith("0 done, 0 skipped, 2 failed")
+    assert 'put the call under `if __name__ == "__main__":`' in proc.stderr
+    assert not list((tmp_path / "out").glob("**/*.wav")) + list((tmp_path / "out").glob("**/*.flac"))
