@@ -8,7 +8,8 @@ Where an output lands under ``--output-dir OUT``:
   - a plain file lands in ``OUT`` by its name;
   - a list file (``--list FILE`` or ``@FILE``) holds one path, directory or glob per line
     (blank lines and lines starting with ``#`` ignored); a relative line is relative to the list
-    file's folder and keeps its relative path under ``OUT`` (``s1/a.wav`` -> ``OUT/s1/a.wav``).
+    file's folder, and what it names keeps its path below that folder under ``OUT``
+    (``s1/a.wav`` -> ``OUT/s1/a.wav``; a line ``s2`` naming a folder -> ``OUT/s2/...``).
 Hidden files and folders (a name starting with ".", such as the temporaries ``atomic_output``
 writes) and anything inside the output directory are never inputs.
 """
@@ -52,7 +53,7 @@ def expand_inputs(args: Iterable[str], list_files: Iterable[str | Path] = (), ou
         if arg.startswith("@") and len(arg) > 1:
             sources += _from_list(Path(arg[1:]), skip, problems)
         else:
-            sources += _expand(arg, None, None, skip, problems)
+            sources += _expand(arg, None, skip, problems)
     for list_file in list_files:
         sources += _from_list(Path(list_file), skip, problems)
     sources = _unique(sources, output_dir, problems)
@@ -67,9 +68,8 @@ def is_glob(arg: str) -> bool:
     return any(m in arg for m in _MAGIC) and not Path(arg).exists()
 
 
-def _expand(arg: str, base: Path | None, listed_as: PurePosixPath | None, skip: Path | None, problems: list[str]) -> list[Source]:
-    """One argument (or list line): a file, a folder or a glob; ``listed_as`` is a list line's
-    own relative path (kept under the output directory for a file)."""
+def _expand(arg: str, base: Path | None, skip: Path | None, problems: list[str]) -> list[Source]:
+    """One argument (or list line, relative to ``base``): a file, a folder or a glob."""
     path = Path(arg) if base is None or Path(arg).is_absolute() else base / arg
     if is_glob(str(path)):
         return _from_glob(str(path), arg, skip, problems)
@@ -79,7 +79,7 @@ def _expand(arg: str, base: Path | None, listed_as: PurePosixPath | None, skip: 
             problems.append(f"folder {arg} holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS)[:6])}, ...)")
         return found
     if path.is_file():
-        return [Source(path, listed_as or PurePosixPath(path.name))]
+        return [Source(path, PurePosixPath(path.name))]
     problems.append(f"input {arg} does not exist" if not path.exists() else f"input {arg} is not a file or folder")
     return []
 
@@ -112,9 +112,11 @@ def _from_list(list_file: Path, skip: Path | None, problems: list[str]) -> list[
         if not entry or entry.startswith("#"):
             continue
         relative = PurePosixPath(entry)
-        keep = None if relative.is_absolute() or ".." in relative.parts else relative
         before = len(problems)
-        found += _expand(entry, list_file.parent, keep, skip, problems)
+        here = _expand(entry, list_file.parent, skip, problems)
+        if not relative.is_absolute() and ".." not in relative.parts:  # keep the path below the list's folder
+            here = [Source(s.input, PurePosixPath(s.input.relative_to(list_file.parent).as_posix())) for s in here]
+        found += here
         for i in range(before, len(problems)):
             problems[i] = f"{list_file} line {number}: {problems[i]}"
     return found
@@ -141,14 +143,18 @@ def _inside(path: Path, folder: Path | None) -> bool:
 
 
 def _unique(sources: list[Source], output_dir: Path | None, problems: list[str]) -> list[Source]:
-    """Each input once (a folder and a glob may both name it); two inputs writing one output,
-    or an output that is its own input, are problems."""
+    """Each input once, where it was first named (a folder and a glob may both name it); two
+    inputs writing one output, or an output that is its own input, are problems."""
     by_output: dict[PurePosixPath, Source] = {}
+    inputs: set[Path] = set()
     clashes, self_writes, unique = [], [], []
     for s in sources:
+        if s.input.resolve() in inputs:
+            continue  # named again (by a folder, a glob, a list): written where first named
         seen = by_output.get(s.relative_output)
         if seen is None:
             by_output[s.relative_output] = s
+            inputs.add(s.input.resolve())
             unique.append(s)
             if output_dir is not None and (output_dir / s.relative_output).resolve() == s.input.resolve():
                 self_writes.append(str(s.input))

@@ -100,6 +100,15 @@ def test_list_file_and_glob_inputs(corpus, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(outputs(out)) == ["a/b/three.wav", "one.wav"]  # a relative line keeps its path
 
+    # A relative folder line keeps its own path too; an absolute one mirrors the folder's tree.
+    # Each input is enhanced once, where it was first named.
+    (corpus / "folders.txt").write_text(f"a\n{corpus / 'a'}\n")
+    out = tmp_path / "from_folders"
+    result = run_cli("run", "--list", str(corpus / "folders.txt"), "--output-dir", str(out), "--quiet",
+                     "--model", "dfnet4-lite-v1")
+    assert result.exit_code == 0, result.output
+    assert sorted(outputs(out)) == ["a/b/three.wav", "a/two.flac"] and "2 done" in result.output
+
     out = tmp_path / "from_at"
     assert run_cli("run", f"@{listing}", "--output-dir", str(out), "--quiet", "--model", "dfnet4-lite-v1").exit_code == 0
     assert sorted(outputs(out)) == ["a/b/three.wav", "one.wav"]
