@@ -57,3 +57,18 @@ def test_dfsdk_run_ray_cli(local_ray, corpus, tmp_path):
     # --ray taking an input folder for its address is a usage error, not a connection attempt.
     wrong = CliRunner().invoke(main, ["run", "--ray", str(corpus), "--output-dir", str(out)])
     assert wrong.exit_code == 2 and "--ray=ADDRESS" in wrong.output
+
+
+def test_an_interrupted_ray_batch_removes_only_the_temporaries_of_unfinished_files(tmp_path):
+    """Killed actors cannot clean up: the driver removes `.NAME.xxxxxxxx.EXT` beside the outputs of
+    the files that did not finish, and nothing else."""
+    from dfnet4_sdk.batch import BatchItem
+    from dfnet4_sdk.ray_batch import _remove_temporaries
+
+    items = [BatchItem(tmp_path / f"in{i}.wav", tmp_path / name, tmp_path / f"{name}.json", 1.0)
+             for i, name in enumerate(("a.wav", "a.b.wav", "done.wav"))]
+    names = [".a.k3j_x9q2.wav", ".a.b.p0o9i8u7.wav", ".done.abcdefgh.wav", ".a.longer_than_8.wav", "a.wav"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    _remove_temporaries(items, finished={str(tmp_path / "in2.wav")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.longer_than_8.wav", ".done.abcdefgh.wav", "a.wav"]
