@@ -175,9 +175,25 @@ def test_an_interrupted_batch_leaves_no_partial_output_and_resumes(corpus, tmp_p
     assert report.exit_code == 0 and report.audio_seconds == pytest.approx(1.8, abs=1e-3)
 
 
-def test_sigterm_stops_the_workers_and_leaves_no_partial_output(tmp_path, demo):
-    """SIGTERM to `dfsdk run --jobs 2` while files are in progress: exit 143, the workers gone,
-    every output there complete (its record written), no temporary left."""
+def _group_members(pgid: int) -> list[int]:
+    """Processes in process group ``pgid`` (from /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp; a zombie has exited
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+@pytest.mark.parametrize("how, code, said", [("SIGTERM to the parent", 143, "terminated"),
+                                             ("Ctrl-C to the process group", 130, "interrupted")])
+def test_a_signal_stops_the_workers_and_leaves_no_partial_output(tmp_path, demo, how, code, said):
+    """`dfsdk run --jobs 2` signalled while files are in progress: the shell's exit code, every
+    worker gone, every output there complete (its record written), no temporary left."""
     x, sr = demo
     corpus, out = tmp_path / "long", tmp_path / "out"
     corpus.mkdir()
@@ -185,15 +201,22 @@ def test_sigterm_stops_the_workers_and_leaves_no_partial_output(tmp_path, demo):
         sf.write(corpus / f"f{i}.wav", np.tile(x, 2), sr)  # ~19 s each: seconds of work per file
     exe = Path(sys.executable).with_name("dfsdk")
     proc = subprocess.Popen([str(exe), "run", str(corpus), "--output-dir", str(out), "--jobs", "2", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
     while not list((out / RECORDS).glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)  # inside the first files
-    proc.send_signal(signal.SIGTERM)
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert "terminated" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert said in err and "Traceback" not in err
+    deadline = time.monotonic() + 10  # a worker may still be in the kernel's exit path
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _group_members(proc.pid) == []  # no worker left running
     assert not [p for p in out.rglob(".*") if p.is_file() and RECORDS not in p.parts]
     for wav in out.glob("*.wav"):  # only finished outputs, each with its record
         assert sf.info(wav).frames == 2 * len(x)
