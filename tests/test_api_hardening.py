@@ -166,6 +166,19 @@ def test_clones_in_threads_equal_single_threaded_streams_exactly(backend, second
     assert "CLONES_OK 4" in out
 
 
+@pytest.mark.slow
+def test_clones_and_a_shared_runtime_in_threads_on_coreml():
+    """The Core ML bundle on Linux runs the MIL reference interpreter (no state between calls):
+    clones exact, a shared runtime intact. Slow: the export takes ~30 s."""
+    pytest.importorskip("coremltools")
+    from dfnet4_sdk.exporters.cache import cached_export
+    from dfnet4_sdk.models import load_model
+
+    bundle = str(cached_export(load_model(MODEL), "coreml").root)
+    assert "CLONES_OK 4" in run_isolated(CLONES.format(model=bundle, backend=None, clip=CLIP, seconds=0.5, repeats=1))
+    assert "HAMMER_OK" in run_isolated(HAMMER.format(model=bundle, backend=None, clip=CLIP, iterations=15))
+
+
 # -- enhance() and a stream in progress --------------------------------------------------------
 
 
