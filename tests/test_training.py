@@ -94,6 +94,25 @@ def test_optional_corpora_are_listed_only_when_named_and_held_out_sets_never(tmp
     assert all(s in str(err.value) for s in ("'timit'", "'acted=x'", "'nope=1'"))
 
 
+def test_real_config_uses_the_new_corpora_screened_and_never_the_held_out_sets():
+    import csv
+
+    from dfnet4_sdk.training.screen import load_screen
+
+    cfg = TrainConfig.load(REPO / "training" / "configs" / "dfnet4_lite_distill.toml").data
+    cfg = dataclasses.replace(cfg, data_root=str(DATA_ROOT), speech_screen=str(REPO / cfg.speech_screen))
+    screen = load_screen(cfg.speech_screen)
+    with (DATA_ROOT / "manifest.csv").open(newline="") as f:
+        libri = {r["path"] for r in csv.DictReader(f) if r["path"].startswith("speech/librispeech/")}
+    assert libri and libri <= set(screen), "every LibriSpeech file is scored once"
+    used = {e.path.relative_to(DATA_ROOT).as_posix() for e in build_lists(cfg).speech}
+    below = {p for p, s in screen.items() if s["ovrl"] < cfg.min_screen_ovrl}
+    assert cfg.min_screen_ovrl >= 3.0 and 0 < len(below) < len(screen) / 4
+    assert not used & below and (set(screen) - below) <= used
+    assert {p.split("/")[1] for p in used} >= {"librispeech", "asterisk_wb", "ljspeech", "thorsten", "vctk_seflow", "0ad_voices"}
+    assert not any(p.startswith(("dev_eval/", "noisy_real/")) or "freesound_33711" in p for p in used)
+
+
 def test_group_weights_set_how_often_each_speech_group_is_drawn():
     from dfnet4_sdk.training.data import CORPORA
 
