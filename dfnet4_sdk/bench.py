@@ -163,8 +163,9 @@ def _bundle_for(model: str, backend: str, precision: str):
     from dfnet4_sdk.shipped import shipped_model
 
     shipped = shipped_model(model)
-    if shipped is not None and (backend, precision) == ("onnx", "fp32"):
-        return shipped.onnx_bundle_dir  # what Runtime() runs
+    for b in shipped.bundles if shipped is not None else ():
+        if (b.backend, b.precision) == (backend, precision):
+            return b.path  # the packaged bundle: what Runtime(model) runs
     from dfnet4_sdk.exporters.cache import cached_export
     from dfnet4_sdk.models import load_model
 
@@ -302,6 +303,42 @@ def _is_known_model(model: str) -> bool:
     except ImportError:  # no torch: only shipped models and bundles can run at all
         return False
     return model in preset_names()
+
+
+# Cells measured when none are named: what `Runtime(name)` runs for every shipped model (the default
+# path first), the fastest export of each on the other backend, and eager PyTorch as the reference.
+EXTRA_CELLS = (("dfn3", "onnx", "int8"), ("dfnet4-lite-v1", "tflite", "fp32"), ("dfn3", "torch", "fp32"))
+
+
+def cells_for(models: tuple[str, ...] = (), backends: tuple[str, ...] = (), precisions: tuple[str, ...] = ()
+              ) -> list[tuple[str, str, str]]:
+    """(model, backend, precision) cells: the named ones (default backends torch and onnx,
+    precision fp32), or with nothing named, the shipped bundles plus EXTRA_CELLS."""
+    if not (models or backends or precisions):
+        from dfnet4_sdk.shipped import DEFAULT_MODEL, SHIPPED_MODELS
+
+        names = [DEFAULT_MODEL, *(n for n in SHIPPED_MODELS if n != DEFAULT_MODEL)]
+        shipped = [(n, b.backend, b.precision) for n in names for b in SHIPPED_MODELS[n].bundles]
+        return list(dict.fromkeys([*shipped, *EXTRA_CELLS]))
+    from dfnet4_sdk.shipped import DEFAULT_MODEL
+
+    return [
+        (m, be, p)
+        for m in (models or ("dfn3", DEFAULT_MODEL))
+        for be in (backends or ("torch", "onnx"))
+        for p in ((precisions or ("fp32",)) if be != "torch" else ("fp32",))
+    ]
+
+
+def write_report(path: str | Path, markdown: str) -> None:
+    """Write the inference report to ``path``, keeping the training section that
+    `python -m dfnet4_sdk.training.throughput --write` keeps between its markers."""
+    start, end = "<!-- training:start -->", "<!-- training:end -->"
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    if start in old and end in old:
+        markdown = markdown.rstrip("\n") + "\n\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
+    path.write_text(markdown)
 
 
 def run(

@@ -502,9 +502,11 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 
 @main.command()
 @click.option("--model", "models", multiple=True,
-              help="Models to measure (repeatable; default: dfn3 and the default model; with --soak: the default model).")
+              help="Models to measure (repeatable). Default, with no --model/--backend/--precision: every shipped "
+                   "bundle (what Runtime(name) runs; the default model first), DFN3 int8 ONNX, DfNet4Lite LiteRT and "
+                   "eager PyTorch DFN3; with --soak: the default model.")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnx", "tflite", "coreml"]),
-              help="Backends (repeatable; default: torch and onnx; with --soak: the model's best).")
+              help="Backends (repeatable; default with --model: torch and onnx; with --soak: the model's best).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Precisions for exported backends (default: fp32).")
 @click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -523,7 +525,6 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 def bench(models, backends, precisions, audio_path, seconds, output_path, rounds, soak_hours):
     """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
     from dfnet4_sdk import bench as b
-    from dfnet4_sdk.shipped import DEFAULT_MODEL
 
     try:
         b.check_models(models)
@@ -553,14 +554,8 @@ def bench(models, backends, precisions, audio_path, seconds, output_path, rounds
     except DfSdkError as e:
         raise click.BadParameter(str(e), param_hint="--seconds") from e
     output_path = output_path or Path("BENCHMARKS.md")
-    cells = [
-        (m, be, p)
-        for m in (models or ("dfn3", DEFAULT_MODEL))
-        for be in (backends or ("torch", "onnx"))
-        for p in ((precisions or ("fp32",)) if be != "torch" else ("fp32",))
-    ]
-    results = b.run(cells, str(audio_path), seconds, echo=click.echo, rounds=rounds)
-    output_path.write_text(b.to_markdown(results, audio_path.name, seconds))
+    results = b.run(b.cells_for(models, backends, precisions), str(audio_path), seconds, echo=click.echo, rounds=rounds)
+    b.write_report(output_path, b.to_markdown(results, audio_path.name, seconds))
     click.echo(f"wrote {output_path}")
 
 

@@ -121,3 +121,30 @@ def test_bench_soak_command_streams_for_the_given_fraction_of_an_hour(tmp_path):
     assert result.output.count("window ") == 10 and "window 10/10 at" in result.output
     assert "after warm-up" in result.output and "flat" in result.output
     assert "| window end s | hops |" in out.read_text()
+
+
+def test_default_cells_are_the_shipped_bundles_first_then_the_comparisons():
+    from dfnet4_sdk.bench import EXTRA_CELLS, cells_for
+    from dfnet4_sdk.shipped import DEFAULT_MODEL, SHIPPED_MODELS
+
+    cells = cells_for()
+    first = SHIPPED_MODELS[DEFAULT_MODEL].bundles[0]
+    assert cells[0] == (DEFAULT_MODEL, first.backend, first.precision)  # the default path, measured first
+    shipped = {(m.name, b.backend, b.precision) for m in SHIPPED_MODELS.values() for b in m.bundles}
+    assert shipped <= set(cells) and set(EXTRA_CELLS) <= set(cells) and len(cells) == len(set(cells))
+    assert cells_for(("dfnet4-lite-v1",), ("onnx",)) == [("dfnet4-lite-v1", "onnx", "fp32")]
+
+
+def test_bench_report_keeps_the_training_section(tmp_path):
+    """`dfsdk bench` rewrites BENCHMARKS.md; the training throughput section written by
+    training/throughput.py between its markers must survive (it used to be overwritten)."""
+    from dfnet4_sdk.bench import write_report
+
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# old inference table\n\n<!-- training:start -->\n## Training\n6 s/s -> 40 s/s\n<!-- training:end -->\n")
+    write_report(path, "# new inference table\n")
+    text = path.read_text()
+    assert text.startswith("# new inference table\n") and "old inference" not in text
+    assert "<!-- training:start -->\n## Training\n6 s/s -> 40 s/s\n<!-- training:end -->" in text
+    write_report(tmp_path / "fresh.md", "# table\n")
+    assert (tmp_path / "fresh.md").read_text() == "# table\n"
