@@ -138,7 +138,7 @@ def main(verbose: int) -> None:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Batch on a Ray cluster (Ray Data; the [ray] extra): --ray=auto or --ray=ray://HOST:10001, "
                    "--ray alone for a local Ray. Inputs and outputs must be on a filesystem every node sees.")
-@click.option("--model", default=None, help="Model: a shipped model (default dfnet4-lite-v1), dfn3, a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
+@click.option("--model", default=None, help="Model: a shipped model (default dfn3; `dfsdk models` lists them), a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
               help="Backend (default: the bundle's, else onnx when installed, else torch). "
                    "A model that is not a bundle is exported once for the backend and cached.")

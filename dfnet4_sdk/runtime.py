@@ -99,12 +99,13 @@ class Runtime:
     ``enhance``.
 
     Args:
-        model: a model name (a shipped model such as "dfnet4-lite-v1", "dfn3", a DfNet4 preset),
-            a checkpoint, a DFN3 archive, a bundle directory, or an ``EnhancementModel``; None for
-            the default model (``dfnet4_sdk.shipped.DEFAULT_MODEL``).
-        backend: "torch", "onnx", "tflite" or "coreml". None: a bundle's own backend, else the best
-            available: onnx when installed (a shipped model runs its packaged bundle; any other
-            model is exported once and cached), else torch.
+        model: a model name (a shipped model: "dfn3", the default, or "dfnet4-lite-v1"; `dfsdk
+            models` lists them), a DfNet4 preset, a checkpoint, a DFN3 archive, a bundle directory,
+            or an ``EnhancementModel``; None for the default (``dfnet4_sdk.shipped.DEFAULT_MODEL``,
+            chosen by measurement: docs/MODEL_CARD.md).
+        backend: "torch", "onnx", "tflite" or "coreml". None: a shipped model runs its packaged
+            bundle (DFN3: LiteRT; no torch, no export), a bundle its own backend, anything else the
+            best available: exported once for onnxruntime and cached, else eager torch.
         atten_lim_db: maximum attenuation in dB (100 = unlimited), as libDF.
         post_filter_beta: libDF's post-filter strength (0 = off, 0.02 = upstream's choice).
         min_db_thresh, max_db_erb_thresh, max_db_df_thresh: libDF's local-SNR gating.

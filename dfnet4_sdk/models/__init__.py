@@ -1,7 +1,7 @@
 """Model family registry, checkpoints, and resolution of ``--model`` arguments.
 
-``load_model`` accepts a model name (a shipped model such as the default ``dfnet4-lite-v1``,
-``dfn3``, a DfNet4 preset name), a checkpoint written by ``save_checkpoint`` (``.pt``), or an
+``load_model`` accepts a model name (``dfn3``, the official weights; a shipped model such as
+``dfnet4-lite-v1``; a DfNet4 preset name), a checkpoint written by ``save_checkpoint`` (``.pt``), or an
 official DFN3 archive / directory.
 """
 
@@ -149,7 +149,7 @@ def load_model(spec: str | Path | EnhancementModel | None = None) -> Enhancement
             return _with_source(DfNet4.from_preset(text).eval(), text, "preset")
     raise ModelNotAvailableError(
         f"model {text!r} is neither an existing file/directory nor a known name; "
-        f"use {', '.join(repr(m) for m in SHIPPED_MODELS)}, 'dfn3', a preset ({', '.join(presets)}), a checkpoint .pt or a DFN3 .tar.gz"
+        f"use {', '.join(repr(m) for m in dict.fromkeys(['dfn3', *SHIPPED_MODELS]))}, a preset ({', '.join(presets)}), a checkpoint .pt or a DFN3 .tar.gz"
     )
 
 
