@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -76,6 +77,8 @@ def enhance_corpus(inputs: Iterable[str], output_dir: str | Path, model: Any = N
     ray = _ray()
     if workers is not None:
         check_workers(workers)
+    if address and not ray.is_initialized():
+        _check_reachable(address)  # before any work
     runtime_kwargs.setdefault("offline_threads", 1)  # one CPU per actor
     runtime, plan, identity = prepare_batch(inputs, output_dir, lambda: _load(model, runtime_kwargs), subtype,
                                             overwrite, list_files)
@@ -145,6 +148,18 @@ def _connect(ray, address: str | None) -> bool:
         raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {e}; give the head's address "
                           "(auto, or ray://HOST:10001), or nothing for a local Ray") from e
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """``ray.init`` waits for an unreachable head without end: try its port first."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local": Ray looks the cluster up itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); check the address "
+                          "(auto on a cluster node, ray://HEAD:10001 from outside) and that the head is running") from e
 
 
 def _remove_temporaries(items: list[BatchItem], finished: set[str]) -> None:

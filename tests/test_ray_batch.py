@@ -18,6 +18,16 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 from dfnet4_sdk.ray_batch import enhance_corpus  # noqa: E402
 
 
+def test_an_unreachable_cluster_is_a_usage_error_before_any_work(corpus, tmp_path):
+    """ray.init waits for an unreachable head without end; the address is tried first (runs before
+    the module's local Ray starts, so that the address is not ignored)."""
+    assert not ray.is_initialized()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(corpus), "--output-dir", str(out), "--ray=127.0.0.1:1", "--quiet"])
+    assert result.exit_code == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
