@@ -42,3 +42,7 @@ class ExportError(DfSdkError, RuntimeError):
 class PathError(AudioFileError):
     """A path given by the user cannot be used as asked: a missing input, an existing output
     without overwrite, an unknown output format, a directory that does not exist or is not writable."""
+
+
+class ClusterError(DfSdkError, RuntimeError):
+    """A cluster (Ray) running a batch failed as a whole: a node or actor lost, the job cancelled."""

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 from dfnet4_sdk.batch import BatchItem, BatchPlan, BatchReport, FileResult, check_jobs, enhance_one, prepare_batch, \
     run_identity
-from dfnet4_sdk.errors import BackendNotAvailableError, ConfigError
+from dfnet4_sdk.errors import BackendNotAvailableError, ClusterError, ConfigError
 
 
 def _ray():
@@ -44,22 +44,27 @@ class _Enhancer:
     def __init__(self, runtime_kwargs: dict, identity: dict, subtype: str | None):
         from dfnet4_sdk.runtime import Runtime
 
+        self.identity, self.subtype, self.problem = identity, subtype, None
         kwargs = dict(runtime_kwargs)
-        self.runtime = Runtime(kwargs.pop("model", None), **kwargs)
-        self.identity, self.subtype = identity, subtype
+        try:  # a failure here would make Ray restart the actor, then fail the whole dataset
+            self.runtime = Runtime(kwargs.pop("model", None), **kwargs)
+        except Exception as e:
+            self.problem = f"this worker could not load the model ({type(e).__name__}: {e}); install the same SDK " \
+                           "and model on every node"
+            return
         mine = run_identity(self.runtime, subtype)
-        self.mismatch = None if mine == identity else (
-            f"this worker's model differs from the driver's ({_differences(identity, mine)}); install the same SDK "
-            "and model on every node")
+        if mine != identity:
+            self.problem = (f"this worker's model differs from the driver's ({_differences(identity, mine)}); "
+                            "install the same SDK and model on every node")
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         item = BatchItem(Path(row["input"]), Path(row["output"]), Path(row["record"]), float(row["seconds"]),
                          bool(row["replace"]))
-        if self.mismatch:
-            result = FileResult(row["input"], row["output"], "failed", item.seconds, self.mismatch)
+        if self.problem:
+            result = FileResult(row["input"], row["output"], "failed", item.seconds, self.problem)
         else:
             result = enhance_one(self.runtime, item, self.identity, self.subtype)
-        return dataclasses.asdict(result)
+        return dict(dataclasses.asdict(result), index=row["index"])
 
 
 def _differences(driver: dict, worker: dict) -> str:
@@ -92,8 +97,11 @@ def enhance_corpus(inputs: Iterable[str], output_dir: str | Path, model: Any = N
     try:
         workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         workers = min(workers, len(plan.todo))
-        rows = [{"input": str(i.input), "output": str(i.output), "record": str(i.record), "seconds": i.seconds,
-                 "replace": i.replace} for i in plan.todo]
+        rows = [{"index": n, "input": str(i.input.absolute()), "output": str(i.output.absolute()),  # any cwd
+                 "record": str(i.record.absolute()), "seconds": i.seconds, "replace": i.replace}
+                for n, i in enumerate(plan.todo)]
+        if isinstance(model, (str, Path)) and Path(model).exists():
+            model = str(Path(model).absolute())
         results = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
             _Enhancer,
             fn_constructor_kwargs={"runtime_kwargs": dict(runtime_kwargs, model=model), "identity": identity,
@@ -104,12 +112,17 @@ def enhance_corpus(inputs: Iterable[str], output_dir: str | Path, model: Any = N
         done = []
         try:
             for row in results.iter_rows():
+                item = plan.todo[row["index"]]  # reported with the paths as the user gave them
                 result = FileResult(**{f.name: row[f.name] for f in dataclasses.fields(FileResult)})
+                result.input, result.output = str(item.input), str(item.output)
                 done.append(result)
                 if progress is not None:
                     progress(result.seconds)
-        except BaseException:  # Ctrl-C, SIGTERM: actors are killed; remove their temporaries
+        except BaseException as e:  # Ctrl-C, SIGTERM, a lost node: actors are gone; remove their temporaries
             _remove_temporaries(plan.todo, {r.input for r in done})
+            if isinstance(e, ray.exceptions.RayError):
+                raise ClusterError(f"the Ray job failed after {len(done)} of {len(plan.todo)} files ({e}); the "
+                                   "finished outputs are kept and recorded: run the same command again to resume") from e
             raise
     finally:
         if started_here:

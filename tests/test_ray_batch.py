@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from audio_data import REPO_ROOT
 from test_batch import CORPUS, CORRUPT, RECORDS, corpus, demo, outputs  # noqa: F401 (fixtures)
 
 from dfnet4_sdk.batch import enhance_batch
@@ -82,3 +83,27 @@ def test_an_interrupted_ray_batch_removes_only_the_temporaries_of_unfinished_fil
         (tmp_path / n).write_bytes(b"x")
     _remove_temporaries(items, finished={str(tmp_path / "in2.wav")})
     assert sorted(p.name for p in tmp_path.iterdir()) == [".a.longer_than_8.wav", ".done.abcdefgh.wav", "a.wav"]
+
+
+def test_relative_paths_after_ray_started_elsewhere(local_ray, corpus, tmp_path, monkeypatch):
+    """Actors keep the working directory Ray started in: rows carry absolute paths, the report the
+    paths as given."""
+    monkeypatch.chdir(corpus.parent)
+    report = enhance_corpus(["corpus/a"], "relative_out", model="dfnet4-lite-v1", workers=1)
+    assert sorted((r.input, r.status) for r in report.results) == [
+        ("corpus/a/b/three.wav", "done"), ("corpus/a/two.flac", "done")]
+    assert sorted(outputs(corpus.parent / "relative_out")) == ["b/three.wav", "two.flac"]
+
+
+def test_an_actor_that_cannot_load_the_model_fails_its_files_not_the_job(local_ray, corpus, tmp_path):
+    """The model vanished between the driver's check and the actors' start (a node without it):
+    each file is reported with the reason; Ray does not restart the actor or fail the dataset."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO_ROOT / "dfnet4_sdk" / "assets" / "dfnet4-lite-v1-onnx", bundle)
+    report = enhance_corpus([str(corpus / "a")], tmp_path / "out", model=str(bundle), workers=1,
+                            on_plan=lambda plan: shutil.rmtree(bundle))
+    assert [r.status for r in report.results] == ["failed", "failed"]
+    assert all("this worker could not load the model" in r.reason for r in report.results)
+    assert report.exit_code == 1
