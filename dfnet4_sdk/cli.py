@@ -138,13 +138,22 @@ def main(verbose: int) -> None:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Batch on a Ray cluster (Ray Data; the [ray] extra): --ray=auto or --ray=ray://HOST:10001, "
                    "--ray alone for a local Ray. Inputs and outputs must be on a filesystem every node sees.")
-@click.option("--model", default=None, help="Model: a shipped model (default dfn3; `dfsdk models` lists them), a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
+@click.option("-m", "--model", default=None, help="Model: a shipped model (default dfn3; `dfsdk models` lists them), a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
-              help="Backend (default: the bundle's, else onnx when installed, else torch). "
-                   "A model that is not a bundle is exported once for the backend and cached.")
-@click.option("--atten-lim-db", type=float, default=100.0, show_default=True, help="Maximum attenuation in dB (100 = none).")
-@click.option("--post-filter", is_flag=True, help="Enable libDF's post-filter (beta 0.02).")
-@click.option("--post-filter-beta", type=float, default=None, help="Post-filter strength (implies --post-filter).")
+              help="Backend (default: a shipped model's packaged bundle, a bundle's own backend, else onnx when "
+                   "installed, else torch). A model that is not a bundle is exported once for the backend and cached.")
+@click.option("-a", "--atten-lim-db", type=float, default=100.0, show_default=True, help="Maximum attenuation in dB (100 = none).")
+@click.option("--post-filter", "--pf", "post_filter", is_flag=True, help="Enable libDF's post-filter (beta 0.02).")
+@click.option("--post-filter-beta", "--pf-beta", "post_filter_beta", type=float, default=None,
+              help="Post-filter strength (implies --post-filter).")
+@click.option("--min-db-thresh", type=float, default=-15.0, show_default=True,
+              help="libDF gating: below this local SNR (dB) a hop is taken as noise only (zero mask, no decoder runs).")
+@click.option("--max-db-erb-thresh", type=float, default=35.0, show_default=True,
+              help="libDF gating: above this local SNR (dB) the ERB decoder is skipped (clean speech).")
+@click.option("--max-db-df-thresh", type=float, default=35.0, show_default=True,
+              help="libDF gating: above this local SNR (dB) the deep-filter decoder is skipped.")
+@click.option("-D", "--compensate-delay", is_flag=True, hidden=False,
+              help="Accepted for deep-filter users; always on here: output sample n belongs to input sample n.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Backend (intra-op) threads.")
 @click.option("--offline-threads", type=int, default=None,
               help="Threads the whole-file path spreads the model's block graphs over (same output, faster); "
@@ -159,7 +168,8 @@ def main(verbose: int) -> None:
               help="Also write before/after spectrograms of the input and output to this PNG.")
 @_fail_on_sdk_errors
 def run(inputs, output_path, output_dir, list_files, jobs, ray_address, model, backend, atten_lim_db, post_filter, post_filter_beta,
-        threads, offline_threads, overwrite, quiet, subtype, plot_path):
+        min_db_thresh, max_db_erb_thresh, max_db_df_thresh, compensate_delay, threads, offline_threads, overwrite, quiet,
+        subtype, plot_path):
     """Enhance INPUTS (any sample rate, mono or multi-channel, wav/flac/...), streaming each from
     disk to disk in blocks. The output keeps the input's sample format unless --subtype says otherwise.
 
@@ -178,6 +188,7 @@ def run(inputs, output_path, output_dir, list_files, jobs, ray_address, model, b
             or inputs[0].startswith("@") or is_glob(inputs[0]) or Path(inputs[0]).is_dir()):
         _run_batch(inputs, output_path, output_dir, list_files, jobs, ray_address, plot_path, quiet, overwrite, subtype,
                    model=model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta,
+                   min_db_thresh=min_db_thresh, max_db_erb_thresh=max_db_erb_thresh, max_db_df_thresh=max_db_df_thresh,
                    num_threads=threads, offline_threads=offline_threads)
         return
     input_path = Path(inputs[0])
@@ -190,7 +201,8 @@ def run(inputs, output_path, output_dir, list_files, jobs, ray_address, model, b
         check_plotting_available()  # fail before enhancing when matplotlib is missing
 
     def make_runtime() -> Runtime:
-        return Runtime(model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta, num_threads=threads,
+        return Runtime(model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta, min_db_thresh=min_db_thresh,
+                       max_db_erb_thresh=max_db_erb_thresh, max_db_df_thresh=max_db_df_thresh, num_threads=threads,
                        offline_threads=offline_threads)
 
     def bar(total: int):
