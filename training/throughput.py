@@ -71,13 +71,10 @@ class Setting:
 SETTINGS = (
     Setting("old", 1, 0, 4, baseline_losses=True),
     Setting("new losses", 1, 0, 4),
+    Setting("2 threads", 2, 0, 4),
     Setting("+ worker", 1, 1, 4),
     Setting("+ batch 16", 1, 1, 16),
 )
-# Two torch threads are not in the list: on this 2-core machine shared with other jobs (load
-# average 13), a step with 2 OpenMP threads and a worker ran more than 4x slower than with one
-# (threads spin at every barrier while the other is descheduled). Measure them on a
-# machine of your own by adding Setting("2 threads", 2, 1, 4) here.
 
 
 class _Clock(Callback):
@@ -146,7 +143,10 @@ def run(cfg: TrainConfig, settings=SETTINGS, rounds: int = 3, steps: int = 6, wa
 def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
     res, settings = report["results"], report["settings"]
     med = {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in res.items()}
-    base = med[settings[0].name]["audio_per_s"]
+    base_rows = res[settings[0].name]
+    # speed-up: median over rounds of the ratio to `old` in the same round (load drifts between rounds)
+    ratio = {name: statistics.median(r["audio_per_s"] / b["audio_per_s"] for r, b in zip(rows, base_rows))
+             for name, rows in res.items()}
     cpu = _cpu_name()
     (l1, _, _), (l2, _, _) = report["load"]
     lines = [
@@ -160,7 +160,8 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
         f"Real config ({config_path}: DfNet4Lite distilled from DFN3, every loss term of the config), real data "
         f"(`{cfg.data.data_root}`), segments of {cfg.data.segment_s} s at 48 kHz. Each setting ran "
         f"{report['warmup']} warm-up + {report['steps']} timed steps of `Trainer.fit`, in turn, {report['rounds']} rounds; "
-        "medians over rounds (min-max in brackets). `old`: one thread, no worker, batch 4, the losses of "
+        "medians over rounds (min-max in brackets); the speed-up is the median of each round's ratio to `old`. "
+        "`old`: one thread, no worker, batch 4, the losses of "
         f"commit {BASELINE_REV} (the code before the speed-ups). Larger batches scale the learning rate by "
         "sqrt(batch / 4); the data, the losses and their weights are the same in every setting.",
         "",
@@ -173,7 +174,7 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
         lo, hi = min(r["audio_per_s"] for r in rows), max(r["audio_per_s"] for r in rows)
         phases = " | ".join(f"{m[k]:.3f}" for k in PHASES)
         lines.append(f"| {s.name} | {s.num_threads} | {s.data_workers} | {s.batch_size} | {m['audio_per_s']:.1f} "
-                     f"({lo:.1f}-{hi:.1f}) | {m['samples_per_s']:.2f} | {m['audio_per_s'] / base:.2f}x | "
+                     f"({lo:.1f}-{hi:.1f}) | {m['samples_per_s']:.2f} | {ratio[s.name]:.2f}x | "
                      f"{m['s_per_step']:.2f} | {phases} |")
     lines += [
         "",
