@@ -74,18 +74,23 @@ def combine_rounds(runs: list[BenchResult]) -> BenchResult:
     )
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process. VmHWM, because ru_maxrss survives exec on Linux and
-    would report the (larger) parent that spawned the cell."""
+def memory_mb(field: str = "VmHWM") -> float:
+    """This process's memory from /proc/self/status: VmHWM (the peak; not ru_maxrss, which
+    survives exec on Linux and would report the larger parent that spawned the cell) or VmRSS
+    (now). Without /proc (macOS): ru_maxrss, the peak."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _peak_rss_mb() -> float:
+    return memory_mb("VmHWM")
 
 
 def _time_streaming(process, audio: np.ndarray, hop: int, warmup_hops: int = 50) -> tuple[float, float]:

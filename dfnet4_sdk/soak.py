@@ -139,13 +139,8 @@ def check_hours(hours: float) -> None:
 
 
 def _rss_mb() -> float:
-    """Current resident memory of this process (VmRSS), not the peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    from dfnet4_sdk.bench import _peak_rss_mb
+    """Current resident memory of this process (VmRSS), not the peak (where there is no /proc,
+    the peak, which still shows growth)."""
+    from dfnet4_sdk.bench import memory_mb
 
-    return _peak_rss_mb()  # no /proc (macOS): the peak, which still shows growth
+    return memory_mb("VmRSS")
