@@ -343,3 +343,49 @@ def test_gan_and_speaker_terms_produce_finite_losses():
     spk = SpectralSpeakerEmbedding(DfNet4.from_preset("dfnet4-lite").dsp)
     spec = torch.randn(2, 1, 20, 481, 2)
     assert spk.loss(spec, spec, torch.ones(2)).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_student_multires_stfts_are_made_once_for_both_terms_with_the_same_values_and_gradients(tmp_path, monkeypatch):
+    """The supervised and the distillation multires terms share the student's STFTs (one per
+    resolution per step, not one per term): the terms and the student's gradients equal
+    ``multires_loss`` called on the waveforms for each term, as the objective did before (in
+    float64: in float32 summing the two terms' gradients before or after the STFT's backward
+    differs by rounding, 1e-5 relative on a few weights)."""
+    from dfnet4_sdk.training.objective import Objective
+    from dfnet4_sdk.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_cfg(), tmp_path, mode="train", device="cpu")
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in trainer.data.batch(0, 3).items()}
+    assert batch["has_clean"].any()
+    student, teacher = trainer.model.double(), DfNet4.from_preset("dfnet4-lite").double()
+    c = dataclasses.replace(trainer.cfg.loss, multires_fft_sizes=(256, 512, 1024))
+    with torch.no_grad():
+        teacher_out = run_model(teacher, batch)
+    objective = Objective(c, student)
+    real_stft, calls = L._stft, []
+    monkeypatch.setattr(L, "_stft", lambda x, n: calls.append(n) or real_stft(x, n))
+    student.zero_grad()
+    terms = objective.generator_terms(run_model(student, batch), batch, teacher_out)
+    # one STFT per resolution for the student, the clean target and the teacher: 3, not 4
+    assert len(calls) == 3 * len(c.multires_fft_sizes), calls
+    (terms["multires"] + terms["d_multires"]).backward()
+    grads = [p.grad.clone() for p in student.parameters() if p.grad is not None]
+
+    student.zero_grad()
+    out = run_model(student, batch)
+    has_clean = batch["has_clean"].float()
+    sr, ffts = student.dsp.sample_rate_hz, c.multires_fft_sizes
+    sup = c.multires * L.multires_loss(
+        out["wave"], L.istft(batch["clean_spec"], student.dsp), sr, ffts, c.gamma, c.complex_weight,
+        batch["band_limit_hz"], c.band_limited_hf_weight, has_clean,
+    )
+    dis = c.distill_multires * L.multires_loss(out["wave"], teacher_out["wave"], sr, ffts, c.gamma, c.complex_weight)
+    (sup + dis).backward()
+    ref_grads = [p.grad.clone() for p in student.parameters() if p.grad is not None]
+    assert sup.item() > 0 and dis.item() > 0
+    torch.testing.assert_close(terms["multires"], sup, rtol=1e-6, atol=0)
+    torch.testing.assert_close(terms["d_multires"], dis, rtol=1e-6, atol=0)
+    assert len(grads) == len(ref_grads) > 10
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6 * r.abs().max().item())

@@ -125,17 +125,29 @@ def stft_bins_hz(params: DspParams) -> Tensor:
     return torch.arange(params.freq_bins, dtype=torch.float32) * params.sample_rate_hz / params.fft_size
 
 
+def multires_spectra(x: Tensor, fft_sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """The STFTs [B, F, T, 2] of waveforms x [B, N] at each of ``fft_sizes``, as ``multires_loss``
+    takes them: a waveform that enters several multires terms (the student's output against the
+    clean target and against the teacher) is transformed once per step, not once per term."""
+    return tuple(_stft(x, n_fft) for n_fft in fft_sizes)
+
+
 def multires_loss(
-    est: Tensor, ref: Tensor, sample_rate: int, fft_sizes: tuple[int, ...], gamma: float, complex_weight: float,
+    est: Tensor | tuple[Tensor, ...], ref: Tensor | tuple[Tensor, ...], sample_rate: int, fft_sizes: tuple[int, ...],
+    gamma: float, complex_weight: float,
     band_limit_hz: Tensor | None = None, hf_weight: float = 1.0, item_weight: Tensor | None = None,
 ) -> Tensor:
-    """Compressed spectral loss over several STFT resolutions of waveforms est, ref [B, N]."""
-    total = est.new_zeros(())
-    item_weight = est.new_ones(est.shape[0]) if item_weight is None else item_weight
-    for n_fft in fft_sizes:
-        se, sr = _stft(est, n_fft), _stft(ref, n_fft)  # [B, F, T, 2]
-        freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float32, device=est.device) * sample_rate / n_fft
-        limit = band_limit_hz if band_limit_hz is not None else est.new_full((est.shape[0],), sample_rate / 2)
+    """Compressed spectral loss over several STFT resolutions of waveforms est, ref [B, N], each
+    given as the waveform or as its ``multires_spectra(x, fft_sizes)``."""
+    est_specs = multires_spectra(est, fft_sizes) if isinstance(est, Tensor) else est
+    ref_specs = multires_spectra(ref, fft_sizes) if isinstance(ref, Tensor) else ref
+    first = est_specs[0]
+    batch, device = first.shape[0], first.device
+    total = first.new_zeros(())
+    item_weight = first.new_ones(batch) if item_weight is None else item_weight
+    for n_fft, se, sr in zip(fft_sizes, est_specs, ref_specs, strict=True):  # [B, F, T, 2]
+        freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float32, device=device) * sample_rate / n_fft
+        limit = band_limit_hz if band_limit_hz is not None else first.new_full((batch,), sample_rate / 2)
         w = band_weight(limit, freqs, hf_weight, item_weight)[:, 0, 0, :, None]  # [B, F, 1]
         total = total + spectral_loss(se, sr, gamma, complex_weight, w) * (MULTIRES_SCALE / SPECTRAL_SCALE)
     return total / len(fft_sizes)

@@ -72,6 +72,8 @@ class Objective(nn.Module):
         c = self.cfg
         terms: dict[str, Tensor] = {}
         has_clean = batch["has_clean"].float()
+        both_multires = c.multires > 0 and c.distill_multires > 0 and teacher_out is not None and has_clean.sum() > 0
+        student_mr = self._student_multires(out) if both_multires else out["wave"]  # transformed once for both
         if has_clean.sum() > 0:
             w = L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
             if c.spectral > 0:
@@ -81,7 +83,7 @@ class Objective(nn.Module):
             if c.multires > 0:
                 clean_wave = L.istft(batch["clean_spec"], self.dsp)
                 terms["multires"] = c.multires * L.multires_loss(
-                    out["wave"], clean_wave, self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma,
+                    student_mr, clean_wave, self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma,
                     c.complex_weight, batch["band_limit_hz"], c.band_limited_hf_weight, has_clean,
                 )
             if c.mask > 0:
@@ -93,7 +95,7 @@ class Objective(nn.Module):
             if self.speaker is not None:
                 terms["speaker"] = c.speaker * self.speaker.loss(out["enhanced"], batch["clean_spec"], has_clean)
         if teacher_out is not None:
-            terms.update(self._distill_terms(out, teacher_out))
+            terms.update(self._distill_terms(out, teacher_out, student_mr))
         if self.discriminator is not None:
             real = L.istft(batch["clean_spec"], self.dsp) if has_clean.sum() > 0 else None
             adv, fm = self.discriminator.generator_losses(out["wave"], real, has_clean)
@@ -105,14 +107,27 @@ class Objective(nn.Module):
             terms["dnsmos_proxy"] = c.dnsmos_proxy * (5.0 - self.proxy(out["enhanced"])).mean()
         return terms
 
-    def _distill_terms(self, out: Mapping[str, Tensor], t: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _student_multires(self, out: Mapping[str, Tensor]) -> Tensor | tuple[Tensor, ...]:
+        """The student's waveform at every multires resolution, for both multires terms (supervised
+        and distillation) of a step: the STFTs were 15-20% of a step when each term made its own.
+        The throughput tool's ``old`` setting swaps in the losses of a commit without
+        ``multires_spectra``; those get the waveform and transform it per term, as the old code did."""
+        if not hasattr(L, "multires_spectra"):
+            return out["wave"]
+        return L.multires_spectra(out["wave"], self.cfg.multires_fft_sizes)
+
+    def _distill_terms(
+        self, out: Mapping[str, Tensor], t: Mapping[str, Tensor], student_mr: Tensor | tuple[Tensor, ...] | None = None
+    ) -> dict[str, Tensor]:
+        """The distillation terms; ``student_mr`` is the student's waveform or its multires STFTs."""
         c = self.cfg
         terms = {}
         if c.distill_spectral > 0:
             terms["d_spectral"] = c.distill_spectral * L.spectral_loss(out["enhanced"], t["enhanced"], c.gamma, c.complex_weight)
         if c.distill_multires > 0:
             terms["d_multires"] = c.distill_multires * L.multires_loss(
-                out["wave"], t["wave"], self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma, c.complex_weight
+                out["wave"] if student_mr is None else student_mr, t["wave"], self.dsp.sample_rate_hz,
+                c.multires_fft_sizes, c.gamma, c.complex_weight,
             )
         if c.distill_mask > 0:
             terms["d_mask"] = c.distill_mask * L.mask_distill_loss(out["erb_mask"], t["erb_mask"], c.temperature)
