@@ -389,3 +389,20 @@ def test_student_multires_stfts_are_made_once_for_both_terms_with_the_same_value
     assert len(grads) == len(ref_grads) > 10
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6 * r.abs().max().item())
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "training" / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_its_committed_init_weights_fit_its_preset(path):
+    """A config a later session starts from must load, and weights it names inside the
+    repository (training/resume/: what a new machine continues from) must exist and have the
+    architecture of the config's preset, tensor for tensor."""
+    from dfnet4_sdk.models import load_model
+
+    cfg = TrainConfig.load(path)
+    init = cfg.model.init_checkpoint
+    if not init or init.startswith("runs/"):
+        return  # no initial weights, or a run's own file (written by the command in the config's header)
+    weights = load_model(REPO / init)
+    expected = DfNet4.from_preset(cfg.model.preset)
+    shapes = {k: tuple(v.shape) for k, v in weights.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in expected.state_dict().items()}
