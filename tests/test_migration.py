@@ -56,8 +56,8 @@ class Block:
     code: str
 
 
-def parse_guide(text: str) -> tuple[list[Block], list[tuple[int, str]]]:
-    """The fenced blocks, and the inline code spans (line, text) outside them."""
+def parse_guide(text: str, name: str = "MIGRATION.md") -> tuple[list[Block], list[tuple[int, str]]]:
+    """The fenced blocks, and the inline code spans (line, text) outside them (also README's)."""
     blocks, spans, lang, start, body = [], [], None, 0, []
     for i, line in enumerate(text.splitlines(), start=1):
         m = FENCE.match(line)
@@ -70,7 +70,7 @@ def parse_guide(text: str) -> tuple[list[Block], list[tuple[int, str]]]:
             body.append(line)
         else:
             spans += [(i, s.replace("\\|", "|")) for s in SPAN.findall(line)]
-    assert lang is None, f"{GUIDE.name}: code block opened at line {start - 1} is never closed"
+    assert lang is None, f"{name}: code block opened at line {start - 1} is never closed"
     return blocks, spans
 
 

@@ -28,14 +28,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from audio_data import DATA_DIR, MISSING_DATA, data_present
-from test_migration import _check_run_outputs
+from test_migration import Block, _check_run_outputs, parse_guide
 
 from dfnet4_sdk.bundle import Bundle
 from dfnet4_sdk.exporters.quantize_cli import EVAL_CLIPS, STREET_CLIP
@@ -44,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 EXAMPLE_CLIP = REPO / "examples" / "noisy_speech_48k.flac"
 CLIP_SECONDS = 2.0
-FENCE = re.compile(r"^```(\S*)\s*$")
 TEXT_BLOCK = ""  # an untagged fence: plain text, never run
 DFSDK = re.compile(r"^(\.venv/bin/)?dfsdk\b")
 
@@ -84,25 +82,8 @@ NEEDS_DATA = re.compile(r"\.\./shared/data|^dfsdk (eval|distill|train|qat)\b")
 OUTPUT_OPTIONS = ("-o", "--output", "--out", "--csv", "--markdown", "--plot", "--report", "--write-docs")
 
 
-@dataclass(frozen=True)
-class Block:
-    lang: str
-    line: int  # 1-based line of the first line of code
-    code: str
-
-
 def parse_readme(text: str) -> list[Block]:
-    blocks, lang, start, body = [], None, 0, []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if lang is None and (m := FENCE.match(line)):
-            lang, start, body = m.group(1), i + 1, []
-        elif lang is not None and line.strip() == "```":
-            blocks.append(Block(lang, start, "\n".join(body) + "\n"))
-            lang = None
-        elif lang is not None:
-            body.append(line)
-    assert lang is None, f"{README.name}: code block opened at line {start - 1} is never closed"
-    return blocks
+    return parse_guide(text, README.name)[0]
 
 
 def commands(block: Block) -> list[tuple[int, str]]:
