@@ -481,7 +481,10 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
     from dfnet4_sdk import conformance as conf
     from dfnet4_sdk.audio_io import read_audio, resample
     from dfnet4_sdk.bundle import Bundle, is_bundle
+    from dfnet4_sdk.files import check_new_file
 
+    if write_docs is not None:
+        check_new_file(write_docs, ".md", "--write-docs")  # before minutes of exports, not after
     audio_path = audio_path or _default_clip()
     audio, sr = read_audio(audio_path)
     seconds = 10.0 if full else 3.0

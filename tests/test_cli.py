@@ -310,3 +310,11 @@ def test_deep_filter_flags_mean_what_they_mean_there(tmp_path):
     assert got.shape == want.shape and snr_db(want, got) > 100.0
     plain = Runtime("dfnet4-lite-v1").enhance(audio[: 3 * rate], rate)
     assert snr_db(plain, got) < 40.0  # the options changed the output
+
+
+def test_conformance_checks_its_report_path_before_any_work(tmp_path):
+    """`--write-docs` into a missing folder used to fail only after every cell had run."""
+    result = CliRunner().invoke(main, ["conformance", "dfnet4-lite-v1", "--target", "onnx",
+                                       "--write-docs", str(tmp_path / "missing" / "CONFORMANCE.md")])
+    assert result.exit_code == 2 and "does not exist; create it first" in result.output
+    assert "Traceback" not in result.output and "onnx-fp32" not in result.output  # no cell ran
