@@ -111,8 +111,7 @@ class Bundle:
         from dfnet4_sdk.shipped import SHIPPED_MODELS
 
         for m in SHIPPED_MODELS.values():
-            dirs = [b.path for b in m.bundles] if hasattr(m, "bundles") else [m.onnx_bundle_dir]
-            if any(d is not None and d.resolve() == self.root.resolve() for d in dirs):
+            if any(b.path.resolve() == self.root.resolve() for b in m.bundles):
                 return replace(self, manifest=replace(self.manifest, source_model={"name": m.name, "kind": "shipped"}))
         return self
 
