@@ -5,6 +5,8 @@
 #
 #   bash training/remote_chunk.sh SECONDS [CONFIG]
 #
+# DFSDK_SRC names the package source to install (default: this checkout; a clean `git archive` of
+# a commit keeps a chunk independent of edits in progress).
 # A 30-step probe measures seconds per step on this GPU first; the chunk then gets as many steps as
 # fit in what is left of SECONDS, so its cosine learning-rate schedule ends when the chunk does.
 # It stops by SIGTERM if it runs over (the trainer saves and exits). Everything comes back under
@@ -16,7 +18,7 @@ start=$(date +%s)
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e "${DFSDK_SRC:-.}" >/dev/null || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 distill() { python3 -m dfnet4_sdk.cli distill --config "$config" --device cuda --no-resume "$@"; }
 
