@@ -475,9 +475,24 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
 @click.option("--target", "targets", multiple=True, help="Only these targets (repeatable).")
 @click.option("--write-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results table (Markdown) here, e.g. docs/CONFORMANCE.md.")
+@click.option("--client", "client", default=None, metavar="CMD",
+              help="Instead: check an external client, a command template with {input} and {output} (mono float32 "
+                   "WAV at the bundle's rate) and optionally {bundle}, against Runtime(BUNDLE) over the probe set "
+                   "(docs/CONFORMANCE.md, Checking a port).")
+@click.option("--probes", default=None, help="With --client: probe names or patterns, comma-separated (default "
+                                             "all); `list` describes them.")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --client: keep each probe's input, client output and Python output in this folder.")
 @_fail_on_sdk_errors
-def conformance(bundle_or_model, audio_path, reference_model, full, targets, write_docs):
-    """Check a bundle, or every target x precision of a model (default: all models), against PyTorch."""
+def conformance(bundle_or_model, audio_path, reference_model, full, targets, write_docs, client, probes, keep):
+    """Check a bundle, or every target x precision of a model (default: all models), against PyTorch;
+    with --client, check an external client against Runtime(BUNDLE)."""
+    if client is not None or probes is not None or keep is not None:
+        from dfnet4_sdk.client_check import conformance_command
+
+        raise SystemExit(conformance_command(bundle_or_model, client, probes, keep, audio_path, echo=click.echo,
+                                             not_applicable={"--model": reference_model, "--full": full,
+                                                             "--target": targets, "--write-docs": write_docs}))
     from dfnet4_sdk import conformance as conf
     from dfnet4_sdk.audio_io import read_audio, resample
     from dfnet4_sdk.bundle import Bundle, is_bundle
