@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// node web/cli.js BUNDLE_DIR INPUT.wav OUTPUT.wav [--atten-lim-db DB] [--post-filter-beta B]
+// node web/cli.js BUNDLE_DIR INPUT.wav OUTPUT.wav [options: see USAGE]
 //
 // Enhances a mono 32-bit float WAV at the bundle's sample rate with the bundle's component graphs
 // (onnxruntime-web, WASM) and writes a mono 32-bit float WAV of the same length. This is the
@@ -12,8 +12,16 @@ import { loadNodeRuntime } from "./src/node.js";
 import { enhance } from "./src/stream.js";
 import { WavError, readWav, writeWav } from "./src/wav.js";
 
-const USAGE = "usage: node web/cli.js BUNDLE_DIR INPUT.wav OUTPUT.wav [--atten-lim-db DB] [--post-filter-beta B]";
-const FLAGS = { "--atten-lim-db": "attenLimDb", "--post-filter-beta": "postFilterBeta" };
+const USAGE =
+  "usage: node web/cli.js BUNDLE_DIR INPUT.wav OUTPUT.wav [--atten-lim-db DB] [--post-filter-beta B]\n" +
+  "       [--min-db-thresh DB] [--max-db-erb-thresh DB] [--max-db-df-thresh DB]   (dfsdk run's options and defaults)";
+const FLAGS = {
+  "--atten-lim-db": "attenLimDb",
+  "--post-filter-beta": "postFilterBeta",
+  "--min-db-thresh": "minDbThresh",
+  "--max-db-erb-thresh": "maxDbErbThresh",
+  "--max-db-df-thresh": "maxDbDfThresh",
+};
 
 class UsageError extends Error {}
 
@@ -27,8 +35,9 @@ function parseArgs(argv) {
       process.exit(0);
     }
     if (arg in FLAGS) {
-      const value = Number(argv[++i]);
-      if (argv[i] === undefined || !Number.isFinite(value)) throw new UsageError(`${arg} needs a number, got ${argv[i]}`);
+      const text = argv[++i];
+      const value = /^[-+]?inf(inity)?$/i.test(text ?? "") ? (text.startsWith("-") ? -Infinity : Infinity) : Number(text);
+      if (text === undefined || text.trim() === "" || Number.isNaN(value)) throw new UsageError(`${arg} needs a number, got ${text}`);
       options[FLAGS[arg]] = value;
     } else if (arg.startsWith("--")) {
       throw new UsageError(`unknown option ${arg}`);

@@ -1,0 +1,73 @@
+// Inference Worker: loads the bundle once; enhances whole files, runs the self-check, and
+// streams live audio chunks that the AudioWorklet sends through a MessagePort.
+
+import { loadBrowserRuntime } from "../src/browser.js";
+import { selfCheck } from "../src/selfcheck.js";
+import { EnhancementStream, enhance } from "../src/stream.js";
+
+let runtime = null;
+let live = null;
+
+const handlers = {
+  async init({ bundleUrl }) {
+    runtime = await loadBrowserRuntime(bundleUrl);
+    const { bundle } = runtime;
+    const m = bundle.manifest;
+    return { sampleRate: bundle.sampleRate, hopSize: bundle.hopSize, latencySamples: bundle.latencySamples, model: m.source_model?.name ?? m.model_family, precision: m.precision };
+  },
+  async selfcheck() {
+    return selfCheck(runtime.bundle, runtime.pffft);
+  },
+  async enhance({ samples, options }) {
+    const t0 = performance.now();
+    const out = await enhance(runtime.bundle, runtime.pffft, samples, options);
+    const hops = Math.ceil((samples.length + runtime.bundle.latencySamples) / runtime.bundle.hopSize);
+    return { samples: out, hopMs: (performance.now() - t0) / hops, transfer: [out.buffer] };
+  },
+  async liveStart({ port, options }) {
+    live?.stop();
+    const stream = new EnhancementStream(runtime.bundle, runtime.pffft, options);
+    let queue = Promise.resolve();
+    let chunks = 0;
+    port.onmessage = ({ data }) => {
+      // One chunk at a time, in order: the stream's state is sequential.
+      queue = queue.then(async () => {
+        const out = await stream.process(data);
+        chunks += 1;
+        if (out.length) port.postMessage(out, [out.buffer]);
+      });
+    };
+    live = {
+      stop() {
+        port.onmessage = null;
+        port.close();
+        stream.dispose();
+      },
+      stats: () => {
+        const times = stream.hopTimesMs;
+        const mean = times.reduce((a, b) => a + b, 0) / Math.max(times.length, 1);
+        return { chunks, hops: times.length, hopMs: mean, lsnrDb: stream.lastLsnrDb };
+      },
+    };
+    return {};
+  },
+  async liveStats() {
+    return live ? live.stats() : null;
+  },
+  async liveStop() {
+    const stats = live?.stats() ?? null;
+    live?.stop();
+    live = null;
+    return stats;
+  },
+};
+
+self.onmessage = async ({ data }) => {
+  const { id, type, ...args } = data;
+  try {
+    const { transfer = [], ...result } = (await handlers[type](args)) ?? {};
+    self.postMessage({ id, ok: true, result }, transfer);
+  } catch (e) {
+    self.postMessage({ id, ok: false, error: e.message });
+  }
+};

@@ -1,0 +1,143 @@
+// A port's self-check against the bundle's golden fixtures (docs/BUNDLE.md "Golden fixtures"),
+// the same in node and in the browser:
+//   1. graphs: the stored features fed frame by frame through the component graphs (states fed
+//      back by name), every output and final state compared with PyTorch's;
+//   2. front-end: our own features of audio_in compared with the stored ones;
+//   3. audio: our whole stream on audio_in (every stage on, as recorded) against audio_out.
+
+import { readNpz } from "./npz.js";
+import { FrontEnd } from "./dsp.js";
+import { ALL_STAGES, enhance } from "./stream.js";
+
+// Our features may differ from PyTorch's by float rounding only (1.5e-6 measured on DFN3).
+export const FEATURE_TOLERANCE = 1e-4;
+
+export function snrDb(reference, estimate) {
+  let signal = 0;
+  let noise = 0;
+  const n = Math.min(reference.length, estimate.length);
+  for (let i = 0; i < n; i++) {
+    signal += reference[i] * reference[i];
+    noise += (reference[i] - estimate[i]) ** 2;
+  }
+  return 10 * Math.log10(signal / Math.max(noise, 1e-30));
+}
+
+const frameOf = (array, t) => {
+  const size = array.data.length / array.shape[0];
+  return array.data.subarray(t * size, (t + 1) * size);
+};
+
+/** Load the bundle's fixtures.npz (Map name -> {shape, data}). */
+export async function loadFixtures(bundle) {
+  return readNpz(await bundle.readFile(bundle.manifest.fixtures.file));
+}
+
+/** 1. Stored features through the graphs. Returns {frames, worst: {"graph/output": relative error},
+ *  hopMs: mean wall time of the three graph calls per frame}. */
+export async function replayGraphs(bundle, fixtures) {
+  const T = bundle.ort.Tensor;
+  const states = bundle.initialStates();
+  const frames = fixtures.get("enc/feat_erb").shape[0];
+  const worst = {};
+  const scale = {};
+  const track = (key, got, want) => {
+    let diff = 0;
+    let peak = 0;
+    for (let i = 0; i < want.length; i++) {
+      diff = Math.max(diff, Math.abs(got[i] - want[i]));
+      peak = Math.max(peak, Math.abs(want[i]));
+    }
+    worst[key] = Math.max(worst[key] ?? 0, diff);
+    scale[key] = Math.max(scale[key] ?? 0, peak);
+  };
+  const t0 = performance.now();
+  for (let t = 0; t < frames; t++) {
+    const values = {};
+    for (const g of bundle.graphs) {
+      const feeds = {};
+      for (const input of g.inputs) {
+        let value;
+        if (input.role === "state_in") value = states[input.name];
+        else if (input.role === "feature") value = new T("float32", Float32Array.from(frameOf(fixtures.get(`${g.name}/${input.name}`), t)), input.shape);
+        else value = values[input.name];
+        feeds[bundle.fileName(g, input.name)] = value;
+      }
+      const results = await bundle.sessions[g.name].run(feeds);
+      for (const output of g.outputs) {
+        const value = results[bundle.fileName(g, output.name)];
+        if (output.role === "state_out") states[`state_in.${output.name.slice(10)}`] = value;
+        else values[output.name] = value;
+        if (output.role === "output") track(`${g.name}/${output.name}`, value.data, frameOf(fixtures.get(`${g.name}/${output.name}`), t));
+      }
+    }
+  }
+  const hopMs = (performance.now() - t0) / frames;
+  for (const g of bundle.graphs) {
+    for (const output of g.outputs.filter((o) => o.role === "state_out")) {
+      const key = `${g.name}/final.${output.name}`;
+      const want = fixtures.get(key);
+      if (want) track(key, states[`state_in.${output.name.slice(10)}`].data, want.data);
+    }
+  }
+  const relative = Object.fromEntries(Object.entries(worst).map(([k, v]) => [k, v / Math.max(scale[k], 1e-6)]));
+  return { frames, worst: relative, hopMs };
+}
+
+/** 2. Our front-end's features of audio_in (plus the flush hops) against the stored ones:
+ *  the largest absolute difference of feat_erb and of feat_spec. */
+export function compareFeatures(bundle, pffft, fixtures) {
+  const fe = new FrontEnd(pffft, bundle.manifest.dsp);
+  try {
+    const state = fe.newState();
+    const audio = fixtures.get("audio_in").data;
+    const erb = fixtures.get("enc/feat_erb");
+    const spec = fixtures.get("enc/feat_spec");
+    const hop = fe.hop;
+    const padded = new Float32Array(erb.shape[0] * hop);
+    padded.set(audio.subarray(0, padded.length));
+    const X = new Float32Array(2 * fe.bins);
+    const featErb = new Float32Array(fe.nbErb);
+    const featSpec = new Float32Array(2 * fe.nbDf);
+    let erbErr = 0;
+    let specErr = 0;
+    for (let t = 0; t < erb.shape[0]; t++) {
+      fe.analysis(padded.subarray(t * hop, (t + 1) * hop), state, X);
+      fe.features(X, state, featErb, featSpec);
+      const wantErb = frameOf(erb, t);
+      const wantSpec = frameOf(spec, t);
+      for (let i = 0; i < featErb.length; i++) erbErr = Math.max(erbErr, Math.abs(featErb[i] - wantErb[i]));
+      for (let i = 0; i < featSpec.length; i++) specErr = Math.max(specErr, Math.abs(featSpec[i] - wantSpec[i]));
+    }
+    return { featErb: erbErr, featSpec: specErr };
+  } finally {
+    fe.dispose();
+  }
+}
+
+/** 3. audio_in through a stream with every stage on: SNR of our output against audio_out, and
+ *  the mean wall time per hop. */
+export async function compareAudio(bundle, pffft, fixtures) {
+  const audioIn = fixtures.get("audio_in").data;
+  const want = fixtures.get("audio_out").data;
+  const t0 = performance.now();
+  const got = await enhance(bundle, pffft, audioIn, ALL_STAGES);
+  const hops = Math.ceil((audioIn.length + bundle.latencySamples) / bundle.hopSize);
+  return { snrDb: snrDb(want, got), length: got.length, expectedLength: want.length, hopMs: (performance.now() - t0) / hops };
+}
+
+/** All three checks with the manifest's declared tolerances; `passed` says whether all hold. */
+export async function selfCheck(bundle, pffft) {
+  const fixtures = await loadFixtures(bundle);
+  const tolerance = bundle.manifest.validation?.tolerance ?? { graph_rel_error: 1e-4, audio_snr_db: 60 };
+  const graphs = await replayGraphs(bundle, fixtures);
+  const features = compareFeatures(bundle, pffft, fixtures);
+  const audio = await compareAudio(bundle, pffft, fixtures);
+  const worstGraph = Math.max(...Object.values(graphs.worst));
+  const passed =
+    worstGraph <= tolerance.graph_rel_error &&
+    Math.max(features.featErb, features.featSpec) <= FEATURE_TOLERANCE &&
+    audio.snrDb >= tolerance.audio_snr_db &&
+    audio.length === audio.expectedLength;
+  return { passed, tolerance, graphs, features, audio, worstGraph };
+}

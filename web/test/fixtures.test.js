@@ -1,0 +1,36 @@
+// The bundle's golden fixtures replayed in node (onnxruntime-web's WASM backend).
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { loadNodeRuntime } from "../src/node.js";
+import { FEATURE_TOLERANCE, compareAudio, compareFeatures, loadFixtures, replayGraphs } from "../src/selfcheck.js";
+import { bundleDir } from "./paths.js";
+
+let runtime;
+let fixtures;
+let tolerance;
+before(async () => {
+  runtime = await loadNodeRuntime(bundleDir());
+  fixtures = await loadFixtures(runtime.bundle);
+  tolerance = runtime.bundle.manifest.validation.tolerance;
+});
+after(() => runtime.bundle.release());
+
+test("stored features through the graphs frame by frame give PyTorch's outputs and final states", async (t) => {
+  const r = await replayGraphs(runtime.bundle, fixtures);
+  assert.equal(r.frames, fixtures.get("enc/lsnr").shape[0]);
+  for (const key of ["enc/lsnr", "erb_dec/erb_mask", "df_dec/df_coefs", "df_dec/final.state_out.df_dec_gru"]) assert.ok(key in r.worst, key);
+  for (const [key, err] of Object.entries(r.worst)) assert.ok(err <= tolerance.graph_rel_error, `${key}: relative error ${err} > ${tolerance.graph_rel_error}`);
+  t.diagnostic(`worst relative error ${Math.max(...Object.values(r.worst)).toExponential(2)}; node: ${r.hopMs.toFixed(2)} ms per frame (3 graphs)`);
+});
+
+test("our front-end gives the stored features of audio_in", () => {
+  const r = compareFeatures(runtime.bundle, runtime.pffft, fixtures);
+  assert.ok(r.featErb <= FEATURE_TOLERANCE && r.featSpec <= FEATURE_TOLERANCE, JSON.stringify(r));
+});
+
+test("audio_in through the stream with every stage on gives audio_out", async (t) => {
+  const r = await compareAudio(runtime.bundle, runtime.pffft, fixtures);
+  assert.equal(r.length, r.expectedLength);
+  assert.ok(r.snrDb >= tolerance.audio_snr_db, `${r.snrDb.toFixed(1)} dB < ${tolerance.audio_snr_db} dB`);
+  t.diagnostic(`${r.snrDb.toFixed(1)} dB from PyTorch; node: ${r.hopMs.toFixed(2)} ms per hop`);
+});
