@@ -1,4 +1,5 @@
-"""libDF's front-end in numpy: STFT, ERB features, unit-norm features, mask, deep filter.
+"""libDF's front-end in numpy: STFT, ERB features, unit-norm features (the stages after the
+model, mask to attenuation limit, are in ``dfnet4_sdk.stages``; whole-signal wrappers here).
 
 Everything here reproduces libDF 0.5.6 (``libdf``, PyPI deepfilterlib), which the tests use as
 the oracle. Two forms share one implementation of each formula:
@@ -18,6 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from dfnet4_sdk import stages
 from dfnet4_sdk.errors import AudioInputError, ConfigError
 from dfnet4_sdk.params import DspParams
 
@@ -25,7 +27,6 @@ ERB_NORM_INIT_DB = (-60.0, -90.0)  # libDF MEAN_NORM_INIT: state of the ERB expo
 UNIT_NORM_INIT = (0.001, 0.0001)  # libDF UNIT_NORM_INIT: state of the complex unit norm
 ERB_POWER_EPS = 1e-10  # added to the band power before log10
 ERB_FEATURE_SCALE_DB = 40.0  # normalised dB are divided by this
-POST_FILTER_EPS = 1e-12
 # numpy's batched float32 (i)rfft costs ~2.2 us per 960-point frame up to ~100 KB a call and
 # then jumps to ~7 us, output buffer given or not (measured, numpy 2.4: 26 rows 2.15 us, 27 rows
 # 6.7 us, in fresh processes): long signals go through in blocks of this many frames.
@@ -133,8 +134,8 @@ class FrontEndState:
 class FrontEnd:
     """Precomputed constants of one ``DspParams``; holds no stream state (share it freely).
 
-    Per hop: ``analysis_frame`` -> ``features_frame`` -> (model) -> ``apply_erb_mask`` /
-    deep filter -> ``synthesis_frame``. The batch methods (``analysis``, ``features``,
+    Per hop: ``analysis_frame`` -> ``features_frame`` -> (model, then ``stages``: mask, deep
+    filter ...) -> ``synthesis_frame``. The batch methods (``analysis``, ``features``,
     ``synthesis``) do the same on T frames at once and leave ``state`` where the frame form
     would; the whole-signal functions call them with a fresh state.
     """
@@ -239,11 +240,6 @@ class FrontEnd:
         out = frame[: self.hop] + state.synthesis_memory
         state.synthesis_memory[:] = frame[self.hop :]
         return out
-
-    def apply_erb_mask(self, spec: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """[..., F] complex * [..., E] gains expanded to bins (0/1 inverse filterbank)."""
-        # np.repeat by band width, not indexing with band_of_bin: the same gains, 2x faster.
-        return spec * np.repeat(np.asarray(mask, dtype=np.float32), self.erb_widths, axis=-1)
 
     # -- T frames at once (same numbers, same final state) ---------------------------------------
 
@@ -371,11 +367,11 @@ def apply_erb_mask(spec: np.ndarray, mask: np.ndarray, params: DspParams) -> np.
             f"expected spec [..., {params.freq_bins}] and mask [..., {params.nb_erb}], "
             f"got {np.shape(spec)} and {np.shape(mask)}"
         )
-    return front_end(params).apply_erb_mask(spec, mask)
+    return spec * stages.erb_gains(mask, front_end(params).erb_widths)
 
 
 def deep_filter(spec: np.ndarray, coefs: np.ndarray, df_lookahead_frames: int) -> np.ndarray:
-    """Complex multi-frame filter on the first D bins.
+    """``stages.deep_filter`` over a whole signal (zero frames beyond its ends).
 
     spec [T, F_all] complex, coefs [T, D, O] complex -> [T, D] complex64, with tap 0 the oldest:
     out[t, f] = sum_i coefs[t, f, i] * spec[t - (O - 1 - lookahead) + i, f] (zeros outside)."""
@@ -387,28 +383,5 @@ def deep_filter(spec: np.ndarray, coefs: np.ndarray, df_lookahead_frames: int) -
     if not 0 <= df_lookahead_frames < order:
         raise AudioInputError(f"df_lookahead_frames must be in 0..{order - 1}, got {df_lookahead_frames}")
     past = order - 1 - df_lookahead_frames
-    padded = np.pad(spec[:, :nb_df], ((past, df_lookahead_frames), (0, 0)))
-    taps = np.lib.stride_tricks.sliding_window_view(padded, order, axis=0)  # [T, D, O]
-    return np.sum(coefs * taps, axis=-1).astype(np.complex64, copy=False)
-
-
-def deep_filter_frame(spec_history: np.ndarray, coefs: np.ndarray) -> np.ndarray:
-    """One frame of ``deep_filter``: spec_history [O, F_all] (oldest first, i.e. frames
-    t-(O-1-lookahead) .. t+lookahead), coefs [D, O] -> [D] complex64."""
-    nb_df = coefs.shape[0]
-    return np.einsum("fi,if->f", coefs, spec_history[:, :nb_df]).astype(np.complex64, copy=False)
-
-
-def post_filter(noisy_spec: np.ndarray, enhanced_spec: np.ndarray, beta: float = 0.02) -> np.ndarray:
-    """libDF's spectral post-filter (``post_filter`` in lib.rs), any shape, float32 arithmetic:
-    g = clamp(|Y| / (|X| + 1e-12), 1e-12, 1), pf = (1+beta) / (1 + beta / sin^2(pi*g/2)),
-    returns Y * pf. libDF runs it in chunks of 4 bins and so skips the last F % 4 bins (the
-    Nyquist bin at 481 bins); here every bin is filtered."""
-    noisy_mag = np.abs(np.asarray(noisy_spec, dtype=np.complex64))
-    enhanced = np.asarray(enhanced_spec, dtype=np.complex64)
-    eps = np.float32(POST_FILTER_EPS)
-    gain = np.clip(np.abs(enhanced) / (noisy_mag + eps), eps, np.float32(1.0))
-    gain_sin = gain * np.sin(gain * np.float32(np.pi / 2))
-    beta = np.float32(beta)
-    pf = ((np.float32(1.0) + beta) * gain / (np.float32(1.0) + beta * (gain / gain_sin) ** 2)) / gain
-    return enhanced * pf
+    window = np.pad(spec[:, :nb_df], ((past, df_lookahead_frames), (0, 0)))
+    return stages.deep_filter(window, coefs)

@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from dfnet4_sdk import dsp
-from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, StreamOptions, post_filter_libdf
+from dfnet4_sdk import dsp, stages
+from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, StreamOptions
 
 
 class StageSkipped(Exception):
@@ -56,6 +56,7 @@ class OfflineStream:
         m = backend.manifest
         d, s = m.dsp, m.streaming
         self.backend, self.options, self.threads = backend, options, threads
+        self.thresholds = options.gating_thresholds_db
         self.hop, self.latency = d.hop_size_samples, m.latency_samples
         self.flush_hops = -(-m.latency_samples // self.hop)
         self.front_end = dsp.front_end(d)
@@ -158,7 +159,7 @@ class OfflineStream:
                 for g in graphs[1:-1]:
                     values.update(self._run_graph(g, values))
                 t = min(block, t_frames - b * block)  # real frames of this block
-                if not _every_frame_runs_all_stages(values["lsnr"].reshape(-1)[:t], self.options):
+                if not stages.gating(values["lsnr"].reshape(-1)[:t], self.thresholds).apply_df.all():
                     for future in pending:
                         future.cancel()
                     raise StageSkipped("gating would switch a stage off on some frame")
@@ -208,8 +209,9 @@ def synthesis_past(streaming) -> int:
 
 
 class _Synthesis:
-    """ERB mask, deep filter, post-filter, attenuation limit and overlap-add synthesis of
-    consecutive runs of steps, in order (the overlap-add memory is carried between calls)."""
+    """The stages (``stages``: ERB mask, deep filter, post-filter, attenuation limit; every frame
+    runs all of them here) and the overlap-add synthesis of consecutive runs of steps, in order
+    (the overlap-add memory is carried between calls)."""
 
     def __init__(self, manifest, options: StreamOptions):
         d, s = manifest.dsp, manifest.streaming
@@ -224,25 +226,8 @@ class _Synthesis:
         t = len(erb_mask)
         if t == 0:
             return np.zeros(0, np.float32)
-        d, order = self.dsp, self.order
+        taps = stages.df_taps(np.reshape(df_coefs, (t, self.dsp.nb_df, -1)), self.order)
+        enhanced = stages.mask_and_filter(padded, erb_mask, taps, self.front_end.erb_widths, self.past)
         noisy = padded[self.past : self.past + t]
-        enhanced = self.front_end.apply_erb_mask(noisy, erb_mask)
-        taps = np.ascontiguousarray(df_coefs, dtype=np.float32).view(np.complex64).reshape(t, d.nb_df, order)
-        filtered = padded[:t, : d.nb_df] * taps[:, :, 0]
-        for o in range(1, order):  # tap o of every step at once
-            filtered += padded[o : o + t, : d.nb_df] * taps[:, :, o]
-        enhanced[:, : d.nb_df] = filtered
-        if self.options.post_filter_beta > 0:
-            enhanced = np.stack([post_filter_libdf(a, b, self.options.post_filter_beta) for a, b in zip(noisy, enhanced)])
-        lim = self.options.atten_lim_gain
-        if lim is not None:
-            enhanced = enhanced * (1.0 - lim) + noisy * lim
+        enhanced = stages.finish(noisy, enhanced, self.options.post_filter_beta, self.options.atten_lim_gain)
         return self.front_end.synthesis(enhanced, self.state)
-
-
-def _every_frame_runs_all_stages(lsnr_db: np.ndarray, options: StreamOptions) -> bool:
-    """``apply_stages(v) == (True, False, True)`` for every v, vectorised (NaN included: it
-    compares false, as there)."""
-    lsnr_db = np.asarray(lsnr_db, dtype=np.float32)
-    skipped = (lsnr_db < options.min_db_thresh) | (lsnr_db > options.max_db_erb_thresh) | (lsnr_db > options.max_db_df_thresh)
-    return not bool(skipped.any())

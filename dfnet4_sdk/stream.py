@@ -1,5 +1,7 @@
-"""The one streaming object: front-end DSP state, model state, DF look-ahead history, gating,
-attenuation limit, post-filter and delay compensation live here, once, for every backend.
+"""The one streaming object: front-end DSP state, model state, DF look-ahead history and delay
+compensation live here, once, for every backend. The formulas are elsewhere, one home each:
+``dsp.FrontEnd`` (analysis, features, synthesis) and ``stages`` (gating, ERB mask, deep filter,
+post-filter, attenuation limit), called here with one frame (T = 1).
 
 Per hop (10 ms at 48 kHz) the data path is, top to bottom:
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dfnet4_sdk import dsp
+from dfnet4_sdk import dsp, stages
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.manifest import Manifest
 
@@ -58,6 +60,13 @@ class StreamOptions:
         lim = abs(self.atten_lim_db)
         return None if lim >= 100.0 else float(10.0 ** (-lim / 20.0))
 
+    @property
+    def gating_thresholds_db(self) -> np.ndarray:
+        """[min_db_thresh, max_db_erb_thresh, max_db_df_thresh] float32, the form ``stages.gating``
+        and the fused frame graph take (+-inf clipped to +-1e9: a graph input stays finite)."""
+        values = [self.min_db_thresh, self.max_db_erb_thresh, self.max_db_df_thresh]
+        return np.clip(np.array(values, dtype=np.float32), -1e9, 1e9)
+
 
 _GATE = (lambda v: not math.isnan(v), "a number of dB (-inf or inf switches that gate off)")
 # name -> (is the float value valid, what is expected). NaN fails every rule: it would make the
@@ -70,26 +79,6 @@ _OPTION_RULES = {
     "max_db_erb_thresh": _GATE,
     "max_db_df_thresh": _GATE,
 }
-
-
-def apply_stages(lsnr_db: float, options: StreamOptions) -> tuple[bool, bool, bool]:
-    """libDF's stage selection: (apply_erb_mask, apply_zero_mask, apply_df) for a frame's local SNR."""
-    if lsnr_db < options.min_db_thresh:
-        return False, True, False
-    if lsnr_db > options.max_db_erb_thresh:
-        return False, False, False
-    if lsnr_db > options.max_db_df_thresh:
-        return True, False, False
-    return True, False, True
-
-
-def post_filter_libdf(noisy: np.ndarray, enhanced: np.ndarray, beta: float) -> np.ndarray:
-    """libDF's post-filter. It walks the bins in chunks of four, so with 481 bins the last
-    (Nyquist) bin is left untouched; we keep that quirk to match the official runtime."""
-    n = (len(enhanced) // 4) * 4
-    out = enhanced.copy()
-    out[:n] = dsp.post_filter(noisy[:n], enhanced[:n], beta)
-    return out
 
 
 def _as_complex(pairs: np.ndarray) -> np.ndarray:
@@ -112,10 +101,7 @@ class EnhancementStream:
         if fused and m.frame_graph is None:
             raise ConfigError(f"{m.model_family} {m.backend} bundle has no fused frame graph; re-export it or use fused=False")
         self._fused = m.frame_graph is not None and fused is not False
-        o = self.options
-        self._thresholds = np.clip(
-            np.array([o.min_db_thresh, o.max_db_erb_thresh, o.max_db_df_thresh], dtype=np.float32), -1e9, 1e9
-        )
+        self._thresholds = self.options.gating_thresholds_db
         self._spec_in = np.zeros((1, m.dsp.freq_bins, 2), dtype=np.float32)
         self._spec_in_complex = self._spec_in.view(np.complex64).reshape(-1)  # writes go to _spec_in
         self._needs_samples = "frame_samples" in m.graph("enc").input_names
@@ -125,10 +111,11 @@ class EnhancementStream:
         self.latency_samples = m.latency_samples
         self._front_end = dsp.FrontEnd(m.dsp)
         s = m.streaming
-        self._lookahead = s.conv_lookahead_frames
-        # History of analysed frames: frame t-L and its DF window t-L-(O-1-Ld) .. t-L+Ld.
+        # History of analysed frames, oldest first, up to frame t: its first O frames are the DF
+        # window of frame t-L (t-L-(O-1-Ld) .. t-L+Ld, see ``stages``), frame t-L at ``_past``.
+        self._df_order = s.df_order
+        self._past = s.df_order - 1 - s.df_lookahead_frames
         self._history_len = s.conv_lookahead_frames + s.df_order - s.df_lookahead_frames
-        self._df_first = self._history_len - 1 - s.conv_lookahead_frames - (s.df_order - 1 - s.df_lookahead_frames)
         self.reset()
 
     # -- state -------------------------------------------------------------------------------
@@ -240,22 +227,19 @@ class EnhancementStream:
         """Features, the three components, gating, mask and deep filter in one graph call."""
         self._spec_in_complex[:] = spec
         out = self._run_frame_graph(hop_samples)
-        lsnr = float(out["lsnr"].reshape(-1)[0])
-        self.last_lsnr_db = lsnr
+        lsnr = out["lsnr"].reshape(1)  # [T = 1]
+        self.last_lsnr_db = float(lsnr[0])
         # [1, F, 2] re/im pairs are complex64 in memory: views, no arithmetic.
         enhanced = _as_complex(out["spec_enhanced"])
         if self.options.post_filter_beta > 0 or self.options.atten_lim_gain is not None:
-            enhanced = self._finish(_as_complex(out["spec_noisy"]), enhanced, apply_stages(lsnr, self.options)[0])
+            gates = stages.gating(lsnr, self._thresholds)
+            enhanced = self._finish(_as_complex(out["spec_noisy"])[None], enhanced[None], gates)[0]
         return enhanced
 
-    def _finish(self, noisy: np.ndarray, enhanced: np.ndarray, apply_erb: bool) -> np.ndarray:
-        """libDF's post-filter (when the ERB stage ran) and attenuation limit."""
-        if apply_erb and self.options.post_filter_beta > 0:
-            enhanced = post_filter_libdf(noisy, enhanced, self.options.post_filter_beta)
-        lim = self.options.atten_lim_gain
-        if lim is not None:
-            enhanced = enhanced * (1.0 - lim) + noisy * lim
-        return enhanced
+    def _finish(self, noisy: np.ndarray, enhanced: np.ndarray, gates: stages.Gates) -> np.ndarray:
+        """libDF's post-filter (when the ERB stage ran) and attenuation limit, [1, F]."""
+        o = self.options
+        return stages.finish(noisy, enhanced, o.post_filter_beta, o.atten_lim_gain, gates)
 
     def _enhance_split(self, spec: np.ndarray, hop_samples: np.ndarray) -> np.ndarray:
         """The same with the three component graphs and the DSP in numpy (gating skips graphs)."""
@@ -269,22 +253,19 @@ class EnhancementStream:
             "frame_samples": np.asarray(hop_samples, dtype=np.float32).reshape(1, 1, 1, -1),
         }
         enc_out = self._run_graph("enc", frame_inputs)
-        lsnr = float(enc_out["lsnr"].reshape(-1)[0])
-        self.last_lsnr_db = lsnr
-        apply_erb, apply_zeros, apply_df = apply_stages(lsnr, self.options)
-
-        noisy = self._history[-1 - self._lookahead]  # frame t-L
-        if apply_erb:
-            erb_mask = self._run_graph("erb_dec", enc_out)["erb_mask"].reshape(-1)
-            enhanced = self._front_end.apply_erb_mask(noisy, erb_mask)
-        elif apply_zeros:
-            enhanced = np.zeros_like(noisy)
-        else:
-            enhanced = noisy.copy()
-        if apply_df:
+        lsnr = enc_out["lsnr"].reshape(1)  # [T = 1]
+        self.last_lsnr_db = float(lsnr[0])
+        gates = stages.gating(lsnr, self._thresholds)
+        # A stage that does not run skips its graph call too (its state stays), as in libDF.
+        erb_mask = taps = None
+        if gates.apply_erb_mask[0]:
+            erb_mask = self._run_graph("erb_dec", enc_out)["erb_mask"].reshape(1, -1)
+        if gates.apply_df[0]:
             coefs = self._run_graph("df_dec", enc_out)["df_coefs"]
-            enhanced[: self.manifest.dsp.nb_df] = self._deep_filter(coefs)
-        return self._finish(noisy, enhanced, apply_erb)
+            taps = stages.df_taps(coefs.reshape(1, self.manifest.dsp.nb_df, -1), self._df_order)
+        window = self._history[: self._df_order]  # [O, F] = [T + O - 1, F] for T = 1
+        enhanced = stages.mask_and_filter(window, erb_mask, taps, self._front_end.erb_widths, self._past, gates)
+        return self._finish(window[self._past : self._past + 1], enhanced, gates)[0]
 
     def _run_graph(self, name: str, values: dict) -> dict:
         graph = self.manifest.graph(name)
@@ -295,10 +276,3 @@ class EnhancementStream:
         for state_in, state_out in self._state_io[name]:
             self._model_state[state_in] = outputs[state_out]
         return outputs
-
-    def _deep_filter(self, df_coefs: np.ndarray) -> np.ndarray:
-        s, nb_df = self.manifest.streaming, self.manifest.dsp.nb_df
-        c = np.asarray(df_coefs, dtype=np.float32).reshape(nb_df, s.df_order, 2)
-        taps = c[..., 0] + 1j * c[..., 1]  # [F, O]
-        window = self._history[self._df_first : self._df_first + s.df_order, :nb_df]  # [O, F]
-        return (taps * window.T).sum(axis=1)

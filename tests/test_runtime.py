@@ -9,7 +9,8 @@ import torch
 from dfnet4_sdk import Runtime, dsp
 from dfnet4_sdk.errors import AudioInputError, ConfigError
 from dfnet4_sdk.metrics import estimate_delay, snr_db
-from dfnet4_sdk.stream import StreamOptions, apply_stages
+from dfnet4_sdk.stages import gating
+from dfnet4_sdk.stream import StreamOptions
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +182,10 @@ def test_post_filter_attenuates_more(dfn3, speech_mix_48k):
 
 def test_stage_selection_matches_libdf():
     o = StreamOptions(min_db_thresh=-10, max_db_erb_thresh=30, max_db_df_thresh=20)
-    assert apply_stages(-12, o) == (False, True, False)  # noise only: zero mask
-    assert apply_stages(31, o) == (False, False, False)  # clean: untouched
-    assert apply_stages(25, o) == (True, False, False)  # ERB mask only
-    assert apply_stages(5, o) == (True, False, True)  # both stages
+    assert gating(-12, o.gating_thresholds_db) == (False, True, False)  # noise only: zero mask
+    assert gating(31, o.gating_thresholds_db) == (False, False, False)  # clean: untouched
+    assert gating(25, o.gating_thresholds_db) == (True, False, False)  # ERB mask only
+    assert gating(5, o.gating_thresholds_db) == (True, False, True)  # both stages
 
 
 def test_invalid_options_raise_config_error():

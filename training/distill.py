@@ -14,11 +14,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from dfnet4_sdk.models import spectral
-from dfnet4_sdk.models.base import COMPONENT_NAMES, OUTPUT_TIME_AXIS, EnhancementModel
+from dfnet4_sdk.models.base import OUTPUT_TIME_AXIS, EnhancementModel
 from dfnet4_sdk.training.losses import istft
 
-_KEPT = ("lsnr", "erb_mask", "df_coefs", "emb")
 # Hidden states the decoders return besides their graph outputs (intermediate distillation,
 # objective.py), kept when present, with their time axis.
 HIDDEN_TIME_AXIS = {"erb_dec_h": 1, "erb_dec_x": 2, "df_dec_h": 1}
@@ -27,21 +25,8 @@ HIDDEN_TIME_AXIS = {"erb_dec_h": 1, "erb_dec_x": 2, "df_dec_h": 1}
 def run_model(model: EnhancementModel, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Training form with intermediates: {enhanced [B,1,T,F_all,2], erb_mask [B,1,T,E],
     lsnr [B,T,1], df_coefs [B,T,F,2*O], emb [B,T,D], wave [B,N]} aligned to spectrum frame t."""
-    lookahead = model.conv_lookahead_frames
-    values: dict[str, Tensor] = {
-        name: spectral.pad_time_end(batch[name], lookahead, time_axis=2) for name in model.frame_input_names
-    }
-    for name in COMPONENT_NAMES:
-        comp = model.components[name]
-        outputs, _ = comp({k: values[k] for k in comp.input_names}, None)
-        values.update(outputs)
-    axes = dict(OUTPUT_TIME_AXIS, emb=1, **HIDDEN_TIME_AXIS)
-    kept = _KEPT + tuple(k for k in HIDDEN_TIME_AXIS if k in values)
-    out = {k: values[k].narrow(axes[k], lookahead, values[k].shape[axes[k]] - lookahead) for k in kept}
-    spec = batch["spec"]
-    masked = spectral.apply_erb_mask(spec, out["erb_mask"], spectral.erb_widths_tensor(model.dsp))
-    filtered = spectral.deep_filter(spec, out["df_coefs"], model.df_order, model.df_lookahead_frames)
-    out["enhanced"] = torch.cat([filtered, masked[..., model.dsp.nb_df :, :]], dim=-2)
+    inputs = {name: batch[name] for name in model.frame_input_names}
+    out = model.forward_aligned(batch["spec"], inputs, dict(OUTPUT_TIME_AXIS, emb=1, **HIDDEN_TIME_AXIS))
     out["wave"] = istft(out["enhanced"], model.dsp)
     return out
 

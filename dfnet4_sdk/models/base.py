@@ -105,6 +105,28 @@ class StreamingComponent(nn.Module):
         raise NotImplementedError
 
 
+def chain_components(
+    components: Mapping[str, StreamingComponent], values: Mapping[str, Tensor], state: Mapping[str, Tensor] | None,
+    step: bool = False,
+) -> tuple[TensorDict, TensorDict]:
+    """enc -> erb_dec -> df_dec, tensors passed by name: each component reads the names in its
+    ``input_names`` from ``values`` (the frame inputs, then what earlier components produced) and
+    its own states from ``state`` (None: the initial states). ``step``: the single-frame form.
+    Returns (``values`` plus every component output, the new states of all three)."""
+    values = dict(values)
+    new_state: TensorDict = {}
+    for name in COMPONENT_NAMES:
+        comp = components[name]
+        if state is None:
+            comp_state = comp.initial_state(values["feat_erb"].shape[0])
+        else:
+            comp_state = {s.name: state[s.name] for s in comp.state_specs()}
+        outputs, comp_new = (comp.step if step else comp)({k: values[k] for k in comp.input_names}, comp_state)
+        values.update(outputs)
+        new_state.update(comp_new)
+    return values, new_state
+
+
 class EnhancementModel(nn.Module):
     """Base of DFN3, DfNet4 and DfNet4Lite: three components plus the alignment facts."""
 
@@ -161,27 +183,16 @@ class EnhancementModel(nn.Module):
     def frame_input_names(self) -> tuple[str, ...]:
         return self.enc.input_names
 
-    def _run(self, method: str, frame_inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None):
-        batch_size = frame_inputs["feat_erb"].shape[0]
-        state = dict(state) if state is not None else self.initial_state(batch_size)
-        values: TensorDict = dict(frame_inputs)
-        new_state: TensorDict = {}
-        for name in COMPONENT_NAMES:
-            comp = self.components[name]
-            comp_state = {s.name: state[s.name] for s in comp.state_specs()}
-            outputs, comp_new = getattr(comp, method)({k: values[k] for k in comp.input_names}, comp_state)
-            values.update(outputs)
-            new_state.update(comp_new)
-        return {k: values[k] for k in MODEL_OUTPUT_SHAPES}, new_state
-
     def forward_components(self, frame_inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None = None):
         """Sequence form of the three components, unshifted: returns ({lsnr, erb_mask, df_coefs}, state).
         ``frame_inputs`` holds the tensors named in ``frame_input_names`` (FRAME_INPUT_SHAPES)."""
-        return self._run("forward", frame_inputs, state)
+        values, new_state = chain_components(self.components, frame_inputs, state)
+        return {k: values[k] for k in MODEL_OUTPUT_SHAPES}, new_state
 
     def step(self, frame_inputs: Mapping[str, Tensor], state: Mapping[str, Tensor]):
         """One frame (T == 1) through all three components: ({lsnr, erb_mask, df_coefs}, state)."""
-        return self._run("step", frame_inputs, state)
+        values, new_state = chain_components(self.components, frame_inputs, state, step=True)
+        return {k: values[k] for k in MODEL_OUTPUT_SHAPES}, new_state
 
     def forward(
         self, spec: Tensor, feat_erb: Tensor, feat_spec: Tensor, frame_samples: Tensor | None = None
@@ -193,23 +204,33 @@ class EnhancementModel(nn.Module):
         Returns (enhanced spec [B, 1, T, F_all, 2], erb_mask [B, 1, T, E], lsnr [B, T, 1],
         df_coefs [B, T, F, 2*O]) with every output aligned to spectrum frame t.
         """
+        inputs = {"feat_erb": feat_erb, "feat_spec": feat_spec, "frame_samples": frame_samples}
+        out = self.forward_aligned(spec, inputs)
+        return out["enhanced"], out["erb_mask"], out["lsnr"], out["df_coefs"]
+
+    def forward_aligned(
+        self, spec: Tensor, inputs: Mapping[str, Tensor | None], time_axes: Mapping[str, int] = OUTPUT_TIME_AXIS
+    ) -> TensorDict:
+        """The training form keeping every component output named in ``time_axes`` (name -> its
+        time axis; those the components produce), each aligned to spectrum frame t, and
+        ``enhanced`` [B, 1, T, F_all, 2]. ``inputs`` holds the frame inputs (``forward``'s)."""
         from dfnet4_sdk.models import spectral
 
         # Exactly what streaming does: the components see every feature frame from the first
         # on, and the output of step t belongs to spectrum frame t - L. (Upstream DFN3 instead
         # drops the first L feature frames; the difference fades within a second.)
         lookahead = self.conv_lookahead_frames
-        available = {"feat_erb": feat_erb, "feat_spec": feat_spec, "frame_samples": frame_samples}
         frame_inputs = {}
         for name in self.frame_input_names:
-            if available[name] is None:
+            if inputs.get(name) is None:
                 raise ValueError(f"{self.family} needs the frame input {name!r}: {FRAME_INPUT_SHAPES[name]}")
-            frame_inputs[name] = spectral.pad_time_end(available[name], lookahead, time_axis=2)
-        raw, _ = self.forward_components(frame_inputs)
-        out = {k: v.narrow(OUTPUT_TIME_AXIS[k], lookahead, v.shape[OUTPUT_TIME_AXIS[k]] - lookahead) for k, v in raw.items()}
-        widths = spectral.erb_widths_tensor(self.dsp)
-        spec_masked = spectral.apply_erb_mask(spec, out["erb_mask"], widths)
-        spec_filtered = spectral.deep_filter(spec, out["df_coefs"], self.df_order, self.df_lookahead_frames)
-        nb_df = self.dsp.nb_df
-        enhanced = torch.cat([spec_filtered, spec_masked[..., nb_df:, :]], dim=-2)
-        return enhanced, out["erb_mask"], out["lsnr"], out["df_coefs"]
+            frame_inputs[name] = spectral.pad_time_end(inputs[name], lookahead, time_axis=2)
+        values, _ = chain_components(self.components, frame_inputs, None)
+        out = {
+            k: values[k].narrow(axis, lookahead, values[k].shape[axis] - lookahead)
+            for k, axis in time_axes.items() if k in values
+        }
+        out["enhanced"] = spectral.enhance_sequence(
+            spec, out["erb_mask"], out["df_coefs"], self.dsp, self.df_order, self.df_lookahead_frames
+        )
+        return out
