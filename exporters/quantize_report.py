@@ -82,7 +82,7 @@ def _stream(backend, audio: np.ndarray, options=None) -> np.ndarray:
 def measure_backend(backend, sizes_bytes: int, reference, eval_items, dnsmos) -> ReportRow:
     """One cell: ``reference`` = (recorder, torch output, audio) of the street clip;
     ``eval_items`` = [(noisy 48k, clean 16k, torch output 16k, torch scores)]."""
-    from dfnet4_sdk.exporters.base import ALL_STAGES, validate_graphs
+    from dfnet4_sdk.exporters.validate import ALL_STAGES, validate_graphs
 
     from dfnet4_sdk.audio_io import resample
     from dfnet4_sdk.evaluation import pesq_wb
@@ -134,12 +134,8 @@ def build_report(models: Sequence[str], targets: Sequence[str], audio: np.ndarra
     [(noisy, clean)] at 16 kHz."""
     import torch
     from dfnet4_sdk.exporters import quantize as q
-    from dfnet4_sdk.exporters.base import (
-        ALL_STAGES,
-        RecordingBackend,
-        converter_for,
-        export_bundle,
-    )
+    from dfnet4_sdk.exporters.base import converter_for, export_bundle
+    from dfnet4_sdk.exporters.validate import ALL_STAGES, RecordingBackend
     from dfnet4_sdk.runtimes import load_backend
     from dfnet4_sdk.runtimes.torch_backend import TorchBackend
 

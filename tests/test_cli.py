@@ -318,3 +318,11 @@ def test_conformance_checks_its_report_path_before_any_work(tmp_path):
                                        "--write-docs", str(tmp_path / "missing" / "CONFORMANCE.md")])
     assert result.exit_code == 2 and "does not exist; create it first" in result.output
     assert "Traceback" not in result.output and "onnx-fp32" not in result.output  # no cell ran
+
+
+def test_conformance_refuses_an_unknown_target_before_any_work():
+    """`--target tf` used to match no cell: the command read the clip, ran nothing and exited 0."""
+    result = CliRunner().invoke(main, ["conformance", "dfnet4-lite-v1", "--target", "onnx", "--target", "tf"])
+    assert result.exit_code == 2, result.output
+    assert "unknown --target ['tf']; choose from ['coreml', 'onnx', 'tflite']" in result.output
+    assert "Traceback" not in result.output and "onnx-fp32" not in result.output  # no cell ran

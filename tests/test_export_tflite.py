@@ -24,7 +24,7 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 from audio_data import load_clip
 from dfnet4_sdk.exporters import tflite
-from dfnet4_sdk.exporters.base import BLOCK_EXPORTS, TOLERANCES, converter_for
+from dfnet4_sdk.exporters.base import TOLERANCES, converter_for
 from dfnet4_sdk.runtimes.tflite_backend import TfliteBackend
 
 from dfnet4_sdk.bundle import Bundle, write_manifest
@@ -108,7 +108,7 @@ def test_export_validates_against_torch(bundles, name, precision):
     blocks = [g.name for g in bundle.manifest.block_graphs]
     print(f"  block graphs: {blocks or v.get('note')}")
     has_gru = any(isinstance(m, torch.nn.GRU) for m in bundles.model(name).modules())
-    if ("tflite", precision) in BLOCK_EXPORTS and not has_gru:  # the offline path's graphs, or why they were left out
+    if precision in converter_for("tflite").capabilities.block_frames and not has_gru:  # or why they were left out
         assert len(blocks) == 3 or "block graphs left out" in v.get("note", "")
     else:  # LiteRT unrolls a GRU frame by frame in a block graph: nothing to gain
         assert not blocks
