@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import soundfile as sf
 
 from dfnet4_sdk.client_probes import Probe, probe_set, select_probes
 from dfnet4_sdk.errors import ConfigError, PathError
@@ -147,13 +148,23 @@ def run_client(argv: list[str], timeout_s: float) -> str | None:
     try:
         _, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        _kill_group(proc)
         return f"timed out after {timeout_s:g} s"
+    except BaseException:  # Ctrl-C, SIGTERM: the client runs in its own session, so it is ended here
+        _kill_group(proc)
+        raise
     if proc.returncode != 0:
         tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL_CHARS:].replace("\n", " | ")
         return f"exit {proc.returncode}" + (f": {tail}" if tail else "")
     return None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -167,8 +178,6 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 def compare_output(path: Path, reference: np.ndarray, sample_rate: int, tol: ClientTolerances) -> tuple[float, list[str]]:
     """(SNR dB, every reason the client's output at ``path`` fails) against ``reference``."""
-    import soundfile as sf
-
     if not path.is_file():
         return math.nan, ["wrote no output file"]
     try:
@@ -225,8 +234,6 @@ def check_client(
 ) -> ClientReport:
     """Run the client on every selected probe and compare with ``Runtime(bundle)``; ``echo`` gets
     the tolerances, the table header and each row as it is measured."""
-    import soundfile as sf
-
     from dfnet4_sdk.runtime import Runtime
 
     tokens = parse_template(template)
@@ -246,7 +253,7 @@ def check_client(
         folder = Path(tmp) if keep is None else keep
         folder.mkdir(parents=True, exist_ok=True)
         for probe in probes:
-            result = _check_probe(probe, rt, bundle.root, tokens, folder, tol, sf)
+            result = _check_probe(probe, rt, bundle.root, tokens, folder, tol)
             results.append(result)
             echo(result.row())
     report = ClientReport(bundle.root, template, results, tol)
@@ -254,8 +261,8 @@ def check_client(
     return report
 
 
-def _check_probe(probe: Probe, rt, bundle_root: Path, tokens: list[str], folder: Path, tol: ClientTolerances,
-                 sf) -> ProbeResult:
+def _check_probe(probe: Probe, rt, bundle_root: Path, tokens: list[str], folder: Path,
+                 tol: ClientTolerances) -> ProbeResult:
     audio = probe.make()
     rate = rt.sample_rate
     paths = {"bundle": bundle_root.resolve(), "input": (folder / f"{probe.name}.wav").resolve(),
@@ -299,3 +306,70 @@ def conformance_command(bundle_or_model: str | None, template: str | None, selec
 def _rate_and_hop(bundle_or_model: str | None) -> tuple[int, int]:
     dsp = resolve_bundle(bundle_or_model).manifest.dsp
     return dsp.sample_rate_hz, dsp.hop_size_samples
+
+
+# -- docs/CONFORMANCE.md -------------------------------------------------------------------------
+# What a probe that fails usually points at, by probe name pattern (the doc's last column).
+PROBE_HINTS = {
+    "silence-*": "the silence rule: a hop whose mean square is below 1e-7 outputs zeros and changes no state",
+    "near-threshold": "the silence rule's comparison: the hop's own mean square, strictly below 1e-7",
+    "clipped-speech": "full-scale input: overflow or saturation in a fixed-point or fp16 path",
+    "square-bursts": "full-scale input: overflow or saturation in a fixed-point or fp16 path",
+    "one-sample": "the final partial hop: zero-padded to a hop and run, never skipped as silence",
+    "partial-hop-*": "the final partial hop: zero-padded to a hop and run, never skipped as silence",
+    "long": "drift: single-precision accumulators, state decay, a buffer that grows",
+}
+
+
+def porting_section(tol: ClientTolerances = TOLERANCES) -> str:
+    """The "Checking a port" section of docs/CONFORMANCE.md, made from the probe set and ``TOLERANCES``
+    (so ``dfsdk conformance --write-docs`` writes it too)."""
+    import fnmatch
+
+    synthetic = [p for p in probe_set(48000, 480) if not p.name.startswith("real-")]
+    rows = [f"| `{p.name}` | {p.description} | "
+            f"{next((h for pat, h in PROBE_HINTS.items() if fnmatch.fnmatchcase(p.name, pat)), '')} |" for p in synthetic]
+    return "\n".join([
+        "## Checking a port: `dfsdk conformance --client`",
+        "",
+        "A team porting the per-hop recipe of docs/BUNDLE.md (JavaScript, Swift, Kotlin, C++) checks its client "
+        "against the Python runtime with one command:",
+        "",
+        "```bash",
+        "dfsdk conformance BUNDLE --client \"node web/cli.js {bundle} {input} {output}\"",
+        "```",
+        "",
+        "- **The client's contract.** `{bundle}` is the bundle directory (a `.dfbundle` is extracted first; "
+        "BUNDLE may also name a shipped model, default the default model's bundle); `{input}` a mono 32-bit float "
+        "WAV at the bundle's sample rate; `{output}` the file the client writes: mono 32-bit float WAV at the same "
+        "rate with exactly as many samples as the input, delay-compensated as `dfsdk run` writes it (output sample "
+        "n belongs to input sample n: drop the first `latency` samples, push zeros through the look-ahead at the "
+        "end), with the runtime's default options (no attenuation limit, no post-filter, default gating "
+        "thresholds, silent hops skipped). The command runs once per probe, without a shell (split as a POSIX "
+        "shell would: quote paths with spaces), and exits 0 when it succeeded.",
+        "- **The reference** is `Runtime(BUNDLE)` with default options, what `dfsdk run --model BUNDLE` runs.",
+        f"- **Tolerances** (`dfnet4_sdk/client_check.py`, `TOLERANCES`, printed with every report): SNR of the "
+        f"client's output against the reference >= {tol.min_snr_db:g} dB over the whole probe, the input's length, "
+        f"every sample finite, mono {tol.output_subtype} WAV at the bundle's rate, each run within "
+        f"{tol.timeout_base_s:g} s + {tol.timeout_per_audio_s:g} s per second of audio (then it is killed).",
+        "- **The probes**, made at run time, deterministically, at the bundle's rate and hop: the real recordings "
+        "(`real-NAME`: the demo clip `examples/noisy_speech_48k.flac`, the clips of `noisy_real/` in the "
+        "project's data folder when present, and `--audio FILE`), and synthetic ones cut from one speech clip "
+        "(`--audio`, else the demo clip, else the data folder's DNS5 clip). For a 48 kHz bundle with a 480-sample hop:",
+        "",
+        "| probe | what it is | a failure usually means |",
+        "|---|---|---|",
+        *rows,
+        "",
+        "- **The report**: a row per probe (probe, length in samples, SNR dB, verdict, reason) as each finishes, "
+        "then a summary. Exit 0 when every probe passed, 1 when any failed, 2 for a usage error (a template "
+        "without `{input}` or `{output}`, an unknown `{placeholder}`, a command that is not found, an unknown "
+        "probe). `--probes list` describes the probes; `--probes 'silence-*,one-sample'` runs some (names or "
+        "patterns, comma-separated); `--keep DIR` keeps each probe's `NAME.wav` (input), `NAME.client.wav` and "
+        "`NAME.python.wav` (the reference) for a closer look.",
+        "- A client that copies its input, or writes zeros, fails every probe but `silence-only`; one that "
+        "ignores the silence rule fails `silence-leading`, `silence-inner` (about 21 dB with DFN3) and "
+        "`near-threshold`; one that drops the final partial hop fails `one-sample` and both `partial-hop` probes "
+        "(tests/test_client_check.py).",
+        "",
+    ])

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import dfnet4_sdk
 from dfnet4_sdk.cli import main
-from dfnet4_sdk.client_check import TOLERANCES, ClientTolerances, check_client, snr_db
+from dfnet4_sdk.client_check import TOLERANCES, ClientTolerances, check_client, porting_section, snr_db
 from dfnet4_sdk.client_probes import PARTIAL_HOP_WHOLE_HOPS, probe_set, select_probes
 from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE
 
@@ -172,3 +172,40 @@ def test_probes_are_deterministic_and_hit_what_they_name(rate, hop):
     assert not made["silence-only"].any()
     assert [p.name for p in select_probes(first, "partial-hop-*,one-sample")] == [
         "one-sample", "partial-hop-plus-1", "partial-hop-minus-1"]
+
+
+def test_conformance_doc_carries_the_porting_section_written_from_the_code():
+    """docs/CONFORMANCE.md states the tolerances and probes the code uses, and `--write-docs` keeps the section."""
+    from dfnet4_sdk.conformance import markdown_table
+
+    section = porting_section()
+    assert f">= {TOLERANCES.min_snr_db:g} dB" in section and "`near-threshold`" in section and "`long`" in section
+    assert section in (Path(__file__).resolve().parents[1] / "docs" / "CONFORMANCE.md").read_text()
+    assert markdown_table([], "clip.flac", 3.0).endswith(section)
+
+
+def test_ctrl_c_ends_the_client_too(tmp_path):
+    """The client runs in its own session (so a timeout can end its whole group); Ctrl-C must still end it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from dfnet4_sdk.client_check import run_client
+
+    pid_file = tmp_path / "pid"
+    sleeper = [sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+               "time.sleep(60)", str(pid_file)]
+
+    def interrupt_once_started():
+        for _ in range(600):
+            if pid_file.is_file() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_client(sleeper, timeout_s=60)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
