@@ -1,6 +1,7 @@
 """The browser runtime in web/: `npm test` there (golden fixtures replayed in node and in headless
 Chromium, web/cli.js against `dfsdk run` to >= 60 dB on real speech, silence, the attenuation
-limit, post-filter and gating) on a DFN3 ONNX fp32 bundle exported here.
+limit, post-filter and gating; int8 weights against `dfsdk run` on the same int8 bundle) on DFN3
+ONNX fp32 and int8 bundles exported here.
 
 Skips, with the reason, where node, npm or Chromium is missing (.ci/run installs them)."""
 
@@ -36,10 +37,11 @@ def test_npm_test_in_web_passes(tmp_path, dfn3):
     missing = _missing_tools()
     if missing:
         pytest.skip(f"web/ needs {', '.join(missing)}; .ci/run installs them")
-    bundle = BundleCache(tmp_path, dfn3, "onnx").get("dfn3", "fp32")
+    cache = BundleCache(tmp_path, dfn3, "onnx")
     env = {
         **os.environ,
-        "DFNET4_WEB_BUNDLE": str(bundle.root),
+        "DFNET4_WEB_BUNDLE": str(cache.get("dfn3", "fp32").root),
+        "DFNET4_WEB_INT8_BUNDLE": str(cache.get("dfn3", "int8").root),
         "DFSDK": str(Path(sys.executable).with_name("dfsdk")),  # the SDK under test writes the references
     }
     if not (WEB / "node_modules").is_dir():  # .ci/run has run `npm ci` already

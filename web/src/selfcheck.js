@@ -34,7 +34,9 @@ export async function loadFixtures(bundle) {
 }
 
 /** 1. Stored features through the graphs. Returns {frames, worst: {"graph/output": relative error},
- *  hopMs: mean wall time of the three graph calls per frame}. */
+ *  states: {"graph/final.state_out.name": relative error}, hopMs: mean wall time of the three
+ *  graph calls per frame}. The manifest's graph_rel_error bounds the outputs (as the exporter's
+ *  validation); int8 states drift further (0.21 on DFN3's GRUs, outputs 0.18). */
 export async function replayGraphs(bundle, fixtures) {
   const T = bundle.ort.Tensor;
   const states = bundle.initialStates();
@@ -80,8 +82,14 @@ export async function replayGraphs(bundle, fixtures) {
       if (want) track(key, states[`state_in.${output.name.slice(10)}`].data, want.data);
     }
   }
-  const relative = Object.fromEntries(Object.entries(worst).map(([k, v]) => [k, v / Math.max(scale[k], 1e-6)]));
-  return { frames, worst: relative, hopMs };
+  const relative = Object.entries(worst).map(([k, v]) => [k, v / Math.max(scale[k], 1e-6)]);
+  const isState = ([k]) => k.includes("/final.");
+  return {
+    frames,
+    worst: Object.fromEntries(relative.filter((e) => !isState(e))),
+    states: Object.fromEntries(relative.filter(isState)),
+    hopMs,
+  };
 }
 
 /** 2. Our front-end's features of audio_in (plus the flush hops) against the stored ones:

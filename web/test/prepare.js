@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Test setup (run by `npm test` before the tests): the ONNX fp32 DFN3 bundle and the Python
+// Test setup (run by `npm test` before the tests): the ONNX fp32 and int8 DFN3 bundles and the Python
 // runtime's outputs the tests compare against, written into web/.cache/ with the SDK's own CLI.
 //
-//   $DFNET4_WEB_BUNDLE  a bundle directory to use instead of exporting one
+//   $DFNET4_WEB_BUNDLE, $DFNET4_WEB_INT8_BUNDLE  bundle directories to use instead of exporting them
 //   $DFSDK              the dfsdk command (default: dfsdk on PATH, else ../.venv/bin/dfsdk)
 
 import { execFileSync } from "node:child_process";
@@ -33,10 +33,12 @@ function run(cmd, args) {
 }
 mkdirSync(CACHE, { recursive: true });
 
-const bundle = bundleDir();
-if (!existsSync(path.join(bundle, "manifest.json"))) {
-  console.log(`exporting the DFN3 ONNX fp32 bundle into ${bundle}`);
-  run(dfsdk, ["export", "--model", "dfn3", "--target", "onnx", "--precision", "fp32", "-o", bundle]);
+for (const precision of ["fp32", "int8"]) {
+  const bundle = bundleDir(precision);
+  if (!existsSync(path.join(bundle, "manifest.json"))) {
+    console.log(`exporting the DFN3 ONNX ${precision} bundle into ${bundle}`);
+    run(dfsdk, ["export", "--model", "dfn3", "--target", "onnx", "--precision", precision, "-o", bundle]);
+  }
 }
 
 // The demo clip as mono float32 WAV, then probes made from it that exercise what a port gets
@@ -60,7 +62,7 @@ const probe = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
 parts.reduce((at, p) => (probe.set(p, at), at + p.length), 0);
 writeFileSync(probePath("silence"), writeWav(probe, sampleRate));
 
-for (const { name, input, args } of PROBES) {
-  run(dfsdk, ["run", "--model", bundle, probePath(input), "-o", probePath(`${name}.expected`), "--overwrite", ...args]);
+for (const { name, input, precision, args } of PROBES) {
+  run(dfsdk, ["run", "--model", bundleDir(precision), probePath(input), "-o", probePath(`${name}.expected`), "--overwrite", ...args]);
 }
 console.log(`prepared ${CACHE}`);
