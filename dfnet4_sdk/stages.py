@@ -44,10 +44,10 @@ def gating(lsnr_db, thresholds_db) -> Gates:
         otherwise (NaN too)    -> ERB mask and DF
     """
     lsnr = np.asarray(lsnr_db, dtype=np.float32)
-    low, max_erb, max_df = np.asarray(thresholds_db, dtype=np.float32)
+    low, max_erb, max_df = np.asarray(thresholds_db, dtype=np.float32).tolist()  # float32 values
     zeros = lsnr < low
-    erb = ~zeros & ~(lsnr > max_erb)
-    return Gates(erb, zeros, erb & ~(lsnr > max_df))
+    no_erb = zeros | (lsnr > max_erb)  # written with ">" so that NaN runs every stage
+    return Gates(~no_erb, zeros, ~(no_erb | (lsnr > max_df)))
 
 
 def erb_gains(erb_mask: np.ndarray | None, erb_widths: np.ndarray, gates: Gates | None = None) -> np.ndarray:
@@ -60,7 +60,7 @@ def erb_gains(erb_mask: np.ndarray | None, erb_widths: np.ndarray, gates: Gates 
         return (~gates.apply_zero_mask).astype(np.float32)[..., None]  # broadcasts over bins
     # np.repeat by band width, not a matmul or indexing: the same gains, 2x faster.
     gains = np.repeat(np.asarray(erb_mask, dtype=np.float32), erb_widths, axis=-1)
-    if gates is not None:
+    if gates is not None and not gates.apply_erb_mask.all():  # (all: the usual hop, no copy)
         gains = np.where(gates.apply_erb_mask[..., None], gains, (~gates.apply_zero_mask).astype(np.float32)[..., None])
     return gains
 
@@ -78,10 +78,14 @@ def deep_filter(window: np.ndarray, taps: np.ndarray) -> np.ndarray:
     nb_frames, nb_df, order = taps.shape[-3:]
     if window.shape[-2] != nb_frames + order - 1 or window.shape[-1] < nb_df:
         raise ValueError(f"deep_filter: window {window.shape} does not fit taps {taps.shape} (needs [..., T + O - 1, >= D])")
-    out = window[..., 0:nb_frames, :nb_df] * taps[..., 0]
-    for o in range(1, order):  # tap o of every frame at once
-        out += window[..., o : o + nb_frames, :nb_df] * taps[..., o]
-    return out.astype(np.complex64, copy=False)
+    if nb_frames == 1:  # the stream's hop: the window is the one frame's taps
+        frames = window[..., :, None, :nb_df]
+    else:  # [..., O, T, D]: frame t + o at [o, t], a view
+        frames = np.swapaxes(np.lib.stride_tricks.sliding_window_view(window[..., :nb_df], nb_frames, axis=-2), -1, -2)
+    # Summed over the outer tap axis: tap by tap in order, the same numbers for any T.
+    lead = tuple(range(taps.ndim - 3))
+    taps_first = taps.transpose(*lead, taps.ndim - 1, taps.ndim - 3, taps.ndim - 2)  # [..., O, T, D]
+    return (frames * taps_first).sum(axis=-3, dtype=np.complex64)
 
 
 def mask_and_filter(
@@ -101,7 +105,7 @@ def mask_and_filter(
     if taps is not None:
         nb_df = taps.shape[-2]
         filtered = deep_filter(window, taps)
-        if gates is not None:
+        if gates is not None and not gates.apply_df.all():
             filtered = np.where(gates.apply_df[..., None], filtered, enhanced[..., :nb_df])
         enhanced[..., :nb_df] = filtered
     elif gates is not None and np.any(gates.apply_df):
@@ -144,5 +148,8 @@ def finish(
     [..., T, F] spectra."""
     if post_filter_beta > 0:
         filtered = post_filter(noisy, enhanced, post_filter_beta)
-        enhanced = filtered if gates is None else np.where(gates.apply_erb_mask[..., None], filtered, enhanced)
+        if gates is None or gates.apply_erb_mask.all():
+            enhanced = filtered
+        else:
+            enhanced = np.where(gates.apply_erb_mask[..., None], filtered, enhanced)
     return attenuation_limit(noisy, enhanced, atten_lim_gain)
