@@ -33,6 +33,7 @@ PLACEHOLDERS = ("bundle", "input", "output")
 REQUIRED_PLACEHOLDERS = ("input", "output")
 _PLACEHOLDER = re.compile(r"\{(\w*)\}")
 STDERR_TAIL_CHARS = 300
+POLL_S = 0.2  # how often a client run is looked at (for its timeout and for Ctrl-C)
 
 
 @dataclass(frozen=True)
@@ -145,11 +146,18 @@ def run_client(argv: list[str], timeout_s: float) -> str | None:
                                 start_new_session=True)
     except OSError as e:
         return f"cannot start {argv[0]}: {e.strerror or e}"
+    deadline = time.monotonic() + timeout_s
     try:
-        _, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return f"timed out after {timeout_s:g} s"
+        while True:
+            # Short waits: a Ctrl-C that lands in another thread (a backend's workers) is only
+            # handled once the main thread runs Python again, not after the whole client run.
+            try:
+                _, stderr = proc.communicate(timeout=min(POLL_S, max(deadline - time.monotonic(), 0.0)))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    _kill_group(proc)
+                    return f"timed out after {timeout_s:g} s"
     except BaseException:  # Ctrl-C, SIGTERM: the client runs in its own session, so it is ended here
         _kill_group(proc)
         raise

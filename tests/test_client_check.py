@@ -185,7 +185,8 @@ def test_conformance_doc_carries_the_porting_section_written_from_the_code():
 
 
 def test_ctrl_c_ends_the_client_too(tmp_path):
-    """The client runs in its own session (so a timeout can end its whole group); Ctrl-C must still end it."""
+    """The client runs in its own session (so a timeout can end its whole group), so Ctrl-C must end it,
+    also when the signal lands in another thread than the main one (a backend's worker threads)."""
     import os
     import signal
     import threading
@@ -193,19 +194,24 @@ def test_ctrl_c_ends_the_client_too(tmp_path):
 
     from dfnet4_sdk.client_check import run_client
 
-    pid_file = tmp_path / "pid"
+    pid_file, finished = tmp_path / "pid", tmp_path / "finished"
     sleeper = [sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
-               "time.sleep(60)", str(pid_file)]
+               "time.sleep(20); open(sys.argv[2], 'w').write('the client ran to its end')", str(pid_file), str(finished)]
 
     def interrupt_once_started():
         for _ in range(600):
             if pid_file.is_file() and pid_file.read_text():
                 break
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # delivered to this thread, not the main one
 
-    threading.Thread(target=interrupt_once_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_client(sleeper, timeout_s=60)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C, whatever ran before
+    try:
+        threading.Thread(target=interrupt_once_started, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            run_client(sleeper, timeout_s=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)
+    assert not finished.exists()
