@@ -2,14 +2,17 @@
 
 A manifest names every graph (``enc``, ``erb_dec``, ``df_dec``), their tensors by name,
 the state tensors and how each ``state_out.<name>`` feeds back into ``state_in.<name>``,
-the DSP front-end and the alignment facts. Exported bundles store it as ``manifest.json``;
-the PyTorch backend builds the same description in memory from the model.
+the DSP front-end (with its tables: ERB band widths, norm decay and initial values), what a
+per-hop client applies outside the graphs (``runtime``) and the alignment facts. Exported
+bundles store it as ``manifest.json`` (schema version 2, docs/BUNDLE.md; version 1 manifests
+are upgraded in memory by ``manifest_versions``); the PyTorch backend builds the same
+description in memory from the model.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 import numpy as np
@@ -17,8 +20,16 @@ import numpy as np
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.params import DspParams
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 TENSOR_ROLES = ("feature", "intermediate", "output", "state_in", "state_out")
+# A state's place in the recipe: a graph's own buffer / recurrent state, or the front-end's
+# ERB norm ``s``, unit norm ``m`` and the analysed-spectrum history, held inside a frame graph.
+STATE_ROLES = ("model", "erb_norm", "spec_norm", "spectrum_history")
+FRAME_STATE_ROLES = {"frame_erb_norm": "erb_norm", "frame_unit_norm": "spec_norm",
+                     "frame_spec_history": "spectrum_history"}
+WINDOWS = ("vorbis",)
+ANY_STREAMS = -1  # graphs[*].streams: any number of streams per call (first axis of every tensor)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class StateSpecEntry:
     shape: tuple[int, ...]
     init_value: float = 0.0
     init_values: tuple[float, ...] | None = None  # per-element initial values, if not constant
+    role: str = "model"  # STATE_ROLES
 
     @property
     def input_name(self) -> str:
@@ -56,6 +68,12 @@ class StateSpecEntry:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
         if self.init_values is not None:
             object.__setattr__(self, "init_values", tuple(float(v) for v in self.init_values))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: exactly one of init_value / init_values."""
+        d = asdict(self)
+        del d["init_value" if self.init_values is not None else "init_values"]
+        return d
 
     def initial(self) -> np.ndarray:
         if self.init_values is not None:
@@ -81,6 +99,10 @@ class GraphSpec:
     # (features + components + gating + mask + deep filter), see dfnet4_sdk/models/frame.py;
     # "block": <component>_block, the sequence form over a fixed number of frames (offline path).
     kind: str = "component"
+    # Frames per call along the frame axis (1, or the block length of a block graph) and streams
+    # per call (ANY_STREAMS = -1: any number, along the first axis of every input and output).
+    frames: int = 1
+    streams: int = 1
 
     @property
     def state_inputs(self) -> tuple[TensorSpec, ...]:
@@ -106,6 +128,50 @@ class StreamingSpec:
 
 
 @dataclass(frozen=True)
+class DspTables:
+    """The front-end's data beyond ``DspParams`` (written into the manifest's ``dsp``): ERB band
+    widths in bins, the norms' decay, the ERB norm ``s`` and unit norm ``m`` at t = 0."""
+
+    erb_widths: tuple[int, ...]
+    norm_alpha: float
+    erb_norm_init: tuple[float, ...]
+    spec_norm_init: tuple[float, ...]
+    window: str = "vorbis"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "erb_widths", tuple(int(w) for w in self.erb_widths))
+        object.__setattr__(self, "norm_alpha", float(self.norm_alpha))
+        object.__setattr__(self, "erb_norm_init", tuple(float(v) for v in self.erb_norm_init))
+        object.__setattr__(self, "spec_norm_init", tuple(float(v) for v in self.spec_norm_init))
+
+    @classmethod
+    def derived(cls, params: DspParams) -> "DspTables":
+        """What the front-end computes from ``params`` (libDF's bands, rounding, linspaces)."""
+        from dfnet4_sdk import dsp
+
+        initial = dsp.FrontEndState.initial(params)
+        return cls(tuple(dsp.erb_band_widths(params).tolist()), float(params.norm_alpha),
+                   tuple(initial.erb_norm_state.tolist()), tuple(initial.unit_norm_state.tolist()))
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What a per-hop client applies outside the graphs (the manifest's ``runtime``)."""
+
+    silent_hop_mean_square: float
+    options: Mapping[str, Any]  # StreamOptions defaults by field name
+    output_delay_samples: int
+
+    @classmethod
+    def derived(cls, params: DspParams, streaming: "StreamingSpec") -> "RuntimeSpec":
+        from dataclasses import asdict as _asdict
+
+        from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, StreamOptions
+
+        return cls(SILENT_HOP_MEAN_SQUARE, _asdict(StreamOptions()), streaming.latency_samples(params))
+
+
+@dataclass(frozen=True)
 class Manifest:
     model_family: str
     model_config: Mapping[str, Any]
@@ -118,12 +184,22 @@ class Manifest:
     precision: str = "fp32"
     quantization: Mapping[str, Any] = field(default_factory=dict)  # scheme and per-graph choices
     validation: Mapping[str, Any] = field(default_factory=dict)  # errors measured at export, tolerances
-    fixtures: Mapping[str, str] = field(default_factory=dict)  # {"file": ..., "sha256": ..., "source": ...}
+    # {"file", "sha256", "source", "cases": [{"name", "options", "samples"}]} (docs/BUNDLE.md)
+    fixtures: Mapping[str, Any] = field(default_factory=dict)
     # The weights the graphs were made from (optional; docs/BUNDLE.md): {"name": what load_model
     # accepts or a file name, "kind": shipped / dfn3 / preset / checkpoint / dfn3-archive,
     # "sha256": the file's, for kinds that are files}. Conformance compares against these weights.
     source_model: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # v2 data; None: derived from ``dsp`` / ``streaming`` as the exporter writes them.
+    tables: DspTables | None = None
+    runtime: RuntimeSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.tables is None:
+            object.__setattr__(self, "tables", DspTables.derived(self.dsp))
+        if self.runtime is None:
+            object.__setattr__(self, "runtime", RuntimeSpec.derived(self.dsp, self.streaming))
 
     @property
     def latency_samples(self) -> int:
@@ -155,11 +231,18 @@ class Manifest:
 
     @property
     def frame_graph(self) -> GraphSpec | None:
-        return next((g for g in self.graphs if g.kind == "frame"), None)
+        """The single-stream frame graph (not a batched one such as ``frame_streams``)."""
+        return next((g for g in self.graphs if g.kind == "frame" and g.streams == 1), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (schema version 2): the tables inside ``dsp``, one init key per state."""
         d = asdict(self)
-        if not d["source_model"]:  # optional: manifests without it stay readable by SDK 0.3.0
+        tables, runtime = d.pop("tables"), d.pop("runtime")
+        d["dsp"] = {**d["dsp"], **tables}
+        d["states"] = [s.to_dict() for s in self.states]
+        d["runtime"] = runtime
+        d["schema_version"] = SCHEMA_VERSION
+        if not d["source_model"]:
             del d["source_model"]
         return d
 
@@ -171,7 +254,9 @@ class Manifest:
         """Build a manifest from its JSON value; ConfigError lists every problem found (the
         structure first; then, once it builds, the consistency of graphs, tensors and states)."""
         from dfnet4_sdk.manifest_check import consistency_problems, structure_problems
+        from dfnet4_sdk.manifest_versions import upgrade
 
+        data, _ = upgrade(data)
         problems = structure_problems(data)
         if problems:
             raise ConfigError("invalid manifest: " + "; ".join(problems))
@@ -180,13 +265,17 @@ class Manifest:
                          "outputs": tuple(TensorSpec(**t) for t in g["outputs"])})
             for g in data["graphs"]
         )
+        table_keys = {f.name for f in fields(DspTables)}
         manifest = cls(
             **{
                 **data,
-                "dsp": DspParams.from_dict(data["dsp"]),
+                "dsp": DspParams.from_dict({k: v for k, v in data["dsp"].items() if k not in table_keys}),
+                "tables": DspTables(**{k: v for k, v in data["dsp"].items() if k in table_keys}),
+                "runtime": RuntimeSpec(**data["runtime"]),
                 "streaming": StreamingSpec(**data["streaming"]),
                 "graphs": graphs,
                 "states": tuple(StateSpecEntry(**s) for s in data["states"]),
+                "schema_version": SCHEMA_VERSION,  # a v1 manifest is now upgraded
             }
         )
         problems = consistency_problems(manifest)

@@ -18,12 +18,19 @@ from typing import Any, Callable, Mapping
 
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.manifest import (
-    GRAPH_KINDS, SCHEMA_VERSION, TENSOR_ROLES, GraphSpec, Manifest, StateSpecEntry, StreamingSpec, TensorSpec,
+    ANY_STREAMS, GRAPH_KINDS, STATE_ROLES, TENSOR_ROLES, WINDOWS, DspTables, GraphSpec, Manifest, RuntimeSpec,
+    StateSpecEntry, StreamingSpec, TensorSpec,
 )
 from dfnet4_sdk.params import DspParams
 
 COMPONENTS = ("enc", "erb_dec", "df_dec")
 FRAME_GRAPH = "frame"
+FRAME_GRAPHS = (FRAME_GRAPH, "frame_streams")  # kind "frame": one stream, and the batched form
+# Manifest fields that are not top-level JSON keys (``tables`` is written inside ``dsp``), and
+# the v2 keys that are required although the dataclass derives them when built in memory.
+_NOT_JSON_KEYS = ("tables",)
+_REQUIRED_V2_KEYS = ("runtime",)
+FIXTURE_KEYS = ("file", "sha256", "source", "cases")
 # Non-state inputs of block graphs that come from the features, not from another graph.
 BLOCK_FEATURES = ("feat_erb", "feat_spec", "frame_samples")
 TENSOR_DTYPES = ("float32",)
@@ -44,7 +51,9 @@ def _is_str_map(v: Any) -> bool:
 
 
 def _is_shape(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and 1 <= len(v) <= MAX_RANK and all(_is_int(d) and d > 0 for d in v)
+    """1 to MAX_RANK positive ints; the first may be -1 (the stream axis of a batched graph)."""
+    return (isinstance(v, (list, tuple)) and 1 <= len(v) <= MAX_RANK and all(_is_int(d) for d in v)
+            and all(d > 0 or (i == 0 and d == ANY_STREAMS) for i, d in enumerate(v)))
 
 
 def _show(v: Any) -> str:
@@ -65,9 +74,12 @@ _SHAPE: _Check = (_is_shape, f"a list of 1 to {MAX_RANK} positive integers")
 _LIST: _Check = (lambda v: isinstance(v, (list, tuple)), "a list")
 
 
-def _keys(data: Mapping[str, Any], cls: type, what: str, problems: list[str]) -> None:
-    known = {f.name for f in fields(cls)}
-    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+def _keys(data: Mapping[str, Any], cls: type | tuple[type, ...], what: str, problems: list[str],
+          not_keys: tuple[str, ...] = (), also_required: tuple[str, ...] = ()) -> None:
+    classes = cls if isinstance(cls, tuple) else (cls,)
+    known = {f.name for c in classes for f in fields(c)} - set(not_keys)
+    required = {f.name for c in classes for f in fields(c)
+                if f.default is MISSING and f.default_factory is MISSING} - set(not_keys) | set(also_required)
     unknown = sorted(str(k) for k in set(data) - known)
     missing = sorted(required - set(data))
     if unknown:
@@ -82,12 +94,13 @@ def _fields(data: Mapping[str, Any], checks: Mapping[str, _Check], what: str, pr
             problems.append(f"{what}.{key}: expected {expected}, found {_show(data[key])}")
 
 
-def _object(data: Any, cls: type, what: str, checks: Mapping[str, _Check], problems: list[str]) -> bool:
+def _object(data: Any, cls: type | tuple[type, ...], what: str, checks: Mapping[str, _Check], problems: list[str],
+            also_required: tuple[str, ...] = ()) -> bool:
     """Keys and field types of one JSON object; False when it is not an object at all."""
     if not isinstance(data, Mapping):
         problems.append(f"{what}: expected an object, found {_show(data)}")
         return False
-    _keys(data, cls, what, problems)
+    _keys(data, cls, what, problems, also_required=also_required)
     _fields(data, checks, what, problems)
     return True
 
@@ -98,20 +111,24 @@ def structure_problems(data: Any) -> list[str]:
         return [f"expected a JSON object with keys such as 'graphs' and 'states', found {type(data).__name__} "
                 f"{_show(data)}; re-export the bundle with `dfsdk export`"]
     problems: list[str] = []
-    _keys(data, Manifest, "manifest", problems)
-    if "schema_version" in data and data["schema_version"] != SCHEMA_VERSION:
-        problems.append(f"schema_version {_show(data['schema_version'])} is not supported (this SDK reads "
-                        f"{SCHEMA_VERSION}); re-export the bundle with this SDK version")
+    _keys(data, Manifest, "manifest", problems, not_keys=_NOT_JSON_KEYS, also_required=_REQUIRED_V2_KEYS)
     _fields(data, {"model_family": _STR, "sdk_version": _STR, "backend": _STR, "precision": _STR,
-                   "model_config": _MAP, "quantization": _MAP, "validation": _MAP, "fixtures": _STR_MAP,
+                   "model_config": _MAP, "quantization": _MAP, "validation": _MAP, "fixtures": _MAP,
                    "source_model": _STR_MAP}, "manifest", problems)
     dsp_checks = {f.name: (_POS_NUMBER if f.type in (float, "float") else _POS_INT) for f in fields(DspParams)}
+    dsp_checks.update(_TABLE_CHECKS)
     before = len(problems)
-    if _object(data.get("dsp", {}), DspParams, "dsp", dsp_checks, problems) and len(problems) == before:
+    dsp = data.get("dsp", {})
+    if _object(dsp, (DspParams, DspTables), "dsp", dsp_checks, problems, also_required=("window",)) \
+            and len(problems) == before:
         try:
-            DspParams.from_dict(data.get("dsp", {}))
+            DspParams.from_dict({k: v for k, v in dsp.items() if k not in _TABLE_CHECKS})
         except ConfigError as e:
             problems.append(f"dsp: {e}")
+    _object(data.get("runtime", {}), RuntimeSpec, "runtime", {
+        "silent_hop_mean_square": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+        "options": _MAP, "output_delay_samples": _NONNEG_INT}, problems)
+    _fixtures_structure(data.get("fixtures", {}), problems)
     streaming = data.get("streaming", {})
     if _object(streaming, StreamingSpec, "streaming", {"df_order": _POS_INT, "df_lookahead_frames": _NONNEG_INT,
                                                         "conv_lookahead_frames": _NONNEG_INT}, problems):
@@ -129,8 +146,10 @@ def structure_problems(data: Any) -> list[str]:
         what = f"graph {g.get('name')!r}" if isinstance(g, Mapping) else f"graphs[{i}]"
         checks = {"name": _STR, "inputs": _LIST, "outputs": _LIST, "file": _OPT_STR, "sha256": _OPT_STR,
                   "precision": _STR, "tensor_names": _STR_MAP,
-                  "kind": (lambda v: v in GRAPH_KINDS, f"one of {list(GRAPH_KINDS)}")}
-        if not _object(g, GraphSpec, what, checks, problems):
+                  "kind": (lambda v: v in GRAPH_KINDS, f"one of {list(GRAPH_KINDS)}"), "frames": _POS_INT,
+                  "streams": (lambda v: _is_int(v) and (v >= 1 or v == ANY_STREAMS),
+                              f"a positive integer or {ANY_STREAMS} (any number of streams)")}
+        if not _object(g, GraphSpec, what, checks, problems, also_required=("frames", "streams")):
             continue
         for side in ("inputs", "outputs"):
             for j, t in enumerate(g.get(side) if isinstance(g.get(side), (list, tuple)) else []):
@@ -144,11 +163,47 @@ def structure_problems(data: Any) -> list[str]:
         states = []
     for i, s in enumerate(states):
         what = f"state {s.get('name')!r}" if isinstance(s, Mapping) else f"states[{i}]"
-        init_values = (lambda v: v is None or (isinstance(v, (list, tuple)) and all(_is_number(x) for x in v)),
-                       "null or a list of finite numbers")
-        _object(s, StateSpecEntry, what, {"name": _STR, "graph": _STR, "shape": _SHAPE, "init_value": _NUMBER,
-                                          "init_values": init_values}, problems)
+        init_values = (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v),
+                       "a list of finite numbers")
+        if _object(s, StateSpecEntry, what, {"name": _STR, "graph": _STR, "shape": _SHAPE, "init_value": _NUMBER,
+                                             "init_values": init_values,
+                                             "role": (lambda v: v in STATE_ROLES, f"one of {list(STATE_ROLES)}")},
+                   problems, also_required=("role",)) and ("init_value" in s) == ("init_values" in s):
+            problems.append(f"{what}: expected exactly one of init_value (one number for every element) or "
+                            f"init_values (one per element), found {'both' if 'init_value' in s else 'neither'}")
     return problems
+
+
+def _numbers(kind: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(kind(x) for x in v)
+
+
+_TABLE_CHECKS: dict[str, _Check] = {
+    "window": (lambda v: v in WINDOWS, f"one of {list(WINDOWS)}"),
+    "erb_widths": (_numbers(lambda x: _is_int(x) and x > 0), "a list of positive integers (bins per ERB band)"),
+    "norm_alpha": (lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+    "erb_norm_init": (_numbers(_is_number), "a list of finite numbers (dB)"),
+    "spec_norm_init": (_numbers(lambda x: _is_number(x) and x > 0), "a list of positive finite numbers"),
+}
+
+
+def _fixtures_structure(fixtures: Any, problems: list[str]) -> None:
+    if not isinstance(fixtures, Mapping) or not fixtures:
+        return  # the type is checked with the manifest's fields; absent fixtures are allowed
+    unknown, missing = sorted(set(fixtures) - set(FIXTURE_KEYS)), sorted(set(FIXTURE_KEYS) - set(fixtures))
+    if unknown:
+        problems.append(f"fixtures: unknown keys {unknown}")
+    if missing:
+        problems.append(f"fixtures: missing keys {missing}")
+    _fields(fixtures, {"file": _STR, "sha256": _STR, "source": _STR, "cases": _LIST}, "fixtures", problems)
+    for i, case in enumerate(fixtures.get("cases") if isinstance(fixtures.get("cases"), (list, tuple)) else []):
+        what = f"fixtures.cases[{i}]"
+        if not isinstance(case, Mapping):
+            problems.append(f"{what}: expected an object, found {_show(case)}")
+            continue
+        if set(case) != {"name", "options", "samples"}:
+            problems.append(f"{what}: expected the keys ['name', 'options', 'samples'], found {sorted(map(str, case))}")
+        _fields(case, {"name": _STR, "options": _MAP, "samples": _POS_INT}, what, problems)
 
 
 # -- consistency ----------------------------------------------------------------------------------
@@ -169,7 +224,7 @@ def consistency_problems(m: Manifest) -> list[str]:
         elif by_name[c].kind != "component":
             problems.append(f"graph {c!r} has kind {by_name[c].kind!r}, expected 'component'")
     for g in m.graphs:
-        expected = {"component": COMPONENTS, "frame": (FRAME_GRAPH,), "block": tuple(f"{c}_block" for c in COMPONENTS)}[g.kind]
+        expected = {"component": COMPONENTS, "frame": FRAME_GRAPHS, "block": tuple(f"{c}_block" for c in COMPONENTS)}[g.kind]
         if g.name not in expected:
             problems.append(f"graph {g.name!r} of kind {g.kind!r}: expected a name in {list(expected)}")
     blocks = [g.name for g in m.block_graphs]
@@ -179,6 +234,9 @@ def consistency_problems(m: Manifest) -> list[str]:
         problems += _graph_io_problems(g)
     problems += _state_problems(m, by_name)
     problems += _dsp_shape_problems(m, by_name)
+    from dfnet4_sdk.manifest_tables import v2_problems
+
+    problems += v2_problems(m)
     return problems
 
 
@@ -233,7 +291,10 @@ def _state_problems(m: Manifest, by_name: Mapping[str, GraphSpec]) -> list[str]:
             if s is None:
                 problems.append(f"graph {g.name!r} reads {t.name!r} but states has no entry {t.name.removeprefix('state_in.')!r} "
                                 "(its shape and initial value)")
-            elif s.shape != t.shape:
+            elif g.streams != 1 and s.shape[1:] != t.shape[1:]:
+                problems.append(f"state {s.name!r} has shape {s.shape}, but graph {g.name!r} declares {t.name} as "
+                                f"{t.shape} (the stream axis first, then the state's other axes)")
+            elif g.streams == 1 and s.shape != t.shape:
                 problems.append(f"state {s.name!r} has shape {s.shape}, but graph {g.name!r} declares {t.name} as {t.shape}")
     return problems
 

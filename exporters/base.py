@@ -228,7 +228,8 @@ def finalize(plan: ExportPlan, manifest: Manifest, validation: Validation, stagi
     manifest = replace(
         manifest,
         graphs=tuple(g for g in manifest.graphs if g.name not in validation.left_out),
-        fixtures={"file": FIXTURES_NAME, "sha256": file_sha256(staging / FIXTURES_NAME), "source": fixture_source},
+        fixtures={"file": FIXTURES_NAME, "sha256": file_sha256(staging / FIXTURES_NAME), "source": fixture_source,
+                  "cases": []},
         validation=validation.to_manifest(),
     )
     write_manifest(staging, manifest)

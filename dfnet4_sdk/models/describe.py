@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from dfnet4_sdk import __version__
-from dfnet4_sdk.manifest import GraphSpec, Manifest, StateSpecEntry, StreamingSpec, TensorSpec
+from dfnet4_sdk.manifest import FRAME_STATE_ROLES, GraphSpec, Manifest, StateSpecEntry, StreamingSpec, TensorSpec
 from dfnet4_sdk.models.base import COMPONENT_NAMES, MODEL_OUTPUT_SHAPES, EnhancementModel
 
 BLOCK_FRAMES = 100  # frames per offline block graph call (1 s at a 10 ms hop)
@@ -64,7 +66,8 @@ def describe_block_graphs(model: EnhancementModel, block_frames: int, precision:
     """``<component>_block`` graphs: the sequence form over ``block_frames`` frames, with the
     same state tensors as the single-frame graphs."""
     values = {k: v.repeat_interleave(block_frames, dim=2) for k, v in frame_input_example(model).items()}
-    return _describe_components(model, values, "forward", precision, suffix="_block", kind="block")
+    graphs = _describe_components(model, values, "forward", precision, suffix="_block", kind="block")
+    return [replace(g, frames=block_frames) for g in graphs]
 
 
 def _describe_components(
@@ -107,6 +110,7 @@ def describe_frame_graph(model: EnhancementModel, precision: str = "fp32") -> tu
     outs = [TensorSpec(k, tuple(v.shape), "output") for k, v in outputs.items()]
     outs += [TensorSpec(s.output_name, tuple(new_state[s.name].shape), "state_out") for s in specs]
     own = [s for s in specs if s.name.startswith("frame_")]
-    states = [StateSpecEntry(s.name, FRAME_GRAPH, s.shape, s.init_value, s.init_values) for s in own]
+    states = [StateSpecEntry(s.name, FRAME_GRAPH, s.shape, s.init_value, s.init_values, role=FRAME_STATE_ROLES[s.name])
+              for s in own]
     graph = GraphSpec(name=FRAME_GRAPH, inputs=tuple(inputs), outputs=tuple(outs), precision=precision, kind="frame")
     return graph, states
