@@ -130,6 +130,24 @@ def test_mask_and_filter_numpy_equals_torch(thresholds):
                               (noisy * stages.erb_gains(mask, FE.erb_widths))[gates.apply_erb_mask & ~gates.apply_df, P48.nb_df :])
 
 
+@pytest.mark.parametrize("order,lookahead", [(5, 2), (3, 0)])
+def test_training_form_mask_and_filter_equal_numpy_over_a_sequence(order, lookahead):
+    """``spectral.enhance_sequence`` (the training form's layout, zero frames beyond the ends)
+    gives what the numpy stages give on the zero-padded window."""
+    rng = np.random.default_rng(9)
+    t = 23
+    spec = _complex(rng, (2, t, P48.freq_bins))
+    mask = rng.random((2, t, P48.nb_erb), dtype=np.float32)
+    coefs = rng.standard_normal((2, t, P48.nb_df, 2 * order)).astype(np.float32)
+    past = order - 1 - lookahead
+    window = np.pad(spec, ((0, 0), (past, lookahead), (0, 0)))
+    expected = stages.mask_and_filter(window, mask, stages.df_taps(coefs, order), FE.erb_widths, past)
+    spec_t = torch.from_numpy(np.stack([spec.real, spec.imag], axis=-1))[:, None]  # [B, 1, T, F, 2]
+    out = spectral.enhance_sequence(spec_t, torch.from_numpy(mask)[:, None], torch.from_numpy(coefs), P48, order, lookahead)
+    assert out.shape == (2, 1, t, P48.freq_bins, 2)
+    _assert_close(out[:, 0, ..., 0].numpy() + 1j * out[:, 0, ..., 1].numpy(), expected, "training form")
+
+
 # -- post-filter, attenuation limit -----------------------------------------------------------
 
 
@@ -206,7 +224,8 @@ def test_numpy_stages_one_frame_equal_a_block(thresholds):
         return stages.finish(window[..., past : past + lsnr.shape[-1], :], enhanced, 0.02, 0.25, gates)
 
     block = run(window, mask, taps, lsnr)
-    frames = np.concatenate([run(window[i : i + order], mask[i : i + 1], taps[i : i + 1], lsnr[i : i + 1]) for i in range(t)])
+    frames = np.concatenate([run(window[i : i + order], mask[i : i + 1], taps[i : i + 1], lsnr[i : i + 1])
+                             for i in range(t)])
     assert block.shape == (t, P48.freq_bins)
     assert np.array_equal(frames, block)
     # and [B, T, ...] (a pool of streams): each stream's rows are its own call's

@@ -71,8 +71,8 @@ class Gates(NamedTuple):
 def gating(lsnr: Tensor, thresholds: Tensor) -> Gates:
     """``stages.gating``: lsnr [...] dB, thresholds [3] = [min, max_erb, max_df] dB."""
     zeros = lsnr < thresholds[0]
-    erb = ~zeros & ~(lsnr > thresholds[1])
-    return Gates(erb, zeros, erb & ~(lsnr > thresholds[2]))
+    no_erb = zeros | (lsnr > thresholds[1])  # written with ">" so that NaN runs every stage
+    return Gates(~no_erb, zeros, ~(no_erb | (lsnr > thresholds[2])))
 
 
 def erb_gains(erb_mask: Tensor, erb_inv: Tensor, gates: Gates | None = None) -> Tensor:
@@ -164,13 +164,15 @@ def finish(
     return attenuation_limit(noisy_re, re, atten_lim_gain), attenuation_limit(noisy_im, im, atten_lim_gain)
 
 
-def enhance_sequence(spec: Tensor, erb_mask: Tensor, df_coefs: Tensor, params: DspParams, df_order: int,
-                     df_lookahead_frames: int) -> Tensor:
+def enhance_sequence(
+    spec: Tensor, erb_mask: Tensor, df_coefs: Tensor, params: DspParams, df_order: int, df_lookahead_frames: int
+) -> Tensor:
     """The training form's mask and deep filter over a whole sequence (zero frames beyond its ends):
     spec [B, 1, T, F, 2], erb_mask [B, 1, T, E], df_coefs [B, T, D, 2*O] -> [B, 1, T, F, 2]."""
     past = df_order - 1 - df_lookahead_frames
     x = spec[:, 0]  # [B, T, F, 2]
-    window = torch.cat([x.new_zeros(x.shape[0], past, *x.shape[2:]), x, x.new_zeros(x.shape[0], df_lookahead_frames, *x.shape[2:])], dim=1)
+    before, after = (x.new_zeros(x.shape[0], n, *x.shape[2:]) for n in (past, df_lookahead_frames))
+    window = torch.cat([before, x, after], dim=1)  # [B, T + O - 1, F, 2]
     erb_inv = erb_inverse_tensor(params).to(device=spec.device, dtype=spec.dtype)
     re, im = mask_and_filter(window[..., 0], window[..., 1], erb_mask[:, 0], df_coefs, erb_inv, df_order, past)
     return torch.stack([re, im], dim=-1).unsqueeze(1)
