@@ -33,15 +33,18 @@ echo "probe: $per_step s/step; chunk: $steps steps in about $left s"
 timeout -s TERM -k 30 "$left" bash -c "$(declare -f distill); config=$config; distill --out runs/chunk --steps $steps" \
     >"$OUT/chunk.log" 2>&1
 echo "chunk exit status $?"; tail -5 "$OUT/chunk.log"
-cp runs/chunk/log.jsonl "$OUT/log.jsonl"
+cp runs/chunk/log.jsonl runs/chunk/config.toml "$OUT/"
 python3 - <<'EOF'
-import os, torch
+import json, os, torch
 from dfnet4_sdk.models import load_checkpoint, save_checkpoint
 state = torch.load("runs/chunk/state.pt", map_location="cpu", weights_only=False)
 model = load_checkpoint(state["config"]["model"]["init_checkpoint"])
 model.load_state_dict(state["model"])
 out = os.environ["OUT"]
-save_checkpoint(model, f"{out}/chunk.pt", extra={"step": state["step"], "mode": state["mode"], "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
+device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+save_checkpoint(model, f"{out}/chunk.pt", extra={"step": state["step"], "mode": state["mode"], "device": device})
 torch.save({"step": state["step"], "optimizer": state["optimizer"]}, f"{out}/optimizer.pt")
+with open(f"{out}/chunk.json", "w") as f:  # what `throughput --chunks` tabulates
+    json.dump({"step": state["step"], "mode": state["mode"], "device": device}, f)
 print("saved chunk.pt at step", state["step"])
 EOF

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BASELINE_REV = "cafb778"  # the last commit before the training speed-ups (issue 13, item 2)
 START, END = "<!-- training:start -->", "<!-- training:end -->"
+GPU_START, GPU_END = "<!-- training-gpu:start -->", "<!-- training-gpu:end -->"
 PHASES = ("t_data", "t_teacher", "t_forward", "t_backward", "t_optimizer")
 
 
@@ -194,13 +195,60 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_section(path: str | Path, section: str) -> None:
-    """Replace the marked Training section of ``path`` (or append it at the end)."""
+def chunk_row(folder: Path) -> dict:
+    """Throughput of one GPU chunk (training/remote_chunk.sh) from what it brought back: the
+    trainer's log.jsonl, the run's config.toml and chunk.json (its device and last step).
+    Only logged steps count: the first 10 include start-up (workers, cuDNN), so they are left out."""
+    import json
+
+    import tomllib
+
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
+    cfg = tomllib.loads((folder / "config.toml").read_text())
+    audio_per_step = cfg["optim"]["batch_size"] * cfg["data"]["segment_s"]
+    timed = rows[1:]
+    steps = 10 * len(timed)  # log_every
+    wall = sum(r["s_per_step"] * 10 for r in timed)
+    extra = json.loads((folder / "chunk.json").read_text())
+    return {"chunk": folder.name, "device": extra.get("device", "?"), "steps": extra.get("step", rows[-1]["step"]),
+            "batch": cfg["optim"]["batch_size"], "segment_s": cfg["data"]["segment_s"],
+            "audio_h": extra.get("step", rows[-1]["step"]) * audio_per_step / 3600,
+            "s_per_step": wall / steps, "audio_per_s": steps * audio_per_step / wall,
+            "data_wait": statistics.median(r["t_data"] for r in timed), "held_out": extra.get("held_out", {})}
+
+
+def gpu_markdown(folders: list[Path]) -> str:
+    rows = [chunk_row(Path(f)) for f in folders]
+    lines = [
+        GPU_START,
+        "## Training on a lent GPU",
+        "",
+        f"Written by `python -m dfnet4_sdk.training.throughput --chunks {' '.join(str(f) for f in folders)}` "
+        f"on {datetime.date.today().isoformat()}, from what each chunk of `training/remote_chunk.sh` brought back "
+        "(its log, config and chunk.json). Same code path as the CPU rows above (`Trainer.fit`, `--device cuda`), "
+        "data from `training/pack.py` (Opus copy of the config's data), DFN3 teacher on the GPU, 12 data workers on "
+        "the machine's 16 cores. Steps after the first 10 (start-up) are timed. Held-out scores: "
+        "`training.learning_curve.HeldOut` here on the chunk's weights, stored in its chunk.json.",
+        "",
+        "| chunk | device | steps | batch x segment | audio seen | s / step | audio s per wall s | wait for data (median) "
+        "| held-out after: OVRL noisy_real / PESQ EARS |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['chunk']} | {r['device']} | {r['steps']} | {r['batch']} x {r['segment_s']:g} s | "
+                     f"{r['audio_h']:.1f} h | {r['s_per_step']:.3f} | {r['audio_per_s']:.0f} | {r['data_wait']:.3f} s | "
+                     + (f"{r['held_out']['ovrl_noisy_real']:.3f} / {r['held_out']['pesq_ears']:.3f} |" if r["held_out"] else "not scored |"))
+    lines.append(GPU_END)
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: str | Path, section: str, start: str = START, end: str = END) -> None:
+    """Replace the section of ``path`` between the ``start`` and ``end`` markers (or append it)."""
     path = Path(path)
     text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section
     path.write_text(text)
@@ -214,8 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="names of the settings to run (default: all)")
     parser.add_argument("--write", help="file that receives the Training section (e.g. BENCHMARKS.md)")
+    parser.add_argument("--chunks", nargs="+", type=Path,
+                        help="instead of measuring here: tabulate GPU chunks (folders that training/remote_chunk.sh filled)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.chunks:
+        section = gpu_markdown(args.chunks)
+        sys.stdout.write(section)
+        if args.write:
+            write_section(args.write, section, GPU_START, GPU_END)
+        return
     cfg = TrainConfig.load(args.config)
     settings = tuple(s for s in SETTINGS if not args.only or s.name in args.only or s.name == "old")
     report = run(cfg, settings, args.rounds, args.steps, args.warmup)
