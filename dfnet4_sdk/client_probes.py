@@ -123,10 +123,12 @@ def probe_set(sample_rate: int, hop: int, audio: Path | None = None) -> list[Pro
         return np.clip(x * (CLIP_OVERDRIVE / np.max(np.abs(x))), -1.0, 1.0).astype(np.float32)
 
     k = PARTIAL_HOP_WHOLE_HOPS
-    probes = [
-        Probe(f"real-{p.stem}", f"real recording {p.name}, whole, resampled to {sr} Hz",
-              lambda p=p: load_mono(p, sr)) for p in real_clips(audio)
-    ]
+    probes = []
+    for path in real_clips(audio):
+        name = f"real-{path.stem}"
+        name += "" if name not in {p.name for p in probes} else f"-{len(probes) + 1}"  # two clips, one stem
+        probes.append(Probe(name, f"real recording {path}, whole, at {sr} Hz",
+                            lambda path=path: load_mono(path, sr)))
     probes += [
         Probe("silence-leading", f"{SILENCE_S:g} s of digital silence, then {EXCERPT_S:g} s of speech",
               lambda: np.concatenate([zeros(SILENCE_S), excerpt(EXCERPT_S)])),

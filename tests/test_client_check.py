@@ -215,3 +215,14 @@ def test_ctrl_c_ends_the_client_too(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)
     assert not finished.exists()
+
+
+def test_real_probes_have_one_name_each_even_for_two_clips_with_one_stem(tmp_path):
+    import shutil
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "noisy_speech_48k.flac"
+    shutil.copy(demo, tmp_path / demo.name)
+    probes = probe_set(48000, 480, audio=tmp_path / demo.name)
+    names = [p.name for p in probes]
+    assert len(names) == len(set(names)) and {"real-noisy_speech_48k", "real-noisy_speech_48k-2"} <= set(names)
+    assert len(probes[0].make()) == len(probes[1].make())  # the --audio copy first, then the demo clip
