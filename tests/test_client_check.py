@@ -39,9 +39,9 @@ def trivial_client(mode: str) -> str:
     return f"{PY} {shlex.quote(str(CLIENTS / 'trivial_client.py'))} {mode} {{input}} {{output}}"
 
 
-def check(template: str, probes: str, **kwargs):
+def check(template: str, probes: str, bundle: Path = BUNDLE, **kwargs):
     lines = []
-    report = check_client(str(BUNDLE), template, probes, echo=lines.append, **kwargs)
+    report = check_client(str(bundle), template, probes, echo=lines.append, **kwargs)
     return report, {r.probe: r for r in report.results}, "\n".join(lines)
 
 
@@ -53,6 +53,14 @@ def test_the_sdk_itself_passes_every_probe_through_the_cli():
     assert [row[0] for row in rows] == selected and all(row[3] == "pass" for row in rows), result.output
     assert f">= {TOLERANCES.min_snr_db:g} dB" in result.output  # the tolerances are printed
     assert f"client passed all {len(selected)} probes" in result.output
+
+
+def test_the_sdk_itself_passes_on_an_onnx_bundle_whose_reference_takes_the_offline_path():
+    """The shipped DfNet4Lite ONNX bundle has block graphs: Runtime.enhance (the reference) and dfsdk run
+    both take the offline path, which must keep the silence and partial-hop rules of the stream."""
+    lite = BUNDLE.parent / "dfnet4-lite-v1-onnx"
+    report, rows, output = check(SDK_RUN, "silence-*,near-threshold,one-sample,partial-hop-*", bundle=lite)
+    assert report.passed and len(rows) == 7, output
 
 
 @pytest.mark.slow
