@@ -2,5 +2,6 @@
 
 from dfnet4_sdk._version import __version__
 from dfnet4_sdk.runtime import Runtime
+from dfnet4_sdk.stream_pool import StreamPool
 
-__all__ = ["Runtime", "__version__"]
+__all__ = ["Runtime", "StreamPool", "__version__"]

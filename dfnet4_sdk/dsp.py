@@ -88,8 +88,12 @@ def erb_band_widths(params: DspParams) -> np.ndarray:
 
 def erb_inverse_filterbank(params: DspParams) -> np.ndarray:
     """[E, F] float32 0/1 matrix: ``mask @ inv`` copies each band's gain to its bins."""
-    band_of_bin = np.repeat(np.arange(params.nb_erb), erb_band_widths(params))
-    return (np.arange(params.nb_erb)[:, None] == band_of_bin[None, :]).astype(np.float32)
+    return _inverse_filterbank(erb_band_widths(params))
+
+
+def _inverse_filterbank(widths: np.ndarray) -> np.ndarray:
+    band_of_bin = np.repeat(np.arange(len(widths)), widths)
+    return (np.arange(len(widths))[:, None] == band_of_bin[None, :]).astype(np.float32)
 
 
 def erb_filterbank(params: DspParams) -> np.ndarray:
@@ -118,13 +122,21 @@ class FrontEndState:
     unit_norm_state: np.ndarray  # [D] exponential mean of |X| on the deep-filter bins
 
     @classmethod
-    def initial(cls, params: DspParams) -> "FrontEndState":
+    def initial(cls, params: DspParams, tables=None) -> "FrontEndState":
+        """Zero memories and the norms at libDF's initial values, or at ``tables``' (a
+        manifest's ``DspTables``: ``erb_norm_init``, ``spec_norm_init``) when given."""
         memory = params.fft_size - params.hop_size_samples
+        if tables is None:
+            erb_norm = _libdf_linspace(*ERB_NORM_INIT_DB, params.nb_erb)
+            unit_norm = _libdf_linspace(*UNIT_NORM_INIT, params.nb_df)
+        else:
+            erb_norm = np.array(tables.erb_norm_init, dtype=np.float32)
+            unit_norm = np.array(tables.spec_norm_init, dtype=np.float32)
         return cls(
             analysis_memory=np.zeros(memory, dtype=np.float32),
             synthesis_memory=np.zeros(memory, dtype=np.float32),
-            erb_norm_state=_libdf_linspace(*ERB_NORM_INIT_DB, params.nb_erb),
-            unit_norm_state=_libdf_linspace(*UNIT_NORM_INIT, params.nb_df),
+            erb_norm_state=erb_norm,
+            unit_norm_state=unit_norm,
         )
 
     def copy(self) -> "FrontEndState":
@@ -140,7 +152,9 @@ class FrontEnd:
     would; the whole-signal functions call them with a fresh state.
     """
 
-    def __init__(self, params: DspParams) -> None:
+    def __init__(self, params: DspParams, tables=None) -> None:
+        """``tables``: a manifest's ``DspTables`` (ERB band widths, norm decay) to use instead of
+        the values libDF derives from ``params`` (None)."""
         if params.fft_size != 2 * params.hop_size_samples:  # DspParams enforces it too
             raise ConfigError(f"FrontEnd needs fft_size == 2 * hop_size_samples, got {params}")
         # So both memories are exactly one hop: a frame is [memory, new hop] and overlap-add
@@ -156,14 +170,14 @@ class FrontEnd:
         )
         # The normalisation folded into the window: one multiply per frame, not two.
         self._scaled_window = self.window * self.analysis_scale
-        self.erb_widths = erb_band_widths(params)
-        self.erb_fb = erb_filterbank(params)
-        self.erb_inv_fb = erb_inverse_filterbank(params)
+        self.erb_widths = erb_band_widths(params) if tables is None else np.array(tables.erb_widths, dtype=np.int64)
+        self.erb_inv_fb = _inverse_filterbank(self.erb_widths)
+        self.erb_fb = np.ascontiguousarray(self.erb_inv_fb.T / self.erb_widths.astype(np.float32)[None, :])
         self.band_starts = np.concatenate(([0], np.cumsum(self.erb_widths)[:-1]))
         self.band_of_bin = np.repeat(np.arange(params.nb_erb), self.erb_widths)
         # libDF multiplies each bin's power by 1/width before summing the band.
         self._bin_weight = (np.float32(1.0) / self.erb_widths.astype(np.float32))[self.band_of_bin]
-        self.norm_alpha = np.float32(params.norm_alpha)
+        self.norm_alpha = np.float32(params.norm_alpha if tables is None else tables.norm_alpha)
         self._one_minus_alpha = np.float32(1.0) - self.norm_alpha
 
     # -- shared formulas (any number of leading frame dims) -------------------------------------
@@ -218,9 +232,10 @@ class FrontEnd:
     # -- one hop ---------------------------------------------------------------------------------
 
     def analysis_frame(self, hop_samples: np.ndarray, state: FrontEndState) -> np.ndarray:
-        """[hop] float32 -> [F] complex64; shifts ``state.analysis_memory``."""
-        buf = np.concatenate((state.analysis_memory, np.asarray(hop_samples, dtype=np.float32)))
-        state.analysis_memory[:] = buf[self.hop :]
+        """[..., hop] float32 -> [..., F] complex64; shifts ``state.analysis_memory`` ([..., fft - hop]:
+        leading axes are streams, as ``StreamPool`` stacks them)."""
+        buf = np.concatenate((state.analysis_memory, np.asarray(hop_samples, dtype=np.float32)), axis=-1)
+        state.analysis_memory[:] = buf[..., self.hop :]
         return self._windowed_rfft(buf)
 
     def features_frame(self, spec: np.ndarray, state: FrontEndState) -> tuple[np.ndarray, np.ndarray]:
@@ -235,10 +250,10 @@ class FrontEnd:
         )
 
     def synthesis_frame(self, spec: np.ndarray, state: FrontEndState) -> np.ndarray:
-        """[F] complex -> [hop] float32; overlap-adds with ``state.synthesis_memory``."""
+        """[..., F] complex -> [..., hop] float32; overlap-adds with ``state.synthesis_memory``."""
         frame = self._windowed_irfft(spec)
-        out = frame[: self.hop] + state.synthesis_memory
-        state.synthesis_memory[:] = frame[self.hop :]
+        out = frame[..., : self.hop] + state.synthesis_memory
+        state.synthesis_memory[:] = frame[..., self.hop :]
         return out
 
     # -- T frames at once (same numbers, same final state) ---------------------------------------
@@ -306,9 +321,10 @@ class FrontEnd:
 
 
 @functools.lru_cache(maxsize=8)
-def front_end(params: DspParams) -> FrontEnd:
-    """Shared ``FrontEnd`` for ``params`` (cached: building one computes the window and bands)."""
-    return FrontEnd(params)
+def front_end(params: DspParams, tables=None) -> FrontEnd:
+    """Shared ``FrontEnd`` for ``params`` (and a manifest's ``tables``; cached: building one
+    computes the window and bands)."""
+    return FrontEnd(params, tables)
 
 
 # ---------------------------------------------------------------------------------------------

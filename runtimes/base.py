@@ -60,6 +60,17 @@ def check_bind_buffers(graph: GraphSpec, inputs: Mapping[str, np.ndarray], outpu
         raise ConfigError(f"cannot bind graph {graph.name!r}: " + "; ".join(problems))
 
 
+def streams_graph(backend: Backend) -> tuple[str, int] | None:
+    """The graph that runs the fused frame graph for many streams per call, and how many streams
+    it takes (-1: any number, along the first axis of every input and output): the bundle's
+    batched frame graph (``frame_streams``), or a frame graph the backend runs batched as it is
+    (``frame_streams`` attribute: the torch backend); None when the backend cannot batch."""
+    graph = next((g for g in backend.manifest.graphs if g.kind == "frame" and getattr(g, "streams", 1) != 1), None)
+    if graph is not None:
+        return graph.name, graph.streams
+    return getattr(backend, "frame_streams", None)
+
+
 def load_backend(name: str, model: Any, num_threads: int = 1) -> Backend:
     """Instantiate backend ``name`` for ``model`` (what that backend loads: see its module)."""
     from dfnet4_sdk.plugins import load_registered

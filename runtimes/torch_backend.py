@@ -13,6 +13,8 @@ from dfnet4_sdk.models.describe import describe_model
 
 class TorchBackend:
     name = "torch"
+    # The frame module takes any number of streams along its first axis (``runtimes.base.streams_graph``).
+    frame_streams = ("frame", -1)
 
     def __init__(self, model: EnhancementModel, num_threads: int = 1):
         if not isinstance(model, EnhancementModel):

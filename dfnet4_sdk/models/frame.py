@@ -54,46 +54,50 @@ class FrameModule(nn.Module):
         return self.model.state_specs() + self._dsp_states
 
     def initial_state(self) -> dict[str, Tensor]:
-        return {s.name: s.initial(1) for s in self.state_specs()}
+        return {s.name: s.initial_tensor(1) for s in self.state_specs()}
 
     def forward(
         self, spec: Tensor, thresholds: Tensor, state: dict[str, Tensor], frame_samples: Tensor | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """spec [1, F, 2] (frame t, re/im); thresholds [3]; frame_samples [1, 1, 1, hop] for
-        models with a waveform path. Returns ({spec_enhanced, spec_noisy [1, F, 2] of frame
-        t-L, lsnr [1, 1]}, new state)."""
+        """spec [B, F, 2] (frame t, re/im; B streams, 1 for the per-stream frame graph, any
+        number for ``frame_streams``); thresholds [3]; frame_samples [B, 1, 1, hop] for models
+        with a waveform path. Returns ({spec_enhanced, spec_noisy [B, F, 2] of frame t-L, lsnr
+        [B, 1]}, new state); every state has the stream axis first."""
+        nb_streams = spec.shape[0]
         # Inside, spectra are planar rows (re row, im row): every slice below is then a contiguous
         # run. Interleaved re/im pairs made each [..., 0] slice F one-float copies in XNNPACK
         # (LiteRT's DfNet4Lite frame graph: 91 us per invoke interleaved, 73 planar).
-        x = spec.transpose(1, 2)  # [1, 2, F]
+        x = spec.transpose(1, 2)  # [B, 2, F]
         feat_erb, feat_re, feat_im, erb_norm, unit_norm = spectral.features(
             x[:, 0], x[:, 1], state["frame_erb_norm"], state["frame_unit_norm"], self.erb_fb, self.alpha, self.nb_df
         )
         values = {
-            "feat_erb": feat_erb.reshape(1, 1, 1, -1),
-            "feat_spec": torch.stack([feat_re, feat_im], dim=1).reshape(1, 2, 1, -1),
+            "feat_erb": feat_erb.reshape(nb_streams, 1, 1, -1),
+            "feat_spec": torch.stack([feat_re, feat_im], dim=1).reshape(nb_streams, 2, 1, -1),
             "frame_samples": frame_samples,
         }
         values, new_state = chain_components(self.model.components, values, state, step=True)
 
         # libDF stage gating (spectral.gating): a skipped stage keeps its state.
-        lsnr = values["lsnr"].reshape(1)  # [T = 1]
+        lsnr = values["lsnr"].reshape(nb_streams)  # [B] (T = 1)
         gates = spectral.gating(lsnr, thresholds)
         for s in self.model.erb_dec.state_specs():
-            keep = gates.apply_erb_mask.reshape(1, *([1] * (len(s.shape) - 1)))
+            keep = gates.apply_erb_mask.reshape(nb_streams, *([1] * (len(s.shape) - 1)))
             new_state[s.name] = torch.where(keep, new_state[s.name], state[s.name])
         for s in self.model.df_dec.state_specs():
-            keep = gates.apply_df.reshape(1, *([1] * (len(s.shape) - 1)))
+            keep = gates.apply_df.reshape(nb_streams, *([1] * (len(s.shape) - 1)))
             new_state[s.name] = torch.where(keep, new_state[s.name], state[s.name])
 
-        history = torch.cat([state["frame_spec_history"][:, 1:], x.unsqueeze(1)], dim=1)  # [1, K, 2, F]
-        window = history[0, : self.df_order]  # [O, 2, F] = [T + O - 1, 2, F] for T = 1
-        win_re, win_im = window[:, 0], window[:, 1]
+        history = torch.cat([state["frame_spec_history"][:, 1:], x.unsqueeze(1)], dim=1)  # [B, K, 2, F]
+        window = history[:, : self.df_order]  # [B, O, 2, F] = [B, T + O - 1, 2, F] for T = 1
+        win_re, win_im = window[:, :, 0], window[:, :, 1]
         re, im = spectral.mask_and_filter(
-            win_re, win_im, values["erb_mask"].reshape(1, -1), values["df_coefs"].reshape(1, self.nb_df, -1),
-            self.erb_inv, self.df_order, self.past, gates,
-        )  # [1, F] each
-        noisy = window[self.past].transpose(0, 1).unsqueeze(0)  # frame t-L, [1, F, 2]
+            win_re, win_im, values["erb_mask"].reshape(nb_streams, 1, -1),
+            values["df_coefs"].reshape(nb_streams, 1, self.nb_df, -1), self.erb_inv, self.df_order, self.past,
+            spectral.Gates(*(g.reshape(nb_streams, 1) for g in gates)),
+        )  # [B, T = 1, F] each
+        re, im = re.reshape(nb_streams, -1), im.reshape(nb_streams, -1)
+        noisy = window[:, self.past].transpose(1, 2)  # frame t-L, [B, F, 2]
 
         new_state.update(frame_erb_norm=erb_norm, frame_unit_norm=unit_norm, frame_spec_history=history)
-        return {"spec_enhanced": torch.stack([re, im], dim=-1), "spec_noisy": noisy, "lsnr": lsnr.reshape(1, 1)}, new_state
+        return {"spec_enhanced": torch.stack([re, im], dim=-1), "spec_noisy": noisy, "lsnr": lsnr.reshape(nb_streams, 1)}, new_state

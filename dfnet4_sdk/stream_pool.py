@@ -1,0 +1,304 @@
+"""``StreamPool``: many live streams (calls, speakers) enhanced together, one graph call per hop.
+
+    pool = StreamPool("dfnet4-lite-v1", streams=32)   # any model Runtime accepts; same options
+    out = pool.process(chunks)                        # chunks [B, N]: row i is stream i
+    tail = pool.flush()                               # [B, M]: the rest of every stream
+    pool.reset(3)                                     # stream 3 starts a new signal
+
+Each row's output equals what its own ``Runtime`` (same model and options) outputs for that row:
+the same per-hop recipe (``dsp.FrontEnd`` analysis and synthesis, the fused frame graph, the
+``stages`` post-filter and attenuation limit, libDF's silence rule and delay compensation), run
+on B streams at once. The pool owns every streaming state, each stacked on a leading stream axis
+under the manifest's state names; the loaded model holds none.
+
+Per hop the graph runs once for all streams where the backend can batch its frame graph (a
+``frame_streams`` graph in the bundle, or the torch backend's frame module), else once per
+stream (``batched`` says which). A digitally silent hop of one stream outputs zeros and changes
+none of that stream's state while the other streams run (``skip_silent_hops``). Bundles without
+a fused frame graph run one ``EnhancementStream`` per row (per-stream calls, their gating).
+
+Letters: B streams (rows), N samples per row, H hop, F bins, M = fft - hop memory samples.
+"""
+
+from __future__ import annotations
+
+import numbers
+import threading
+from typing import Any
+
+import numpy as np
+
+from dfnet4_sdk import dsp, stages
+from dfnet4_sdk.errors import AudioInputError, ConfigError
+from dfnet4_sdk.runtimes.base import streams_graph
+from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, EnhancementStream
+
+MAX_STREAMS = 65536
+
+
+class StreamPool:
+    """B mono streams over one loaded model (see the module docstring).
+
+    Args:
+        model, backend, atten_lim_db, post_filter_beta, min_db_thresh, max_db_erb_thresh,
+            max_db_df_thresh, skip_silent_hops, num_threads: as ``Runtime`` (the same defaults,
+            the same checks); every stream uses the same options.
+        streams: the number of streams B (rows of every chunk), 1 to ``MAX_STREAMS``.
+        batched: None (default) batches graph calls where the backend can; False forces one
+            graph call per stream (the fallback path, for comparison).
+
+    Chunks are at the model's sample rate (``sample_rate``). ``process``, ``flush`` and
+    ``reset`` take a lock, as ``Runtime``'s do.
+    """
+
+    def __init__(self, model: Any = None, streams: int = 1, backend: str | None = None, *, batched: bool | None = None,
+                 **options: Any):
+        from dfnet4_sdk.runtime import Runtime
+
+        if not isinstance(streams, numbers.Integral) or isinstance(streams, bool) or not 1 <= streams <= MAX_STREAMS:
+            raise ConfigError(f"streams must be an integer from 1 to {MAX_STREAMS} (one row of each chunk per stream), "
+                              f"got {streams!r}")
+        if batched not in (None, True, False):
+            raise ConfigError(f"batched must be None, True or False, got {batched!r}")
+        unknown = sorted(set(options) - _RUNTIME_OPTIONS)
+        if unknown:
+            raise ConfigError(f"StreamPool got unknown options {unknown}; it takes {sorted(_RUNTIME_OPTIONS)} "
+                              "(as Runtime) and streams, batched")
+        # Runtime resolves the model and backend and checks the options: one home for both.
+        runtime = Runtime(model, backend, **options)
+        self.backend, self.manifest, self.options = runtime.backend, runtime.manifest, runtime.options
+        self.streams = int(streams)
+        m = self.manifest
+        self._front_end = dsp.FrontEnd(m.dsp)
+        self._thresholds = self.options.gating_thresholds_db
+        self._graph = None  # (graph name, streams per call: -1 any) when the frame graph runs batched
+        if m.frame_graph is not None and batched is not False:
+            self._graph = streams_graph(self.backend)
+        if batched and self._graph is None:
+            raise ConfigError(f"the {m.backend} backend of {m.model_name} cannot run its frame graph for many streams "
+                              "per call (no frame_streams graph); use batched=None to fall back to per-stream calls")
+        self._needs_samples = m.frame_graph is not None and "frame_samples" in m.frame_graph.input_names
+        self._io = [] if m.frame_graph is None else [(s.input_name, s.output_name) for s in m.states_of(m.frame_graph.name)]
+        self._lock = threading.RLock()
+        self._rows: list[EnhancementStream] | None = None
+        if m.frame_graph is None:  # component graphs only: one stream object per row
+            self._rows = [EnhancementStream(self.backend, self.options) for _ in range(self.streams)]
+        self._start()
+
+    # -- read-only facts ---------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.manifest.dsp.sample_rate_hz
+
+    @property
+    def hop_size_samples(self) -> int:
+        return self.manifest.dsp.hop_size_samples
+
+    @property
+    def latency_samples(self) -> int:
+        return self.manifest.latency_samples
+
+    @property
+    def batched(self) -> bool:
+        """True when one graph call per hop serves every stream."""
+        return self._graph is not None
+
+    # -- state -------------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Every stream at its start (a new signal in every row)."""
+        b, m = self.streams, self.manifest
+        self._pending = np.zeros((b, 0), np.float32)
+        self._to_drop = np.full(b, self.latency_samples, np.int64)  # delay compensation, per row
+        self._samples_in = np.zeros(b, np.int64)  # per row since its start (reset restarts a row)
+        self._samples_out = np.zeros(b, np.int64)  # real output samples given, per row
+        self._flushing = False
+        if self._rows is not None:
+            for s in self._rows:
+                s.reset()
+            return
+        initial = dsp.FrontEndState.initial(m.dsp)
+        memory = initial.analysis_memory.size
+        self._dsp = dsp.FrontEndState(np.zeros((b, memory), np.float32), np.zeros((b, memory), np.float32),
+                                      initial.erb_norm_state, initial.unit_norm_state)  # norms: graph states
+        self.states = {s.input_name: np.repeat(s.initial(), b, axis=0) for s in m.states_of(m.frame_graph.name)}
+
+    def reset(self, stream: int | None = None) -> None:
+        """Restart stream ``stream`` (every stream when None: the pool's start). The restarted row
+        stays aligned with the others: its next ``latency_samples`` output samples are zeros (the
+        delay its own new ``Runtime`` would drop), then its new signal's output follows, delay-
+        compensated. Exact at hop boundaries (every chunk so far a whole number of hops); else the
+        row's partial hop is zeroed and its new signal starts after it."""
+        with self._lock:
+            if stream is None:
+                self._start()
+                return
+            i = self._row(stream)
+            p = self._pending.shape[1]
+            self._pending[i] = 0.0
+            self._to_drop[i] = self.latency_samples + p
+            self._samples_in[i] = self._samples_out[i] = 0
+            if self._rows is not None:
+                self._rows[i].reset()
+                return
+            initial = dsp.FrontEndState.initial(self.manifest.dsp)
+            self._dsp.analysis_memory[i] = initial.analysis_memory
+            self._dsp.synthesis_memory[i] = initial.synthesis_memory
+            for s in self.manifest.states_of(self.manifest.frame_graph.name):
+                self.states[s.input_name][i] = s.initial()[0]
+
+    def _row(self, stream: object) -> int:
+        if not isinstance(stream, numbers.Integral) or isinstance(stream, bool) or not -self.streams <= stream < self.streams:
+            raise ConfigError(f"stream must be a row index from 0 to {self.streams - 1}, got {stream!r}")
+        return int(stream) % self.streams
+
+    # -- streaming API -----------------------------------------------------------------------
+    def process(self, chunks: np.ndarray) -> np.ndarray:
+        """Enhance the next samples of every stream: ``chunks`` [B, N] (row i: stream i; any N,
+        float32/float64/int16). Returns [B, n], the samples that are ready (the same n for every
+        row; the output lags by ``latency_samples`` until ``flush``)."""
+        x = self._check_chunks(chunks)
+        with self._lock:
+            self._samples_in += x.shape[1]
+            hop = self.hop_size_samples
+            pending = np.concatenate([self._pending, x], axis=1) if self._pending.size else x
+            n_hops = pending.shape[1] // hop
+            out = np.empty((self.streams, n_hops * hop), np.float32)
+            for h in range(n_hops):
+                out[:, h * hop : (h + 1) * hop] = self._process_hop(pending[:, h * hop : (h + 1) * hop])
+            self._pending = np.ascontiguousarray(pending[:, n_hops * hop :])
+            return self._emit(out)
+
+    def flush(self) -> np.ndarray:
+        """End every stream: push zeros through the look-ahead and return [B, M], each row's
+        remaining samples (rows with less left are zero-padded at the end). Over a stream's life
+        its row (after the zeros a ``reset(i)`` puts first) equals its own ``Runtime``'s output,
+        as long as its input. Afterwards every stream starts anew."""
+        with self._lock:
+            owed = self._samples_in - self._samples_out
+            if owed.max(initial=0) <= 0:
+                self._start()
+                return np.zeros((self.streams, 0), np.float32)
+            pending, hop = self._pending.shape[1], self.hop_size_samples
+            # Row i's remaining samples come after its own remaining delay (beyond what all rows share).
+            lead = self._to_drop - self._to_drop.min()
+            needed = int((owed + self._to_drop).max()) - pending
+            n_zero = (-pending) % hop + -(-max(needed, 0) // hop) * hop
+            self._flushing = True  # flush hops are padding, never skipped as silence
+            try:
+                out = self.process(np.zeros((self.streams, n_zero), np.float32))
+            finally:
+                self._flushing = False
+            ends = lead + owed
+            out = out[:, : int(ends.max())].copy()
+            for i in range(self.streams):
+                out[i, ends[i]:] = 0.0
+            self._start()
+            return out
+
+    def _check_chunks(self, chunks: object) -> np.ndarray:
+        from dfnet4_sdk.audio_io import to_float32
+
+        x = to_float32(chunks, what="chunks")
+        b = self.streams
+        if x.ndim != 2 or x.shape[0] != b:
+            hint = ""
+            if x.ndim == 2 and x.shape[1] == b:
+                hint = f"; this looks like [N, B] (samples first): pass chunks.T, rows are streams, not channels"
+            elif x.ndim == 1 and b == 1:
+                hint = "; wrap one stream's samples as chunks[None, :]"
+            raise AudioInputError(f"chunks must be [B, N] = [{b}, N] (row i is stream i of this {b}-stream pool), "
+                                  f"got shape {x.shape}{hint}")
+        return np.ascontiguousarray(x)
+
+    def _emit(self, out: np.ndarray) -> np.ndarray:
+        """Delay compensation per row, the rows kept aligned: the drop all rows share is cut off;
+        what only some rows still owe (a restarted row's delay) becomes zeros."""
+        common = int(min(self._to_drop.min(), out.shape[1]))
+        out = out[:, common:]
+        self._to_drop -= common
+        for i in np.flatnonzero(self._to_drop):
+            zeroed = int(min(self._to_drop[i], out.shape[1]))
+            out[i, :zeroed] = 0.0
+            self._to_drop[i] -= zeroed
+            self._samples_out[i] -= zeroed
+        self._samples_out += out.shape[1]
+        return out
+
+    # -- one hop -----------------------------------------------------------------------------
+    def _process_hop(self, x: np.ndarray) -> np.ndarray:
+        """[B, H] -> [B, H], delayed by ``latency_samples`` (compensation in ``_emit``)."""
+        if self._rows is not None:  # component graphs: each row's stream runs its own hop
+            for r in self._rows:
+                r._flushing = self._flushing
+            return np.stack([r.process_hop(x[i]) for i, r in enumerate(self._rows)])
+        if self.options.skip_silent_hops and not self._flushing:
+            energy = np.einsum("bh,bh->b", x, x)
+            active = np.flatnonzero(energy >= SILENT_HOP_MEAN_SQUARE * x.shape[1])
+            if active.size < self.streams:
+                out = np.zeros_like(x)
+                if active.size:
+                    out[active] = self._run_rows(x[active], active)
+                return out
+        return self._run_rows(x, None)
+
+    def _run_rows(self, x: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """Analysis, frame graph, finish and synthesis for the streams ``rows`` (None: all)."""
+        fe = self._front_end
+        if rows is None:
+            st, states = self._dsp, self.states
+        else:
+            st = dsp.FrontEndState(self._dsp.analysis_memory[rows], self._dsp.synthesis_memory[rows], None, None)
+            states = {k: v[rows] for k, v in self.states.items()}
+        spec = fe.analysis_frame(x, st)  # [b, F] complex64
+        feed = {"spec": np.ascontiguousarray(spec).view(np.float32).reshape(*spec.shape, 2),
+                "gating_thresholds_db": self._thresholds, **states}
+        if self._needs_samples:
+            feed["frame_samples"] = x.reshape(x.shape[0], 1, 1, -1)
+        out = self._run_frame_graph(feed)
+        enhanced = _as_rows(out["spec_enhanced"])
+        o = self.options
+        if o.post_filter_beta > 0 or o.atten_lim_gain is not None:
+            gates = stages.gating(out["lsnr"].reshape(-1, 1), self._thresholds)  # [b, T = 1]
+            noisy = _as_rows(out["spec_noisy"])
+            enhanced = stages.finish(noisy[:, None], enhanced[:, None], o.post_filter_beta, o.atten_lim_gain, gates)[:, 0]
+        y = fe.synthesis_frame(enhanced, st)
+        new_states = {state_in: out[state_out] for state_in, state_out in self._io}
+        if rows is None:
+            self.states = new_states
+        else:
+            self._dsp.analysis_memory[rows] = st.analysis_memory
+            self._dsp.synthesis_memory[rows] = st.synthesis_memory
+            for k, v in new_states.items():
+                self.states[k][rows] = v
+        return y
+
+    def _run_frame_graph(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call for all rows of ``feed`` (in groups of a fixed-count graph's streams), or one
+        per row where the backend cannot batch."""
+        b = feed["spec"].shape[0]
+        if self._graph is None:
+            name, per_call = self.manifest.frame_graph.name, 1
+        else:
+            name, per_call = self._graph
+            if per_call == -1 or per_call == b:
+                return self.backend.run(name, feed)
+        parts = []
+        for start in range(0, b, per_call):
+            part = {k: (v if k == "gating_thresholds_db" else v[start : start + per_call]) for k, v in feed.items()}
+            short = per_call - part["spec"].shape[0]
+            if short:  # a fixed-count graph: pad with copies of the first row, outputs dropped
+                part = {k: (v if k == "gating_thresholds_db" else np.concatenate([v, np.repeat(v[:1], short, axis=0)]))
+                        for k, v in part.items()}
+            result = self.backend.run(name, part)
+            parts.append({k: np.asarray(v)[: per_call - short] for k, v in result.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _as_rows(pairs: np.ndarray) -> np.ndarray:
+    """[b, F, 2] float32 re/im -> [b, F] complex64 (a view when contiguous)."""
+    pairs = np.ascontiguousarray(pairs, dtype=np.float32)
+    return pairs.view(np.complex64).reshape(pairs.shape[0], -1)
+
+
+_RUNTIME_OPTIONS = frozenset({"atten_lim_db", "post_filter_beta", "min_db_thresh", "max_db_erb_thresh",
+                              "max_db_df_thresh", "skip_silent_hops", "num_threads"})
