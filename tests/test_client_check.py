@@ -234,3 +234,13 @@ def test_real_probes_have_one_name_each_even_for_two_clips_with_one_stem(tmp_pat
     names = [p.name for p in probes]
     assert len(names) == len(set(names)) and {"real-noisy_speech_48k", "real-noisy_speech_48k-2"} <= set(names)
     assert len(probes[0].make()) == len(probes[1].make())  # the --audio copy first, then the demo clip
+
+
+def test_an_archive_bundle_reaches_the_client_as_its_extracted_directory(tmp_path):
+    from dfnet4_sdk.bundle import pack
+
+    archive = pack(BUNDLE, tmp_path / "dfn3.dfbundle")
+    needs_dir = (f"{PY} -c \"import pathlib, shutil, sys; assert (pathlib.Path(sys.argv[1]) / 'manifest.json')"
+                 f".is_file(), sys.argv[1]; shutil.copy(sys.argv[2], sys.argv[3])\" {{bundle}} {{input}} {{output}}")
+    report, rows, output = check(needs_dir, "silence-only", bundle=archive)
+    assert report.passed and (report.bundle / "manifest.json").is_file(), output
