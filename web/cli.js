@@ -15,13 +15,10 @@ import { WavError, readWav, writeWav } from "./src/wav.js";
 const USAGE =
   "usage: node web/cli.js BUNDLE_DIR INPUT.wav OUTPUT.wav [--atten-lim-db DB] [--post-filter-beta B]\n" +
   "       [--min-db-thresh DB] [--max-db-erb-thresh DB] [--max-db-df-thresh DB]   (dfsdk run's options and defaults)";
-const FLAGS = {
-  "--atten-lim-db": "attenLimDb",
-  "--post-filter-beta": "postFilterBeta",
-  "--min-db-thresh": "minDbThresh",
-  "--max-db-erb-thresh": "maxDbErbThresh",
-  "--max-db-df-thresh": "maxDbDfThresh",
-};
+// dfsdk run's flags, each the option of the same name (src/options.js): --atten-lim-db -> atten_lim_db.
+const FLAGS = Object.fromEntries(
+  ["atten_lim_db", "post_filter_beta", "min_db_thresh", "max_db_erb_thresh", "max_db_df_thresh"].map((o) => [`--${o.replaceAll("_", "-")}`, o]),
+);
 
 class UsageError extends Error {}
 

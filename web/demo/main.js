@@ -21,7 +21,7 @@ function call(type, args = {}, transfer = []) {
   });
 }
 
-const options = () => ({ attenLimDb: Number($("atten-lim-db").value), postFilterBeta: Number($("post-filter-beta").value) });
+const options = () => ({ atten_lim_db: Number($("atten-lim-db").value), post_filter_beta: Number($("post-filter-beta").value) });
 const show = (id, text) => ($(id).textContent = text);
 const wavUrl = (samples, rate) => URL.createObjectURL(new Blob([writeWav(samples, rate)], { type: "audio/wav" }));
 
@@ -48,7 +48,8 @@ const demo = {
     show("selfcheck-result", `${r.passed ? "PASSED" : "FAILED"}\n` +
       `graphs: worst relative error ${r.worstGraph.toExponential(2)} (tolerance ${r.tolerance.graph_rel_error}), ${r.graphs.hopMs.toFixed(2)} ms per frame\n` +
       `features: feat_erb ${r.features.featErb.toExponential(2)}, feat_spec ${r.features.featSpec.toExponential(2)}\n` +
-      `audio: ${r.audio.snrDb.toFixed(1)} dB from PyTorch (tolerance ${r.tolerance.audio_snr_db}), ${r.audio.hopMs.median.toFixed(2)} ms per hop (median)`);
+      `audio: ${r.audio.snrDb.toFixed(1)} dB from PyTorch (tolerance ${r.tolerance.audio_snr_db}), ${r.audio.hopMs.median.toFixed(2)} ms per hop (median)\n` +
+      (r.cases.length ? `cases: ${r.cases.map((c) => `${c.name} ${c.snrDb.toFixed(1)} dB`).join(", ")}` : "cases: none in this bundle (schema 1)"));
     $("selfcheck-result").dataset.json = JSON.stringify(r);
     return r;
   },

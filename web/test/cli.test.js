@@ -61,6 +61,6 @@ test("cli usage errors exit 2 with a message", () => {
   expectUsageError([bundleDir(), rate, out], /16000 Hz, the bundle's model runs at 48000 Hz/);
   expectUsageError([tmp, probePath("example"), out], /cannot read manifest\.json/);
   expectUsageError([bundleDir(), probePath("example"), out, "--atten-lim-db", "x"], /--atten-lim-db needs a number/);
-  expectUsageError([bundleDir(), probePath("example"), out, "--atten-lim-db", "0"], /attenLimDb must be/);
+  expectUsageError([bundleDir(), probePath("example"), out, "--atten-lim-db", "0"], /atten_lim_db must be/);
   assert.ok(!existsSync(out), "no output is written on a usage error");
 });

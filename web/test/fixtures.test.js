@@ -1,8 +1,9 @@
 // The bundle's golden fixtures replayed in node (onnxruntime-web's WASM backend).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
+import { deriveTables } from "../src/dsp.js";
 import { loadNodeRuntime } from "../src/node.js";
-import { FEATURE_TOLERANCE, compareAudio, compareFeatures, loadFixtures, replayGraphs } from "../src/selfcheck.js";
+import { CASE_SNR_DB, FEATURE_TOLERANCE, compareAudio, compareCases, compareFeatures, loadFixtures, replayGraphs } from "../src/selfcheck.js";
 import { bundleDir } from "./paths.js";
 
 let runtime;
@@ -35,4 +36,32 @@ test("audio_in through the stream with every stage on gives audio_out", async (t
   assert.equal(r.length, r.expectedLength);
   assert.ok(r.snrDb >= tolerance.audio_snr_db, `${r.snrDb.toFixed(1)} dB < ${tolerance.audio_snr_db} dB`);
   t.diagnostic(`${r.snrDb.toFixed(1)} dB from PyTorch; node: ${r.hopMs.median.toFixed(2)} ms per hop (median)`);
+});
+
+test("every audio case of the fixtures (silence, gating, post-filter, attenuation limit, partial hop) matches", async (t) => {
+  const cases = runtime.bundle.manifest.fixtures.cases ?? [];
+  if (!cases.length) {
+    t.skip("the manifest lists no fixture cases (bundles exported before schema 2 have none)");
+    return;
+  }
+  const results = await compareCases(runtime.bundle, runtime.pffft, fixtures);
+  assert.equal(results.length, cases.length);
+  for (const r of results) {
+    assert.equal(r.length, r.expectedLength, r.name);
+    assert.ok(r.snrDb >= CASE_SNR_DB, `case ${r.name} (${JSON.stringify(r.options)}): ${r.snrDb.toFixed(1)} dB < ${CASE_SNR_DB} dB`);
+  }
+  t.diagnostic(results.map((r) => `${r.name} ${r.snrDb.toFixed(1)} dB`).join(", "));
+});
+
+test("the manifest's front-end tables (schema 2) are what src/dsp.js derives for schema 1 bundles", (t) => {
+  const m = runtime.bundle.manifest;
+  if (m.schema_version < 2) {
+    t.skip("a schema 1 manifest has no tables to compare with");
+    return;
+  }
+  const derived = deriveTables(m.dsp);
+  assert.deepEqual(derived.erbWidths, m.dsp.erb_widths);
+  assert.equal(derived.normAlpha, m.dsp.norm_alpha);
+  assert.deepEqual(derived.erbNormInit, m.dsp.erb_norm_init);
+  assert.deepEqual(derived.specNormInit, m.dsp.spec_norm_init);
 });
