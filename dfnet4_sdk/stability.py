@@ -66,10 +66,13 @@ def repeated_clip_agreement(runtime, clip: np.ndarray, repeats: int = 6, chunk_s
     if clip.size == 0:
         raise ConfigError(f"clip is shorter than one hop ({hop} samples)")
     step = chunk_samples or hop
-    signal = np.tile(clip, repeats)
+    # One repeat more than compared: the output of a repeat's last samples depends on the look-ahead
+    # after it, so every compared repeat must be followed by the clip's start, never by the zeros
+    # that flush() pads with (that tail alone made the last pair of a settled model look drifting).
+    signal = np.tile(clip, repeats + 1)
     runtime.reset()
     out = [runtime.process(signal[i : i + step]) for i in range(0, signal.size, step)]
     out.append(runtime.flush())
-    y = np.concatenate(out).reshape(repeats, clip.size)  # output is delay-compensated: y[n] belongs to x[n]
+    y = np.concatenate(out).reshape(repeats + 1, clip.size)[:repeats]  # delay-compensated: y[n] belongs to x[n]
     pairs = tuple(float(snr_db(y[k], y[k + 1])) for k in range(repeats - 1))
     return StabilityReport(clip.size / runtime.sample_rate, pairs)

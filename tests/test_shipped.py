@@ -78,6 +78,41 @@ def test_default_model_settles_on_a_long_stream():
     assert report.settled_after_s is not None and report.settled_after_s <= 30.0
 
 
+class _LookAheadOnly:
+    """A stream with no memory but a look-ahead of ``ahead`` samples (output delay-compensated, like
+    Runtime): y[n] = x[n] + x[n + ahead]; flush() pads zeros. Every repeat of a clip must agree."""
+
+    sample_rate = input_sample_rate = 48000
+    hop_size_samples = 480
+    ahead = 960
+
+    def reset(self):
+        self.pending = np.zeros(0, np.float32)
+
+    def process(self, x):
+        self.pending = np.concatenate([self.pending, x])
+        n = max(0, self.pending.size - self.ahead)
+        y = self.pending[:n] + self.pending[self.ahead : self.ahead + n]
+        self.pending = self.pending[n:]
+        return y
+
+    def flush(self):
+        tail = np.concatenate([self.pending, np.zeros(self.ahead, np.float32)])
+        return tail[: self.pending.size] + tail[self.ahead :]
+
+
+def test_repeats_compared_never_end_in_the_flush():
+    """A model without memory agrees with itself on every pair; the last repeat used to end in
+    flush()'s zero padding, so its look-ahead saw zeros and the last pair read as drift."""
+    from dfnet4_sdk.stability import repeated_clip_agreement
+
+    clip = np.random.default_rng(0).standard_normal(48000).astype(np.float32)
+    report = repeated_clip_agreement(_LookAheadOnly(), clip, repeats=4)
+    assert len(report.pair_snr_db) == 3
+    assert min(report.pair_snr_db[1:]) > 100.0  # identical repeats (the first follows silence)
+    assert report.settled_after_s is not None
+
+
 def test_stability_report_says_when_a_stream_settles():
     from dfnet4_sdk.stability import StabilityReport
 
