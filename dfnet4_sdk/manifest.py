@@ -256,8 +256,8 @@ class Manifest:
         from dfnet4_sdk.manifest_check import consistency_problems, structure_problems
         from dfnet4_sdk.manifest_versions import upgrade
 
-        data, _ = upgrade(data)
-        problems = structure_problems(data)
+        data, problems = upgrade(data)
+        problems += structure_problems(data)
         if problems:
             raise ConfigError("invalid manifest: " + "; ".join(problems))
         graphs = tuple(

@@ -125,9 +125,10 @@ def structure_problems(data: Any) -> list[str]:
             DspParams.from_dict({k: v for k, v in dsp.items() if k not in _TABLE_CHECKS})
         except ConfigError as e:
             problems.append(f"dsp: {e}")
-    _object(data.get("runtime", {}), RuntimeSpec, "runtime", {
+    if "runtime" in data:
+        _object(data["runtime"], RuntimeSpec, "runtime", {
         "silent_hop_mean_square": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
-        "options": _MAP, "output_delay_samples": _NONNEG_INT}, problems)
+            "options": _MAP, "output_delay_samples": _NONNEG_INT}, problems)
     _fixtures_structure(data.get("fixtures", {}), problems)
     streaming = data.get("streaming", {})
     if _object(streaming, StreamingSpec, "streaming", {"df_order": _POS_INT, "df_lookahead_frames": _NONNEG_INT,

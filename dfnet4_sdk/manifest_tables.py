@@ -5,7 +5,8 @@
   band / deep-filtered bin; where a frame graph carries the front-end inside it (its widths and
   decay are constants of the graph), the tables must be the ones it was built with, and its
   norm states must start where the tables say: an edit there is refused, not half-honoured;
-- ``runtime``: option defaults a stream accepts, the output delay the sections imply;
+- ``runtime``: the option defaults this SDK applies (an edit would describe a run that does
+  not happen, so it is refused), the output delay the sections imply;
 - graphs' ``frames`` / ``streams``; states' ``role``; fixture cases' names and options.
 """
 
@@ -65,6 +66,13 @@ def _runtime_problems(m: Manifest) -> list[str]:
             StreamOptions(**r.options)
         except ConfigError as e:
             problems.append(f"runtime.options: {e}")
+        defaults = asdict(StreamOptions())
+        changed = sorted(k for k in known if r.options[k] != defaults[k])
+        if changed and not any("runtime.options" in p for p in problems):
+            problems.append(f"runtime.options {changed} differ from this SDK's defaults "
+                            f"{ {k: defaults[k] for k in changed} }, which Runtime and `dfsdk run` use when nothing is "
+                            "passed; restore them and pass other values as options (Runtime(..., atten_lim_db=...), "
+                            "dfsdk run --atten-lim-db ...)")
     return problems
 
 

@@ -20,23 +20,23 @@ from dfnet4_sdk.manifest import (
 from dfnet4_sdk.params import DspParams
 
 
-def upgrade(data: Any) -> tuple[Any, int]:
-    """(the manifest as version 2 JSON, the version it was written as). A value that is not a
+def upgrade(data: Any) -> tuple[Any, list[str]]:
+    """(the manifest as version 2 JSON, problems with its version). A value that is not a
     manifest object is returned as it is, for ``structure_problems`` to describe; a version
-    this SDK does not read is a ConfigError saying what to do."""
+    this SDK does not read is a problem saying what to do (the caller reports it with the rest)."""
     if not isinstance(data, Mapping) or "schema_version" not in data:
-        return data, SCHEMA_VERSION
+        return data, []
     version = data["schema_version"]
     if version == SCHEMA_VERSION:
-        return data, version
+        return data, []
     if version == 1:
-        return upgrade_v1(data), 1
+        return upgrade_v1(data), []
     readable = " and ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         hint = "it was written by a newer dfnet4-sdk: upgrade dfnet4-sdk (pip install -U dfnet4-sdk) to load it"
     else:
         hint = "re-export the bundle with `dfsdk export`"
-    raise ConfigError(f"schema_version {version!r} is not supported (this SDK reads schema versions {readable}); {hint}")
+    return data, [f"schema_version {version!r} is not supported (this SDK reads schema versions {readable}); {hint}"]
 
 
 def upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from dfnet4_sdk import dsp, stages
-from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, StreamOptions
+from dfnet4_sdk.stream import StreamOptions
 
 
 class StageSkipped(Exception):
@@ -59,8 +59,9 @@ class OfflineStream:
         self.thresholds = options.gating_thresholds_db
         self.hop, self.latency = d.hop_size_samples, m.latency_samples
         self.flush_hops = -(-m.latency_samples // self.hop)
-        self.front_end = dsp.front_end(d)
-        self.state = dsp.FrontEndState.initial(d)
+        self.front_end = dsp.front_end(d, m.tables)
+        self.state = dsp.FrontEndState.initial(d, m.tables)
+        self.silent_mean_square = m.runtime.silent_hop_mean_square
         self.synthesis = _Synthesis(m, options)
         self.graphs = m.block_graphs
         self.block = self.graphs[0].inputs[0].shape[2]
@@ -107,7 +108,7 @@ class OfflineStream:
             return
         keep = np.ones(len(hops), dtype=bool)
         if check_silence and self.options.skip_silent_hops:
-            keep = np.einsum("ij,ij->i", hops, hops) >= SILENT_HOP_MEAN_SQUARE * self.hop
+            keep = np.einsum("ij,ij->i", hops, hops) >= self.silent_mean_square * self.hop
         self.keep = np.concatenate([self.keep, keep])
         kept = hops[keep]
         spec = self.front_end.analysis(kept.reshape(-1), self.state)  # [T, F]
@@ -216,8 +217,8 @@ class _Synthesis:
     def __init__(self, manifest, options: StreamOptions):
         d, s = manifest.dsp, manifest.streaming
         self.dsp, self.options, self.order = d, options, s.df_order
-        self.front_end = dsp.front_end(d)
-        self.state = dsp.FrontEndState.initial(d)
+        self.front_end = dsp.front_end(d, manifest.tables)
+        self.state = dsp.FrontEndState.initial(d, manifest.tables)
         self.past = synthesis_past(s)
 
     def __call__(self, padded: np.ndarray, erb_mask: np.ndarray, df_coefs: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from dfnet4_sdk import dsp, stages
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.manifest import Manifest
 
-SILENT_HOP_MEAN_SQUARE = 1e-7
+SILENT_HOP_MEAN_SQUARE = 1e-7  # what the exporter writes as the manifest's runtime.silent_hop_mean_square
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class EnhancementStream:
         (None, the default), always (True: error without one) or never (False)."""
         self.backend = backend
         self.manifest: Manifest = backend.manifest
-        self.options = options or StreamOptions()
+        self.options = options or StreamOptions(**backend.manifest.runtime.options)
         m = self.manifest
         if fused and m.frame_graph is None:
             raise ConfigError(f"{m.model_family} {m.backend} bundle has no fused frame graph; re-export it or use fused=False")
@@ -109,7 +109,8 @@ class EnhancementStream:
         self._state_io = {g.name: [(s.input_name, s.output_name) for s in m.states_of(g.name)] for g in m.graphs}
         self.hop_size_samples = m.dsp.hop_size_samples
         self.latency_samples = m.latency_samples
-        self._front_end = dsp.FrontEnd(m.dsp)
+        self._front_end = dsp.front_end(m.dsp, m.tables)  # the manifest's bands, decay and norm inits
+        self._silent_mean_square = m.runtime.silent_hop_mean_square
         s = m.streaming
         # History of analysed frames, oldest first, up to frame t: its first O frames are the DF
         # window of frame t-L (t-L-(O-1-Ld) .. t-L+Ld, see ``stages``), frame t-L at ``_past``.
@@ -121,7 +122,7 @@ class EnhancementStream:
     # -- state -------------------------------------------------------------------------------
     def reset(self) -> None:
         m = self.manifest
-        self._dsp_state = dsp.FrontEndState.initial(m.dsp)
+        self._dsp_state = dsp.FrontEndState.initial(m.dsp, m.tables)
         self._model_state = {s.input_name: s.initial() for s in m.states}
         self._bind_frame_graph()
         self._history = np.zeros((self._history_len, m.dsp.freq_bins), dtype=np.complex64)
@@ -176,7 +177,7 @@ class EnhancementStream:
     def process_hop(self, hop_samples: np.ndarray) -> np.ndarray:
         """Enhance one hop. Output is delayed by ``latency_samples`` (no compensation here)."""
         if self.options.skip_silent_hops and not self._flushing:
-            if float(np.dot(hop_samples, hop_samples)) < SILENT_HOP_MEAN_SQUARE * hop_samples.size:
+            if float(np.dot(hop_samples, hop_samples)) < self._silent_mean_square * hop_samples.size:
                 return np.zeros(hop_samples.size, dtype=np.float32)
         fe, st = self._front_end, self._dsp_state
         spec = fe.analysis_frame(hop_samples, st)

@@ -28,6 +28,7 @@ from torch import nn
 from dfnet4_sdk.audio_io import new_file_mode
 from dfnet4_sdk.bundle import FIXTURES_NAME, Bundle, file_sha256, write_manifest
 from dfnet4_sdk.errors import BundleError, ExportError
+from dfnet4_sdk.exporters.fixtures import fixture_cases, frame_lsnr, make_fixtures, record_cases
 from dfnet4_sdk.exporters.plan import Capabilities, ExportPlan, capabilities_of, plan_export
 from dfnet4_sdk.exporters.step_modules import BlockModule, FrameStepModule, StepModule, example_inputs, graph_module
 from dfnet4_sdk.exporters.validate import (
@@ -97,23 +98,6 @@ def synthetic_fixture_audio(sample_rate: int, seconds: float = 1.0, seed: int = 
     noise = rng.standard_normal(t.size)
     noise *= np.sqrt(np.mean(voiced**2) / (np.mean(noise**2) * 10 ** 0.5))
     return (voiced + noise).astype(np.float32)
-
-
-def make_fixtures(manifest: Manifest, recorder: RecordingBackend, audio: np.ndarray, enhanced: np.ndarray) -> dict[str, np.ndarray]:
-    """Golden fixtures: per-frame frame inputs and model outputs, initial and final states, and
-    the audio in/out, so a device port can check itself from the manifest alone."""
-    fixtures: dict[str, np.ndarray] = {"audio_in": audio, "audio_out": enhanced}
-    for g in manifest.component_graphs:
-        calls = recorder.calls[g.name]
-        for t in g.inputs:
-            if t.role == "feature":
-                fixtures[f"{g.name}/{t.name}"] = np.stack([c[0][t.name] for c in calls])
-        for t in g.outputs:
-            if t.role == "output":
-                fixtures[f"{g.name}/{t.name}"] = np.stack([c[1][t.name] for c in calls])
-        for s in manifest.states_of(g.name):
-            fixtures[f"{g.name}/final.{s.output_name}"] = calls[-1][1][s.output_name]
-    return fixtures
 
 
 def export_bundle(
@@ -219,17 +203,24 @@ def validate_staged(plan: ExportPlan, manifest: Manifest, staging: Path, recorde
 
 def finalize(plan: ExportPlan, manifest: Manifest, validation: Validation, staging: Path, out_dir: Path,
              recorder: RecordingBackend, audio: np.ndarray, enhanced: np.ndarray, fixture_source: str) -> Manifest:
-    """The finalize pass: drop the graphs validation left out, write the golden fixtures and the
-    manifest (every file's sha256, the validation), then replace ``out_dir`` with ``staging``."""
+    """The finalize pass: drop the graphs validation left out, write the golden fixtures (per-frame,
+    and the audio cases through the written component graphs: ``fixtures.py``) and the manifest
+    (every file's sha256, the validation), then replace ``out_dir`` with ``staging``."""
+    from dfnet4_sdk.runtimes import load_backend
+
     for g in manifest.graphs:
         if g.name in validation.left_out:
             (staging / g.file).unlink()
-    np.savez_compressed(staging / FIXTURES_NAME, **make_fixtures(plan.manifest, recorder, audio, enhanced))
+    manifest = replace(manifest, graphs=tuple(g for g in manifest.graphs if g.name not in validation.left_out))
+    write_manifest(staging, manifest)
+    d = manifest.dsp
+    cases = fixture_cases(audio, d.sample_rate_hz, d.hop_size_samples, frame_lsnr(recorder))
+    case_arrays, case_entries = record_cases(load_backend(plan.target, Bundle.load(staging)), cases)
+    np.savez_compressed(staging / FIXTURES_NAME, **make_fixtures(plan.manifest, recorder, audio, enhanced), **case_arrays)
     manifest = replace(
         manifest,
-        graphs=tuple(g for g in manifest.graphs if g.name not in validation.left_out),
         fixtures={"file": FIXTURES_NAME, "sha256": file_sha256(staging / FIXTURES_NAME), "source": fixture_source,
-                  "cases": []},
+                  "cases": case_entries},
         validation=validation.to_manifest(),
     )
     write_manifest(staging, manifest)
