@@ -429,9 +429,12 @@ def import_dfn3(archive, output_path, target, overwrite):
 @click.option("--calibration-seconds", type=click.FloatRange(min=0, min_open=True), default=24.0, show_default=True)
 @click.option("--archive", is_flag=True, help="Also write OUTPUT.dfbundle, a single-file copy.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--streams", is_flag=True,
+              help="Also export frame_streams, the frame graph with a stream axis, so StreamPool runs many streams "
+                   "per call (onnx fp32).")
 @_fail_on_sdk_errors
 def export(model, target, precision, output_dir, fixture_audio, fixture_seconds, calibration, calibration_seconds,
-           archive, overwrite):
+           archive, overwrite, streams):
     """Export MODEL to a streaming bundle for TARGET, validated against PyTorch."""
     from dfnet4_sdk.files import check_output_dir
 
@@ -455,7 +458,8 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
 
         clips = calibration_audio(calibration, torch_model.dsp.sample_rate_hz, seconds=calibration_seconds)
     bundle = export_bundle(torch_model, converter_for(target), output_dir, precision=precision,
-                           fixture_audio=audio, fixture_source=source, overwrite=overwrite, calibration=clips)
+                           fixture_audio=audio, fixture_source=source, overwrite=overwrite, calibration=clips,
+                           streams=streams)
     v = bundle.manifest.validation
     worst = max(err for errs in v["graph_rel_error"].values() for err in errs.values())
     click.echo(f"exported {bundle.manifest.model_family} -> {bundle.root} ({target} {precision}); "

@@ -31,7 +31,7 @@ import numpy as np
 from dfnet4_sdk import dsp, stages
 from dfnet4_sdk.errors import AudioInputError, ConfigError
 from dfnet4_sdk.runtimes.base import streams_graph
-from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, EnhancementStream
+from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, EnhancementStream, StreamOptions
 
 MAX_STREAMS = 65536
 
@@ -66,8 +66,18 @@ class StreamPool:
                               "(as Runtime) and streams, batched")
         # Runtime resolves the model and backend and checks the options: one home for both.
         runtime = Runtime(model, backend, **options)
-        self.backend, self.manifest, self.options = runtime.backend, runtime.manifest, runtime.options
-        self.streams = int(streams)
+        self._setup(runtime.backend, int(streams), runtime.options, batched)
+
+    @classmethod
+    def over_backend(cls, backend, streams: int, options: StreamOptions | None = None,
+                     batched: bool | None = None) -> "StreamPool":
+        """A pool over an already loaded backend (the exporter's validation uses it)."""
+        pool = object.__new__(cls)
+        pool._setup(backend, int(streams), options or StreamOptions(), batched)
+        return pool
+
+    def _setup(self, backend, streams: int, options: StreamOptions, batched: bool | None) -> None:
+        self.backend, self.manifest, self.options, self.streams = backend, backend.manifest, options, streams
         m = self.manifest
         self._front_end = dsp.FrontEnd(m.dsp)
         self._thresholds = self.options.gating_thresholds_db
@@ -78,6 +88,10 @@ class StreamPool:
             raise ConfigError(f"the {m.backend} backend of {m.model_name} cannot run its frame graph for many streams "
                               "per call (no frame_streams graph); use batched=None to fall back to per-stream calls")
         self._needs_samples = m.frame_graph is not None and "frame_samples" in m.frame_graph.input_names
+        # A bundle's batched graph takes the thresholds per stream ([B, 3]), a frame graph [3].
+        graph = next((g for g in m.graphs if self._graph is not None and g.name == self._graph[0]), None)
+        self._row_thresholds = graph is not None and any(t.name == "gating_thresholds_db" and len(t.shape) == 2
+                                                         for t in graph.inputs)
         self._io = [] if m.frame_graph is None else [(s.input_name, s.output_name) for s in m.states_of(m.frame_graph.name)]
         self._lock = threading.RLock()
         self._rows: list[EnhancementStream] | None = None
@@ -250,8 +264,11 @@ class StreamPool:
             st = dsp.FrontEndState(self._dsp.analysis_memory[rows], self._dsp.synthesis_memory[rows], None, None)
             states = {k: v[rows] for k, v in self.states.items()}
         spec = fe.analysis_frame(x, st)  # [b, F] complex64
+        thresholds = self._thresholds
+        if self._row_thresholds:
+            thresholds = np.ascontiguousarray(np.broadcast_to(thresholds, (x.shape[0], thresholds.size)))
         feed = {"spec": np.ascontiguousarray(spec).view(np.float32).reshape(*spec.shape, 2),
-                "gating_thresholds_db": self._thresholds, **states}
+                "gating_thresholds_db": thresholds, **states}
         if self._needs_samples:
             feed["frame_samples"] = x.reshape(x.shape[0], 1, 1, -1)
         out = self._run_frame_graph(feed)
@@ -282,12 +299,13 @@ class StreamPool:
             name, per_call = self._graph
             if per_call == -1 or per_call == b:
                 return self.backend.run(name, feed)
+        shared = () if self._row_thresholds else ("gating_thresholds_db",)  # [3]: the same for every row
         parts = []
         for start in range(0, b, per_call):
-            part = {k: (v if k == "gating_thresholds_db" else v[start : start + per_call]) for k, v in feed.items()}
+            part = {k: (v if k in shared else v[start : start + per_call]) for k, v in feed.items()}
             short = per_call - part["spec"].shape[0]
             if short:  # a fixed-count graph: pad with copies of the first row, outputs dropped
-                part = {k: (v if k == "gating_thresholds_db" else np.concatenate([v, np.repeat(v[:1], short, axis=0)]))
+                part = {k: (v if k in shared else np.concatenate([v, np.repeat(v[:1], short, axis=0)]))
                         for k, v in part.items()}
             result = self.backend.run(name, part)
             parts.append({k: np.asarray(v)[: per_call - short] for k, v in result.items()})

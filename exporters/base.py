@@ -111,21 +111,23 @@ def export_bundle(
     fused: bool | None = None,
     calibration: Sequence[np.ndarray] | None = None,
     blocks: bool | None = None,
+    streams: bool = False,
 ) -> Bundle:
     """Export ``model`` for ``converter.target`` at ``precision`` into the bundle ``out_dir``.
 
     ``fused`` / ``blocks``: include the fused frame graph / the block graphs (None: what the
     converter declares). ``calibration``: clips at the model's rate streamed through PyTorch to
-    record each graph's inputs for quantizing converters (default: the fixture audio)."""
+    record each graph's inputs for quantizing converters (default: the fixture audio). ``streams``:
+    also the batched frame graph ``frame_streams`` (``exporters/streams.py``, for ``StreamPool``)."""
     model = model.eval()
-    plan = plan_export(model, converter, precision, fused=fused, blocks=blocks)
+    plan = plan_export(model, converter, precision, fused=fused, blocks=blocks, streams=streams)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     if fixture_audio is None:
         fixture_audio = synthetic_fixture_audio(model.dsp.sample_rate_hz)
         fixture_source = SYNTHETIC_FIXTURE_SOURCE
-    recorder, enhanced = record_reference(model, fixture_audio)
+    recorder, enhanced = record_reference(model, fixture_audio, streams=streams)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:

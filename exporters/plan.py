@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -30,6 +30,9 @@ class Capabilities:
     """What one converter can export, declared as data (see the module docstring).
 
     ``frame_graph``: precisions whose export includes the fused frame graph by default;
+    ``frame_streams``: precision -> streams per call of the batched frame graph (``frame_streams``,
+    ``exporters/streams.py``; -1: any number), for the precisions whose export includes it with
+    the frame graph;
     ``block_frames``: precision -> frames per block-graph call, for the precisions whose export
     includes the block graphs by default; ``no_block_graphs_with``: layer types whose sequence
     form the target cannot carry usefully (a model holding one gets no block graphs);
@@ -38,6 +41,7 @@ class Capabilities:
 
     precisions: tuple[str, ...]
     frame_graph: tuple[str, ...] = ()
+    frame_streams: Mapping[str, int] = field(default_factory=dict)
     block_frames: Mapping[str, int] = field(default_factory=dict)
     no_block_graphs_with: tuple[type[nn.Module], ...] = ()
     calibrated: tuple[str, ...] = ()
@@ -83,11 +87,12 @@ class ExportPlan:
 
 
 def plan_export(model: nn.Module, converter, precision: str, fused: bool | None = None,
-                blocks: bool | None = None) -> ExportPlan:
+                blocks: bool | None = None, streams: bool = False) -> ExportPlan:
     """Plan ``model``'s export by ``converter`` at ``precision``. ``fused`` / ``blocks``: include
     the fused frame graph / the block graphs (None: what the converter declares for this
     precision; block graphs asked for with True must pass validation, the default ones may be
-    left out)."""
+    left out). ``streams``: also the batched frame graph ``frame_streams`` (``StreamPool``), where
+    the converter declares it for this precision (asked for only: it serves many-stream servers)."""
     from dfnet4_sdk.exporters.validate import TOLERANCES
     from dfnet4_sdk.models.describe import BLOCK_FRAMES, describe_model
 
@@ -115,6 +120,16 @@ def plan_export(model: nn.Module, converter, precision: str, fused: bool | None 
             left_out.append(f"block graphs: {target} with {', '.join(unrolled)}" + _because(caps, "no_block_graphs_with"))
     manifest = describe_model(model, backend=target, precision=precision, include_frame=fused,
                               block_frames=caps.block_frames.get(precision, BLOCK_FRAMES) if blocks else None)
+    if streams:
+        from dfnet4_sdk.exporters.streams import describe_streams_graph
+
+        if not fused or precision not in caps.frame_streams:
+            why = "the frame graph is not in this export" if not fused else (
+                f"{target} carries it at {sorted(caps.frame_streams) or 'no precision'}" + _because(caps, "frame_streams"))
+            raise ConfigError(f"{target} export at {precision} cannot carry the batched frame graph frame_streams: {why}; "
+                              "export without streams (StreamPool then calls the frame graph once per stream)")
+        batched = describe_streams_graph(manifest.frame_graph, caps.frame_streams[precision])
+        manifest = replace(manifest, graphs=(*manifest.graphs, batched))
     optional = () if explicit_blocks else tuple(g.name for g in manifest.graphs if g.kind == "block")
     return ExportPlan(target, precision, manifest, precision in caps.calibrated, optional, tuple(left_out))
 

@@ -52,7 +52,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 }
 
 # The enhanced-audio paths a bundle can have, in the order they are measured.
-PATHS = ("components", "frame", "blocks")
+PATHS = ("components", "frame", "streams", "blocks")
 
 
 class RecordingBackend:
@@ -70,15 +70,19 @@ class RecordingBackend:
         return outputs
 
 
-def record_reference(model, audio: np.ndarray) -> tuple[RecordingBackend, np.ndarray]:
+def record_reference(model, audio: np.ndarray, streams: bool = False) -> tuple[RecordingBackend, np.ndarray]:
     """Stream ``audio`` through the PyTorch backend with every stage on, once through the three
-    component graphs and once through the fused frame graph; returns the recorder (every graph's
-    calls) and the enhanced audio."""
+    component graphs and once through the fused frame graph (``streams``: and a few streams made
+    from it through the batched frame graph, ``exporters/streams.py``); returns the recorder
+    (every graph's calls) and the enhanced audio."""
+    from dfnet4_sdk.exporters.streams import record_streams
     from dfnet4_sdk.runtimes.torch_backend import TorchBackend
 
     recorder = RecordingBackend(TorchBackend(model))
     enhanced = _stream(recorder, audio, fused=False)
     _stream(recorder, audio, fused=True)
+    if streams:
+        record_streams(recorder, audio)
     return recorder, enhanced
 
 
@@ -121,8 +125,12 @@ def validate_against_pytorch(backend, recorder: RecordingBackend, audio: np.ndar
     stages of the module docstring. Block graphs are checked end to end (the offline path);
     when they are all in ``optional_graphs`` and only their path misses the tolerance, they are
     put in ``left_out`` instead of ``problems``."""
+    from dfnet4_sdk.exporters.streams import record_streams
+
     v = Validation(tolerance)
     names, shapes, values = [], [], []
+    if any(g.kind == "frame" and g.streams != 1 for g in backend.manifest.graphs):
+        record_streams(recorder, audio)  # the batched graph's reference, unless recorded already
     for g in backend.manifest.graphs:
         if g.kind == "block":
             continue
@@ -135,7 +143,7 @@ def validate_against_pytorch(backend, recorder: RecordingBackend, audio: np.ndar
     if names or shapes:
         v.problems = names + shapes + values + ["enhanced audio not compared: a graph does not match its spec"]
         return v
-    v.path_snr_db = path_snr_db(backend, audio, reference)
+    v.path_snr_db = path_snr_db(backend, audio, reference, getattr(recorder, "streams_reference", None))
     blocks = tuple(g.name for g in backend.manifest.block_graphs)
     for path, snr in v.path_snr_db.items():
         if snr >= tolerance.audio_snr_db:
@@ -157,7 +165,11 @@ def _graph_errors(backend, g, calls, names: list[str], shapes: list[str]) -> dic
     """One graph over its recorded calls, its own states fed back: each output's worst error
     relative to the reference's range; None (with the problem appended to ``names`` or
     ``shapes``) when its first frame's outputs do not match the spec."""
-    states = {s.input_name: s.initial() for s in backend.manifest.states_of(g.name)}
+    from dfnet4_sdk.exporters.streams import shape_matches
+
+    # Stacked on the stream axis for a batched graph (as many rows as its recorded calls).
+    states = {s.input_name: np.repeat(s.initial(), len(calls[0][0][s.input_name]) if calls else 1, axis=0)
+              for s in backend.manifest.states_of(g.name)}
     outputs = [t for t in g.outputs if t.role != "state_out"]
     worst: dict[str, float] = {}
     scale: dict[str, float] = {}
@@ -175,7 +187,7 @@ def _graph_errors(backend, g, calls, names: list[str], shapes: list[str]) -> dic
                 names.append(f"{g.name}: outputs missing {missing}, unexpected {extra}")
                 return None
             wrong = [f"{g.name}.{t.name}: shape {tuple(np.shape(out[t.name]))}, spec {tuple(t.shape)}"
-                     for t in g.outputs if tuple(np.shape(out[t.name])) != tuple(t.shape)]
+                     for t in g.outputs if not shape_matches(np.shape(out[t.name]), t.shape)]
             if wrong:
                 shapes.extend(wrong)
                 return None
@@ -187,12 +199,18 @@ def _graph_errors(backend, g, calls, names: list[str], shapes: list[str]) -> dic
     return {k: worst[k] / max(scale[k], 1e-6) for k in worst}
 
 
-def path_snr_db(backend, audio: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """SNR of the enhanced audio against ``reference`` on each path the bundle has."""
+def path_snr_db(backend, audio: np.ndarray, reference: np.ndarray,
+                streams_reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """SNR of the enhanced audio against ``reference`` on each path the bundle has (the batched
+    frame graph's: its streams against ``streams_reference``, from ``record_reference``)."""
     m = backend.manifest
     snr = {"components": snr_db(reference, _stream(backend, audio, fused=False))}
     if m.frame_graph is not None:
         snr["frame"] = snr_db(reference, _stream(backend, audio, fused=True))
+    if streams_reference is not None and any(g.kind == "frame" and g.streams != 1 for g in m.graphs):
+        from dfnet4_sdk.exporters.streams import streams_audio_snr
+
+        snr["streams"] = streams_audio_snr(backend, *streams_reference)
     if m.block_graphs:
         snr["blocks"] = offline_audio_snr(backend, audio, reference)
     return snr

@@ -47,20 +47,58 @@ def assert_rows_equal_runtime(pool: StreamPool, rt: Runtime, x: np.ndarray, chun
         assert snr_db(ref, y[i]) >= MIN_SNR_DB, f"row {i}: {snr_db(ref, y[i]):.1f} dB"
 
 
-CASES = {  # id: (model, backend, batched graph calls, options)
-    "torch-dfnet4-lite": ("dfnet4-lite-v1", "torch", True, {}),
-    "onnx-dfnet4-lite": ("dfnet4-lite-v1", None, None, {}),
-    "tflite-dfn3": ("dfn3", None, False, {}),
+@pytest.fixture(scope="module")
+def onnx_streams_bundle(tmp_path_factory):
+    """DfNet4Lite exported for onnxruntime with the batched frame graph (``--streams``)."""
+    from dfnet4_sdk.exporters.base import converter_for, export_bundle
+    from dfnet4_sdk.models import load_model
+
+    audio = load_clip(CLIP, seconds=1.0, offset_s=2.0)
+    return export_bundle(load_model("dfnet4-lite-v1"), converter_for("onnx"), tmp_path_factory.mktemp("pool") / "lite",
+                         fixture_audio=audio, blocks=False, streams=True)
+
+
+CASES = {  # id: (model, backend, batched graph calls)
+    "torch-dfnet4-lite": ("dfnet4-lite-v1", "torch", True),  # the frame module, batched
+    "onnx-dfnet4-lite-frame-streams": (None, None, True),  # the exported frame_streams graph
+    "onnx-dfnet4-lite-shipped": ("dfnet4-lite-v1", None, False),  # no frame_streams: per-stream calls
+    "tflite-dfn3-shipped": ("dfn3", None, False),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_rows_equal_runtime_on_each_backend(case, rows):
-    model, backend, batched, _ = CASES[case]
+def test_rows_equal_runtime_on_each_backend(case, rows, request):
+    model, backend, batched = CASES[case]
+    if model is None:
+        model = request.getfixturevalue("onnx_streams_bundle").root
     pool = StreamPool(model, streams=rows.shape[0], backend=backend)
-    if batched is not None:
-        assert pool.batched is batched
+    assert pool.batched is batched
     assert_rows_equal_runtime(pool, Runtime(model, backend), rows, chunk=777)  # chunks that split hops
+
+
+def test_frame_streams_graph_is_validated_like_the_others(onnx_streams_bundle):
+    m = onnx_streams_bundle.manifest
+    g = m.graph("frame_streams")
+    assert (g.kind, g.streams, g.frames) == ("frame", -1, 1) and m.frame_graph.name == "frame"
+    assert all(t.shape[0] == -1 for t in (*g.inputs, *g.outputs))
+    assert g.inputs[[t.name for t in g.inputs].index("gating_thresholds_db")].shape == (-1, 3)
+    errors = m.validation["graph_rel_error"]["frame_streams"]
+    assert set(errors) == {"spec_enhanced", "spec_noisy", "lsnr"} and max(errors.values()) <= 1e-4
+    assert m.validation["audio_snr_db"] >= 60.0  # the worst path, the pool over frame_streams included
+
+
+def test_streams_graph_only_where_the_converter_declares_it():
+    from dfnet4_sdk.exporters.base import converter_for
+    from dfnet4_sdk.exporters.plan import plan_export
+    from dfnet4_sdk.models import load_model
+
+    lite = load_model("dfnet4-lite")
+    assert plan_export(lite, converter_for("onnx"), "fp32", streams=True).graph_names[-1] == "frame_streams"
+    assert "frame_streams" not in plan_export(lite, converter_for("onnx"), "fp32").graph_names  # asked for only
+    with pytest.raises(ConfigError, match="cannot carry the batched frame graph"):
+        plan_export(lite, converter_for("onnx"), "int8", streams=True)
+    with pytest.raises(ConfigError, match="the frame graph is not in this export"):
+        plan_export(lite, converter_for("onnx"), "fp32", fused=False, streams=True)
 
 
 @pytest.mark.parametrize("options", [

@@ -60,7 +60,7 @@ class FrameModule(nn.Module):
         self, spec: Tensor, thresholds: Tensor, state: dict[str, Tensor], frame_samples: Tensor | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """spec [B, F, 2] (frame t, re/im; B streams, 1 for the per-stream frame graph, any
-        number for ``frame_streams``); thresholds [3]; frame_samples [B, 1, 1, hop] for models
+        number for ``frame_streams``); thresholds [3], or [B, 3] per stream; frame_samples [B, 1, 1, hop] for models
         with a waveform path. Returns ({spec_enhanced, spec_noisy [B, F, 2] of frame t-L, lsnr
         [B, 1]}, new state); every state has the stream axis first."""
         nb_streams = spec.shape[0]
@@ -80,7 +80,7 @@ class FrameModule(nn.Module):
 
         # libDF stage gating (spectral.gating): a skipped stage keeps its state.
         lsnr = values["lsnr"].reshape(nb_streams)  # [B] (T = 1)
-        gates = spectral.gating(lsnr, thresholds)
+        gates = spectral.gating(lsnr, thresholds if thresholds.dim() == 1 else thresholds.transpose(0, 1))
         for s in self.model.erb_dec.state_specs():
             keep = gates.apply_erb_mask.reshape(nb_streams, *([1] * (len(s.shape) - 1)))
             new_state[s.name] = torch.where(keep, new_state[s.name], state[s.name])
