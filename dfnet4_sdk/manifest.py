@@ -15,10 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-import numpy as np
-
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.params import DspParams
+from dfnet4_sdk.states import StateSpec
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
@@ -43,42 +42,6 @@ class TensorSpec:
         if self.role not in TENSOR_ROLES:
             raise ConfigError(f"tensor {self.name!r}: role must be one of {TENSOR_ROLES}, got {self.role!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-
-
-@dataclass(frozen=True)
-class StateSpecEntry:
-    """A recurrent/conv state: fed from ``output_name`` back into ``input_name`` every frame."""
-
-    name: str
-    graph: str
-    shape: tuple[int, ...]
-    init_value: float = 0.0
-    init_values: tuple[float, ...] | None = None  # per-element initial values, if not constant
-    role: str = "model"  # STATE_ROLES
-
-    @property
-    def input_name(self) -> str:
-        return f"state_in.{self.name}"
-
-    @property
-    def output_name(self) -> str:
-        return f"state_out.{self.name}"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        if self.init_values is not None:
-            object.__setattr__(self, "init_values", tuple(float(v) for v in self.init_values))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form: exactly one of init_value / init_values."""
-        d = asdict(self)
-        del d["init_value" if self.init_values is not None else "init_values"]
-        return d
-
-    def initial(self) -> np.ndarray:
-        if self.init_values is not None:
-            return np.asarray(self.init_values, dtype=np.float32).reshape(self.shape).copy()
-        return np.full(self.shape, self.init_value, dtype=np.float32)
 
 
 GRAPH_KINDS = ("component", "frame", "block")
@@ -178,7 +141,7 @@ class Manifest:
     dsp: DspParams
     streaming: StreamingSpec
     graphs: tuple[GraphSpec, ...]
-    states: tuple[StateSpecEntry, ...]
+    states: tuple[StateSpec, ...]
     sdk_version: str
     backend: str = "torch"
     precision: str = "fp32"
@@ -216,7 +179,7 @@ class Manifest:
                 return g
         raise KeyError(f"manifest has no graph {name!r}; graphs: {[g.name for g in self.graphs]}")
 
-    def states_of(self, graph: str) -> tuple[StateSpecEntry, ...]:
+    def states_of(self, graph: str) -> tuple[StateSpec, ...]:
         """The states a graph reads and writes (the frame graph: all of them)."""
         names = {t.name for t in self.graph(graph).state_inputs}
         return tuple(s for s in self.states if s.input_name in names)
@@ -274,7 +237,7 @@ class Manifest:
                 "runtime": RuntimeSpec(**data["runtime"]),
                 "streaming": StreamingSpec(**data["streaming"]),
                 "graphs": graphs,
-                "states": tuple(StateSpecEntry(**s) for s in data["states"]),
+                "states": tuple(StateSpec(**s) for s in data["states"]),
                 "schema_version": SCHEMA_VERSION,  # a v1 manifest is now upgraded
             }
         )

@@ -19,9 +19,12 @@ from typing import Any, Callable, Mapping
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.manifest import (
     ANY_STREAMS, GRAPH_KINDS, STATE_ROLES, TENSOR_ROLES, WINDOWS, DspTables, GraphSpec, Manifest, RuntimeSpec,
-    StateSpecEntry, StreamingSpec, TensorSpec,
+    StreamingSpec, TensorSpec,
 )
 from dfnet4_sdk.params import DspParams
+from dfnet4_sdk.states import (
+    StateSpec, is_state_input, is_state_output, state_input_name, state_name, state_output_name,
+)
 
 COMPONENTS = ("enc", "erb_dec", "df_dec")
 FRAME_GRAPH = "frame"
@@ -166,10 +169,10 @@ def structure_problems(data: Any) -> list[str]:
         what = f"state {s.get('name')!r}" if isinstance(s, Mapping) else f"states[{i}]"
         init_values = (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v),
                        "a list of finite numbers")
-        if _object(s, StateSpecEntry, what, {"name": _STR, "graph": _STR, "shape": _SHAPE, "init_value": _NUMBER,
+        if _object(s, StateSpec, what, {"name": _STR, "graph": _STR, "shape": _SHAPE, "init_value": _NUMBER,
                                              "init_values": init_values,
                                              "role": (lambda v: v in STATE_ROLES, f"one of {list(STATE_ROLES)}")},
-                   problems, also_required=("role",)) and ("init_value" in s) == ("init_values" in s):
+                   problems, also_required=("graph", "role")) and ("init_value" in s) == ("init_values" in s):
             problems.append(f"{what}: expected exactly one of init_value (one number for every element) or "
                             f"init_values (one per element), found {'both' if 'init_value' in s else 'neither'}")
     return problems
@@ -251,20 +254,20 @@ def _graph_io_problems(g: GraphSpec) -> list[str]:
         for t in tensors:
             if t.role not in allowed:
                 problems.append(f"graph {g.name!r}: {side} {t.name!r} has role {t.role!r}, expected one of {list(allowed)}")
-            prefix = f"{t.role}." if t.role in ("state_in", "state_out") else None
-            if prefix and not t.name.startswith(prefix):
-                problems.append(f"graph {g.name!r}: {t.role} tensor {t.name!r} must be named {prefix}<state>")
-            if not prefix and t.name.startswith(("state_in.", "state_out.")):
+            named_as = {"state_in": is_state_input, "state_out": is_state_output}.get(t.role)
+            if named_as and not named_as(t.name):
+                problems.append(f"graph {g.name!r}: {t.role} tensor {t.name!r} must be named {t.role}.<state>")
+            if not named_as and (is_state_input(t.name) or is_state_output(t.name)):
                 problems.append(f"graph {g.name!r}: {t.name!r} has role {t.role!r} but a state's name")
-    state_in = {t.name.removeprefix("state_in."): t.shape for t in g.inputs if t.role == "state_in"}
-    state_out = {t.name.removeprefix("state_out."): t.shape for t in g.outputs if t.role == "state_out"}
+    state_in = {state_name(t.name): t.shape for t in g.inputs if t.role == "state_in"}
+    state_out = {state_name(t.name): t.shape for t in g.outputs if t.role == "state_out"}
     for name in sorted(set(state_in) ^ set(state_out)):
         has, lacks = ("state_in", "state_out") if name in state_in else ("state_out", "state_in")
         problems.append(f"graph {g.name!r} has {has}.{name} but no {lacks}.{name}")
     for name in sorted(set(state_in) & set(state_out)):
         if state_in[name] != state_out[name]:
-            problems.append(f"graph {g.name!r}: state_in.{name} has shape {state_in[name]}, "
-                            f"state_out.{name} {state_out[name]}")
+            problems.append(f"graph {g.name!r}: {state_input_name(name)} has shape {state_in[name]}, "
+                            f"{state_output_name(name)} {state_out[name]}")
     unknown = sorted(set(g.tensor_names) - {*g.input_names, *g.output_names})
     if unknown:
         problems.append(f"graph {g.name!r}: tensor_names names tensors it does not have: {unknown}")
@@ -273,7 +276,7 @@ def _graph_io_problems(g: GraphSpec) -> list[str]:
 
 def _state_problems(m: Manifest, by_name: Mapping[str, GraphSpec]) -> list[str]:
     problems = []
-    entries: dict[str, StateSpecEntry] = {}
+    entries: dict[str, StateSpec] = {}
     for s in m.states:
         if s.name in entries:
             problems.append(f"state {s.name!r} is declared twice")
@@ -288,9 +291,9 @@ def _state_problems(m: Manifest, by_name: Mapping[str, GraphSpec]) -> list[str]:
             problems.append(f"state {s.name!r} belongs to graph {s.graph!r}, which has no input {s.input_name!r}")
     for g in m.graphs:
         for t in g.state_inputs:
-            s = entries.get(t.name.removeprefix("state_in."))
+            s = entries.get(state_name(t.name))
             if s is None:
-                problems.append(f"graph {g.name!r} reads {t.name!r} but states has no entry {t.name.removeprefix('state_in.')!r} "
+                problems.append(f"graph {g.name!r} reads {t.name!r} but states has no entry {state_name(t.name)!r} "
                                 "(its shape and initial value)")
             elif g.streams != 1 and s.shape[1:] != t.shape[1:]:
                 problems.append(f"state {s.name!r} has shape {s.shape}, but graph {g.name!r} declares {t.name} as "

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from dfnet4_sdk import dsp, stages
+from dfnet4_sdk.states import fed_back_as
 from dfnet4_sdk.stream import StreamOptions
 
 
@@ -182,7 +183,7 @@ class OfflineStream:
         results = {}
         for t in g.outputs:
             if t.role == "state_out":
-                own[t.name.replace("state_out.", "state_in.", 1)] = out[t.name]
+                own[fed_back_as(t.name)] = out[t.name]
             else:
                 results[t.name] = out[t.name]
         return results

@@ -58,6 +58,7 @@ from dfnet4_sdk.exporters.quantize_measure import (
     lowest_median_ms,
     session,
 )
+from dfnet4_sdk.states import is_state_input, is_state_output, state_pairs
 
 __all__ = [
     "BLOCK_SIZE_DEFAULT", "CALIBRATION_METHODS", "ERROR_MARGIN", "HELD_OUT", "LATENCY_ROUNDS", "MIN_QUANT_WEIGHTS",
@@ -90,11 +91,11 @@ def reference_calls(src: Path, spec, held: Sequence[Mapping[str, np.ndarray]]):
     first frame: (session, [(inputs, outputs)], initial states) to measure candidates against."""
     ref_sess = session(src)
     names = list(spec.output_names)
-    pairs = [(t.name, t.name.replace("state_in.", "state_out.", 1)) for t in spec.inputs if t.role == "state_in"]
-    states0 = {k: np.asarray(v, dtype=np.float32) for k, v in held[0].items() if k.startswith("state_in.")}
+    pairs = state_pairs(spec.input_names)
+    states0 = {k: np.asarray(v, dtype=np.float32) for k, v in held[0].items() if is_state_input(k)}
     calls, states = [], dict(states0)
     for f in held:
-        feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in f.items() if not k.startswith("state_in.")}
+        feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in f.items() if not is_state_input(k)}
         out = dict(zip(names, ref_sess.run(names, {**feed, **states})))
         calls.append(({**feed, **states}, out))
         states = {i: out[o] for i, o in pairs}
@@ -154,13 +155,13 @@ def node_groups(graph) -> dict[str, list[str]]:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    forward, todo = set(), [i.name for i in graph.input if i.name.startswith("state_in.")]
+    forward, todo = set(), [i.name for i in graph.input if is_state_input(i.name)]
     while todo:
         for n in consumers.get(todo.pop(), []):
             if n.name not in forward:
                 forward.add(n.name)
                 todo.extend(n.output)
-    backward, todo = set(), [o.name for o in graph.output if o.name.startswith("state_out.")]
+    backward, todo = set(), [o.name for o in graph.output if is_state_output(o.name)]
     while todo:
         n = producers.get(todo.pop())
         if n is not None and n.name not in backward:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dfnet4_sdk.states import is_state_input, state_pairs
+
 
 def session(path: str | Path):
     import onnxruntime as ort
@@ -42,19 +44,19 @@ class FilesBackend:
 def graph_error(sess, spec, states0: Mapping[str, np.ndarray], calls) -> dict[str, float]:
     """One graph over recorded calls, its own states fed back: each output's worst error
     relative to the reference's range."""
-    state_pairs = [(t.name, t.name.replace("state_in.", "state_out.", 1)) for t in spec.inputs if t.role == "state_in"]
+    pairs = state_pairs(spec.input_names)
     outputs = [t.name for t in spec.outputs if t.role != "state_out"]
     names = list(spec.output_names)
     states = dict(states0)
     worst = {n: 0.0 for n in outputs}
     scale = {n: 0.0 for n in outputs}
     for inputs, ref in calls:
-        feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items() if not k.startswith("state_in.")}
+        feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items() if not is_state_input(k)}
         out = dict(zip(names, sess.run(names, {**feed, **states})))
         for n in outputs:
             worst[n] = max(worst[n], float(np.max(np.abs(out[n].reshape(ref[n].shape) - ref[n]))))
             scale[n] = max(scale[n], float(np.max(np.abs(ref[n]))))
-        states = {i: out[o] for i, o in state_pairs}
+        states = {i: out[o] for i, o in pairs}
     return {n: worst[n] / max(scale[n], 1e-6) for n in outputs}
 
 

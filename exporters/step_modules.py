@@ -11,6 +11,7 @@ from torch import nn
 
 from dfnet4_sdk.manifest import GraphSpec
 from dfnet4_sdk.models.base import EnhancementModel, StreamingComponent
+from dfnet4_sdk.states import state_input_name, state_name
 
 
 class StepModule(nn.Module):
@@ -20,7 +21,7 @@ class StepModule(nn.Module):
         super().__init__()
         self.component = component
         self.feature_names = [t.name for t in spec.inputs if t.role != "state_in"]
-        self.state_names = [t.name.removeprefix("state_in.") for t in spec.inputs if t.role == "state_in"]
+        self.state_names = [state_name(t.name) for t in spec.inputs if t.role == "state_in"]
         self.output_names = [t.name for t in spec.outputs if t.role != "state_out"]
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -41,11 +42,11 @@ class FrameStepModule(nn.Module):
         self.frame = FrameModule(model)
         self.input_names = [t.name for t in spec.inputs]
         self.output_names = [t.name for t in spec.outputs if t.role != "state_out"]
-        self.state_names = [t.name.removeprefix("state_in.") for t in spec.inputs if t.role == "state_in"]
+        self.state_names = [state_name(t.name) for t in spec.inputs if t.role == "state_in"]
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         values = dict(zip(self.input_names, args))
-        state = {n: values[f"state_in.{n}"] for n in self.state_names}
+        state = {n: values[state_input_name(n)] for n in self.state_names}
         outputs, new_state = self.frame(values["spec"], values["gating_thresholds_db"], state, values.get("frame_samples"))
         return tuple(outputs[n] for n in self.output_names) + tuple(new_state[n] for n in self.state_names)
 

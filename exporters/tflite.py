@@ -45,6 +45,7 @@ from dfnet4_sdk.errors import ExportError
 from dfnet4_sdk.exporters.plan import Capabilities
 from dfnet4_sdk.manifest import GraphSpec
 from dfnet4_sdk.runtimes.tflite_backend import read_metadata  # noqa: F401  (its home: the loader checks it)
+from dfnet4_sdk.states import state_name, state_output_name
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,8 @@ class _NamedStep(nn.Module):
         self.step = step
         # The step modules of exporters/base.py take the inputs in manifest order and return
         # the non-state outputs in manifest order, then the new states in state-input order.
-        state_names = [t.name.removeprefix("state_in.") for t in spec.inputs if t.role == "state_in"]
-        out_order = [t.name for t in spec.outputs if t.role != "state_out"] + [f"state_out.{n}" for n in state_names]
+        state_names = [state_name(t.name) for t in spec.inputs if t.role == "state_in"]
+        out_order = [t.name for t in spec.outputs if t.role != "state_out"] + [state_output_name(n) for n in state_names]
         assert sorted(out_order) == sorted(spec.output_names), (out_order, spec.output_names)
         self.in_names = [names[n] for n in spec.input_names]
         self.out_names = [names[n] for n in out_order]

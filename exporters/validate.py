@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dfnet4_sdk.metrics import snr_db
+from dfnet4_sdk.states import is_state_input
 from dfnet4_sdk.stream import EnhancementStream, StreamOptions
 
 # Every graph runs on every frame while fixtures are recorded and exports are validated.
@@ -174,7 +175,7 @@ def _graph_errors(backend, g, calls, names: list[str], shapes: list[str]) -> dic
     worst: dict[str, float] = {}
     scale: dict[str, float] = {}
     for i, (inputs, ref_out) in enumerate(calls):
-        feed = {k: v for k, v in inputs.items() if not k.startswith("state_in.")}
+        feed = {k: v for k, v in inputs.items() if not is_state_input(k)}
         try:
             out = backend.run(g.name, {**feed, **states})
         except KeyError as e:  # a backend that cannot find a tensor by its name

@@ -133,7 +133,7 @@ def test_squeezed_mamba_names_its_states_and_steps_exactly():
     sm = SqueezedMamba("enc", 48, 32, 48, num_layers=2, groups=4, d_state=8, d_conv=3).eval()
     names = [s.name for s in sm.state_specs()]
     assert names == ["enc_mamba0_conv", "enc_mamba0_ssm", "enc_mamba1_conv", "enc_mamba1_ssm"]
-    state = {s.name: s.initial(2) for s in sm.state_specs()}
+    state = {s.name: s.initial_tensor(2) for s in sm.state_specs()}
     assert state["enc_mamba0_conv"].shape == (2, 2, 64) and state["enc_mamba0_ssm"].shape == (2, 8, 64)
     x = torch.randn(2, 300, 48)
     y_seq, st_seq = sm(x, state)

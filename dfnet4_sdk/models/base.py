@@ -22,13 +22,12 @@ frame cover spectrum frames t-L-(O-1-df_lookahead) .. t-L+df_lookahead, oldest t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping
 
-import torch
 from torch import Tensor, nn
 
 from dfnet4_sdk.params import DspParams
+from dfnet4_sdk.states import StateSpec
 
 # Names of the tensors the streaming front-end feeds to ``enc`` every frame.
 FRAME_INPUT_SHAPES = {
@@ -49,30 +48,6 @@ OUTPUT_TIME_AXIS = {"lsnr": 1, "erb_mask": 2, "df_coefs": 1}
 TensorDict = dict[str, Tensor]
 
 
-@dataclass(frozen=True)
-class StateSpec:
-    """One explicit streaming state tensor (shape at batch size 1, batch on axis 0)."""
-
-    name: str
-    shape: tuple[int, ...]
-    init_value: float = 0.0
-    init_values: tuple[float, ...] | None = None  # per-element initial values (batch item 0), if not constant
-
-    @property
-    def input_name(self) -> str:
-        return f"state_in.{self.name}"
-
-    @property
-    def output_name(self) -> str:
-        return f"state_out.{self.name}"
-
-    def initial(self, batch_size: int = 1, device=None, dtype=torch.float32) -> Tensor:
-        if self.init_values is not None:
-            one = torch.tensor(self.init_values, device=device, dtype=dtype).reshape(1, *self.shape[1:])
-            return one.expand(batch_size, *self.shape[1:]).clone()
-        return torch.full((batch_size, *self.shape[1:]), self.init_value, device=device, dtype=dtype)
-
-
 class StreamingComponent(nn.Module):
     """One exported graph. Subclasses set ``input_names`` / ``output_names`` and implement
     ``state_specs``, ``forward`` (sequence) and ``step`` (one frame, T == 1)."""
@@ -86,7 +61,7 @@ class StreamingComponent(nn.Module):
     def initial_state(self, batch_size: int = 1) -> TensorDict:
         p = next(self.parameters(), None)
         device = p.device if p is not None else None
-        return {s.name: s.initial(batch_size, device=device) for s in self.state_specs()}
+        return {s.name: s.initial_tensor(batch_size, device=device) for s in self.state_specs()}
 
     def forward(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None = None) -> tuple[TensorDict, TensorDict]:
         """Sequence form over all T frames; ``state`` None means the initial state."""

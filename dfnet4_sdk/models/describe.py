@@ -7,8 +7,9 @@ from dataclasses import replace
 import torch
 
 from dfnet4_sdk import __version__
-from dfnet4_sdk.manifest import FRAME_STATE_ROLES, GraphSpec, Manifest, StateSpecEntry, StreamingSpec, TensorSpec
+from dfnet4_sdk.manifest import FRAME_STATE_ROLES, GraphSpec, Manifest, StreamingSpec, TensorSpec
 from dfnet4_sdk.models.base import COMPONENT_NAMES, MODEL_OUTPUT_SHAPES, EnhancementModel
+from dfnet4_sdk.states import StateSpec
 
 BLOCK_FRAMES = 100  # frames per offline block graph call (1 s at a 10 ms hop)
 
@@ -37,11 +38,7 @@ def describe_model(
     ``block_frames``, the block graphs (each component's sequence form over that many frames,
     state carried between blocks) that the offline path uses."""
     graphs = _describe_components(model, frame_input_example(model), "step", precision)
-    states = [
-        StateSpecEntry(s.name, name, s.shape, s.init_value, s.init_values)
-        for name, comp in model.components.items()
-        for s in comp.state_specs()
-    ]
+    states = [replace(s, graph=name) for name, comp in model.components.items() for s in comp.state_specs()]
     if include_frame:
         frame_graph, frame_states = describe_frame_graph(model, precision)
         graphs.append(frame_graph)
@@ -95,7 +92,7 @@ def _describe_components(
 
 
 @torch.no_grad()
-def describe_frame_graph(model: EnhancementModel, precision: str = "fp32") -> tuple[GraphSpec, list[StateSpecEntry]]:
+def describe_frame_graph(model: EnhancementModel, precision: str = "fp32") -> tuple[GraphSpec, list[StateSpec]]:
     from dfnet4_sdk.models.frame import FRAME_GRAPH, THRESHOLDS_INPUT, FrameModule
 
     frame = FrameModule(model)
@@ -110,7 +107,6 @@ def describe_frame_graph(model: EnhancementModel, precision: str = "fp32") -> tu
     outs = [TensorSpec(k, tuple(v.shape), "output") for k, v in outputs.items()]
     outs += [TensorSpec(s.output_name, tuple(new_state[s.name].shape), "state_out") for s in specs]
     own = [s for s in specs if s.name.startswith("frame_")]
-    states = [StateSpecEntry(s.name, FRAME_GRAPH, s.shape, s.init_value, s.init_values, role=FRAME_STATE_ROLES[s.name])
-              for s in own]
+    states = [replace(s, graph=FRAME_GRAPH, role=FRAME_STATE_ROLES[s.name]) for s in own]
     graph = GraphSpec(name=FRAME_GRAPH, inputs=tuple(inputs), outputs=tuple(outs), precision=precision, kind="frame")
     return graph, states
