@@ -135,6 +135,21 @@ def test_config_rejects_what_it_cannot_represent(archive, edit, key):
         Dfn3Params.from_config_ini(text.replace(edit[0], edit[1], 1))
 
 
+def test_import_and_migration_read_config_ini_alike(archive):
+    """One parser for DFN3's config.ini: the exact import and the DfNet4 migration read the same
+    text the same way (the import used to refuse the inline comments the migration accepted)."""
+    from dfnet4_sdk.models.model_params4 import ModelParams4
+
+    text = archive.config_ini.replace("nb_erb = 32", "nb_erb = 32  # ERB bands", 1)
+    assert "# ERB bands" in text
+    assert Dfn3Params.from_config_ini(text).nb_erb == 32
+    assert ModelParams4.from_dfn3_config(text)[0].dsp.nb_erb == 32
+    broken = text.replace("[deepfilternet]", "[other]", 1)
+    for read in (Dfn3Params.from_config_ini, ModelParams4.from_dfn3_config):
+        with pytest.raises(ConfigError, match=r"no \[deepfilternet\] section.*found \[.*'other'"):
+            read(broken)
+
+
 def test_parameter_counts(model):
     counts = {name: sum(p.numel() for p in comp.parameters()) for name, comp in model.components.items()}
     log.info("parameter counts %s", counts)

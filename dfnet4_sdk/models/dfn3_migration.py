@@ -10,12 +10,12 @@ and logged); nothing is silently ignored.
 
 from __future__ import annotations
 
-import configparser
 import logging
 from dataclasses import fields, replace
 from pathlib import Path
 
 from dfnet4_sdk.errors import ConfigError
+from dfnet4_sdk.models.dfn3_config import read_config_ini
 from dfnet4_sdk.models.model_params4 import PRESETS, ModelParams4, derive_resolutions
 from dfnet4_sdk.params import DspParams
 
@@ -74,13 +74,7 @@ def migrate_dfn3_config(path_or_text: str | Path, base: str = "dfnet4") -> tuple
     if base not in PRESETS:
         raise ConfigError(f"unknown base preset {base!r}; choose one of {sorted(PRESETS)}")
     text = Path(path_or_text).read_text() if _is_path(path_or_text) else str(path_or_text)
-    ini = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
-    try:
-        ini.read_string(text)
-    except configparser.Error as e:
-        raise ConfigError(f"not a readable DFN3 config.ini: {e}") from e
-    if not ini.has_section("df") or not ini.has_section("deepfilternet"):
-        raise ConfigError("a DFN3 config.ini has [df] and [deepfilternet] sections; found " + str(ini.sections()))
+    ini = read_config_ini(text)
     warnings: list[str] = []
     params = PRESETS[base]
     dsp = params.dsp.to_dict()
