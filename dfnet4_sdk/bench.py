@@ -336,13 +336,16 @@ def cells_for(models: tuple[str, ...] = (), backends: tuple[str, ...] = (), prec
 
 
 def write_report(path: str | Path, markdown: str) -> None:
-    """Write the inference report to ``path``, keeping the training section that
-    `python -m dfnet4_sdk.training.throughput --write` keeps between its markers."""
-    start, end = "<!-- training:start -->", "<!-- training:end -->"
+    """Write the inference report to ``path``, keeping the sections other tools keep between
+    their markers: many streams (`dfsdk bench --streams`) and training (`python -m
+    dfnet4_sdk.training.throughput --write`)."""
+    from dfnet4_sdk.bench_streams import MARKERS
+
     path = Path(path)
     old = path.read_text() if path.is_file() else ""
-    if start in old and end in old:
-        markdown = markdown.rstrip("\n") + "\n\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
+    for start, end in (MARKERS, ("<!-- training:start -->", "<!-- training:end -->")):
+        if start in old and end in old:
+            markdown = markdown.rstrip("\n") + "\n\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
     path.write_text(markdown)
 
 

@@ -539,8 +539,11 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
               help="Instead: stream the clip, looped, one hop at a time through one model for HOURS of wall-clock "
                    "time (fractions welcome: 0.01 is 36 s); report per-hop latency percentiles and RSS per time "
                    "window, and whether RSS grew after warm-up (exit 1 if it did).")
-@_fail_on_sdk_errors
-def bench(models, backends, precisions, audio_path, seconds, output_path, rounds, soak_hours):
+@click.option("--streams", "streams_text", default=None, metavar="B1,B2,...",
+              help="Instead: StreamPool with these stream counts (e.g. 1,8,32,128), one thread: cost per stream-hop, "
+                   "real-time streams per core, the graph's share; writes its section of the report.")
+@fail_on_sdk_errors
+def bench(models, backends, precisions, audio_path, seconds, output_path, rounds, soak_hours, streams_text):
     """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
     from dfnet4_sdk import bench as b
 
@@ -548,6 +551,20 @@ def bench(models, backends, precisions, audio_path, seconds, output_path, rounds
         b.check_models(models)
     except DfSdkError as e:
         raise click.BadParameter(str(e), param_hint="--model") from e
+    if streams_text is not None:
+        from dfnet4_sdk import bench_streams as bs
+
+        try:
+            counts = bs.parse_streams(streams_text)
+        except DfSdkError as e:
+            raise click.BadParameter(str(e), param_hint="--streams") from e
+        audio_path = audio_path or _default_clip()
+        cells = bs.cells_for(models, backends)
+        results = bs.run_streams(cells, counts, str(audio_path), min(seconds, 10.0), echo=click.echo)
+        output_path = output_path or Path("BENCHMARKS.md")
+        bs.write_section(output_path, bs.to_markdown(results, audio_path.name, min(seconds, 10.0), bs.load_note()))
+        click.echo(f"wrote {output_path}")
+        return
     if soak_hours is not None:
         from dfnet4_sdk.soak import check_hours
 

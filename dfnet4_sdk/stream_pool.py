@@ -31,7 +31,7 @@ import numpy as np
 from dfnet4_sdk import dsp, stages
 from dfnet4_sdk.errors import AudioInputError, ConfigError
 from dfnet4_sdk.runtimes.base import streams_graph
-from dfnet4_sdk.stream import SILENT_HOP_MEAN_SQUARE, EnhancementStream, StreamOptions
+from dfnet4_sdk.stream import EnhancementStream, StreamOptions
 
 MAX_STREAMS = 65536
 
@@ -73,13 +73,14 @@ class StreamPool:
                      batched: bool | None = None) -> "StreamPool":
         """A pool over an already loaded backend (the exporter's validation uses it)."""
         pool = object.__new__(cls)
-        pool._setup(backend, int(streams), options or StreamOptions(), batched)
+        pool._setup(backend, int(streams), options or StreamOptions(**backend.manifest.runtime.options), batched)
         return pool
 
     def _setup(self, backend, streams: int, options: StreamOptions, batched: bool | None) -> None:
         self.backend, self.manifest, self.options, self.streams = backend, backend.manifest, options, streams
         m = self.manifest
-        self._front_end = dsp.FrontEnd(m.dsp)
+        self._front_end = dsp.front_end(m.dsp, m.tables)  # the manifest's bands, decay and norm inits, as the stream
+        self._silent_mean_square = m.runtime.silent_hop_mean_square
         self._thresholds = self.options.gating_thresholds_db
         self._graph = None  # (graph name, streams per call: -1 any) when the frame graph runs batched
         if m.frame_graph is not None and batched is not False:
@@ -130,7 +131,7 @@ class StreamPool:
             for s in self._rows:
                 s.reset()
             return
-        initial = dsp.FrontEndState.initial(m.dsp)
+        initial = dsp.FrontEndState.initial(m.dsp, m.tables)
         memory = initial.analysis_memory.size
         self._dsp = dsp.FrontEndState(np.zeros((b, memory), np.float32), np.zeros((b, memory), np.float32),
                                       initial.erb_norm_state, initial.unit_norm_state)  # norms: graph states
@@ -154,7 +155,7 @@ class StreamPool:
             if self._rows is not None:
                 self._rows[i].reset()
                 return
-            initial = dsp.FrontEndState.initial(self.manifest.dsp)
+            initial = dsp.FrontEndState.initial(self.manifest.dsp, self.manifest.tables)
             self._dsp.analysis_memory[i] = initial.analysis_memory
             self._dsp.synthesis_memory[i] = initial.synthesis_memory
             for s in self.manifest.states_of(self.manifest.frame_graph.name):
@@ -247,7 +248,7 @@ class StreamPool:
             return np.stack([r.process_hop(x[i]) for i, r in enumerate(self._rows)])
         if self.options.skip_silent_hops and not self._flushing:
             energy = np.einsum("bh,bh->b", x, x)
-            active = np.flatnonzero(energy >= SILENT_HOP_MEAN_SQUARE * x.shape[1])
+            active = np.flatnonzero(energy >= self._silent_mean_square * x.shape[1])
             if active.size < self.streams:
                 out = np.zeros_like(x)
                 if active.size:

@@ -47,14 +47,16 @@ def graph_code_digest() -> str:
     return h.hexdigest()[:8]
 
 
-def cached_export(model: EnhancementModel, target: str, precision: str = "fp32") -> Bundle:
+def cached_export(model: EnhancementModel, target: str, precision: str = "fp32", streams: bool = False) -> Bundle:
+    """``streams``: with the batched frame graph (``export_bundle(streams=True)``, for ``StreamPool``)."""
     from dfnet4_sdk.exporters.base import converter_for, export_bundle
 
-    root = cache_dir() / "bundles" / f"{model.family}-{model_digest(model)}-{target}-{precision}-sdk{__version__}-{graph_code_digest()}"
+    kind = f"{target}-{precision}" + ("-streams" if streams else "")
+    root = cache_dir() / "bundles" / f"{model.family}-{model_digest(model)}-{kind}-sdk{__version__}-{graph_code_digest()}"
     if root.is_dir():
         try:
             return Bundle.load(root)
         except BundleError as e:
             log.warning("cached bundle %s is unusable (%s); exporting again", root, e)
     log.info("exporting %s for %s %s (first use, cached in %s)", model.family, target, precision, root)
-    return export_bundle(model, converter_for(target), root, precision=precision, overwrite=True)
+    return export_bundle(model, converter_for(target), root, precision=precision, overwrite=True, streams=streams)

@@ -1,0 +1,216 @@
+"""``dfsdk bench --streams 1,8,32,128``: what many live streams cost per core (issue 17 item 3).
+
+For each model x backend, one ``StreamPool`` per stream count B (one thread) is fed one hop of
+every stream per ``process`` call, B different stretches of the clip; the median call time over
+the timed hops, divided by B, is the cost of one stream-hop, and a hop's duration (10 ms at
+48 kHz) divided by it is the number of real-time streams one core carries. The same clip through
+one ``Runtime`` (one hop per call, the per-stream baseline) gives the ratio. Where the time goes:
+the graph calls are timed apart from the rest of the hop (numpy: FFTs, the silence rule, the
+post-filter / attenuation limit, stacking and gathering states).
+
+Each cell runs in its own process (no shared thread pools). ONNX runs the batched frame graph
+``frame_streams`` (the model exported once with it and cached); a backend whose bundle has none
+(LiteRT) runs one frame graph call per stream (``batched`` = no).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dfnet4_sdk.errors import ConfigError
+
+DEFAULT_STREAMS = (1, 8, 32, 128)
+# model -> backends measured by default: each model's best backends (BENCHMARKS.md) and torch.
+DEFAULT_CELLS = (("dfnet4-lite-v1", "onnx"), ("dfnet4-lite-v1", "tflite"), ("dfn3", "onnx"), ("dfn3", "tflite"))
+MARKERS = ("<!-- streams:start -->", "<!-- streams:end -->")
+
+
+@dataclass
+class StreamsResult:
+    model: str
+    backend: str
+    streams: int
+    batched: bool
+    call_ms: float  # median time of one process call (one hop of every stream)
+    stream_hop_us: float  # call_ms / streams, in microseconds
+    graph_us: float  # of which graph calls, per stream-hop
+    runtime_hop_us: float  # one Runtime's median hop (the per-stream baseline)
+    hop_ms: float  # a hop's duration
+
+    @property
+    def realtime_streams(self) -> float:
+        """Streams one core carries in real time."""
+        return self.hop_ms * 1e3 / self.stream_hop_us
+
+    @property
+    def vs_runtime(self) -> float:
+        return self.stream_hop_us / self.runtime_hop_us
+
+
+def cells_for(models: tuple[str, ...] = (), backends: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(model, backend) cells: the defaults, or every named model on every named backend (onnx
+    and tflite when no backend is named; the default cells' models when no model is)."""
+    if not models and not backends:
+        return list(DEFAULT_CELLS)
+    models = models or tuple(dict.fromkeys(m for m, _ in DEFAULT_CELLS))
+    return [(m, b) for m in models for b in (backends or ("onnx", "tflite"))]
+
+
+def load_note() -> str:
+    """The load average while measuring: a shared machine's numbers are read as ratios."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    cores = os.cpu_count() or 1
+    busy = " (other processes were running: read ratios, not absolute figures)" if five > 0.5 * cores else ""
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {cores} cores at the end{busy}"
+
+
+def parse_streams(text: str) -> tuple[int, ...]:
+    """'1,8,32,128' -> (1, 8, 32, 128); ConfigError naming what is wrong."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"--streams takes stream counts >= 1 separated by commas (e.g. 1,8,32,128), got {text!r}")
+    return values
+
+
+def _source(model: str, backend: str) -> str:
+    """What the cell's pool loads: a bundle with the batched graph for onnx, else the shipped /
+    cached bundle (or the model name for torch)."""
+    if backend == "torch":
+        return model
+    from dfnet4_sdk.exporters.cache import cached_export
+    from dfnet4_sdk.models import load_model
+    from dfnet4_sdk.shipped import shipped_model
+
+    if backend == "onnx":
+        return str(cached_export(load_model(model), "onnx", "fp32", streams=True).root)
+    shipped = shipped_model(model)
+    for b in shipped.bundles if shipped is not None else ():
+        if b.backend == backend:
+            return str(b.path)
+    return str(cached_export(load_model(model), backend, "fp32").root)
+
+
+class _TimedBackend:
+    """A backend whose ``run`` adds its wall time to ``seconds`` (for the profile split)."""
+
+    def __init__(self, backend):
+        self._backend, self.manifest, self.name, self.seconds = backend, backend.manifest, backend.name, 0.0
+        if hasattr(backend, "frame_streams"):
+            self.frame_streams = backend.frame_streams
+
+    def run(self, graph, inputs):
+        t = time.perf_counter()
+        out = self._backend.run(graph, inputs)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def measure_streams_cell(model: str, backend: str, source: str, streams: tuple[int, ...], audio_path: str,
+                         seconds: float) -> list[StreamsResult]:
+    """Runs inside the cell's process: a pool per stream count, and one Runtime."""
+    from dfnet4_sdk.audio_io import read_audio, resample
+    from dfnet4_sdk.runtime import Runtime
+    from dfnet4_sdk.stream_pool import StreamPool
+
+    audio, sr = read_audio(audio_path)
+    rt = Runtime(source, backend="torch" if backend == "torch" else None, num_threads=1, offline_threads=1)
+    hop, rate = rt.hop_size_samples, rt.sample_rate
+    x = np.ascontiguousarray(resample(audio.mean(axis=1), sr, rate)[: int(seconds * rate)])
+    hops = len(x) // hop
+    times = []
+    for i in range(hops):
+        t = time.perf_counter()
+        rt.process(x[i * hop : (i + 1) * hop])
+        times.append(time.perf_counter() - t)
+    runtime_us = float(np.median(times[min(20, hops // 2):]) * 1e6)
+    results = []
+    for b in streams:
+        pool = StreamPool(source, streams=b, backend="torch" if backend == "torch" else None, num_threads=1)
+        timed = _TimedBackend(pool.backend)
+        pool.backend = timed
+        n = max(20, min(hops, 2000 // b))  # fewer hops for many streams: about the same work per cell
+        offsets = (np.arange(b) * len(x)) // b  # B different stretches of the clip
+        rows = x[(offsets[:, None] + np.arange(n * hop)[None, :]) % len(x)]
+        calls, graph = [], []
+        for i in range(n):
+            timed.seconds = 0.0
+            t = time.perf_counter()
+            pool.process(rows[:, i * hop : (i + 1) * hop])
+            calls.append(time.perf_counter() - t)
+            graph.append(timed.seconds)
+        skip = min(10, n // 2)  # warm-up
+        call, g = float(np.median(calls[skip:])), float(np.median(graph[skip:]))
+        results.append(StreamsResult(model, backend, b, pool.batched, call * 1e3, call * 1e6 / b, g * 1e6 / b,
+                                     runtime_us, hop / rate * 1e3))
+    return results
+
+
+def run_streams(cells, streams: tuple[int, ...], audio_path: str, seconds: float, echo=print) -> list[StreamsResult]:
+    """Every (model, backend) cell in its own process, one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    results = []
+    for model, backend in cells:
+        source = _source(model, backend)
+        code = ("import json; from dataclasses import asdict; from dfnet4_sdk.bench_streams import measure_streams_cell; "
+                f"r = measure_streams_cell({model!r}, {backend!r}, {source!r}, {tuple(streams)!r}, {str(audio_path)!r}, "
+                f"{seconds!r}); print('STREAMS_RESULT ' + json.dumps([asdict(x) for x in r]))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("STREAMS_RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"streams benchmark {backend}-{model} failed:\n{proc.stderr[-3000:]}")
+        for d in json.loads(line.removeprefix("STREAMS_RESULT ")):
+            results.append(StreamsResult(**d))
+            echo(_line(results[-1]))
+    return results
+
+
+def _line(r: StreamsResult) -> str:
+    return (f"{r.backend}-{r.model} B={r.streams:<4d} {r.stream_hop_us:8.1f} us/stream-hop (graph {r.graph_us:.1f}) "
+            f"{r.realtime_streams:7.0f} real-time streams/core  {r.vs_runtime:.2f}x a Runtime's hop")
+
+
+def to_markdown(results: list[StreamsResult], audio_name: str, seconds: float, load: str) -> str:
+    from dfnet4_sdk.bench import machine_description
+
+    lines = [MARKERS[0], "## Many streams per core (`dfsdk bench --streams`)", "",
+             f"Written by `dfsdk bench --streams {','.join(str(s) for s in sorted({r.streams for r in results}))}` on "
+             f"{time.strftime('%Y-%m-%d')}. Machine: {machine_description()}; {load}.",
+             f"Input: B stretches of {seconds:g} s of `{audio_name}`, one hop of every stream per `StreamPool.process` call, "
+             "one thread, each model x backend in its own process. Cost per stream-hop: the median call time / B; "
+             "real-time streams per core: a hop (10 ms) / that; the graph share is the time inside the backend's graph "
+             "calls, the rest is numpy (FFT analysis and synthesis, silence rule, state gather). The baseline is one "
+             "`Runtime` (one hop per `process` call) on the same bundle.", "",
+             "| model | backend | batched graph | streams | us per stream-hop | of which graph | real-time streams per core "
+             "| vs one Runtime's hop |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| `{r.model}` | {r.backend} | {'yes' if r.batched else 'no'} | {r.streams} | {r.stream_hop_us:.1f} "
+                     f"| {r.graph_us:.1f} | {r.realtime_streams:.0f} | {r.vs_runtime:.2f}x |")
+    lines += ["", MARKERS[1]]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path, markdown: str) -> None:
+    """Put the streams section into the report at ``path``, replacing the previous one."""
+    from pathlib import Path
+
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    start, end = MARKERS
+    if start in old and end in old:
+        new = old[: old.index(start)] + markdown.rstrip("\n") + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + markdown
+    path.write_text(new)
