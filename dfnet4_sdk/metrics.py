@@ -34,10 +34,3 @@ def align(reference: np.ndarray, estimate: np.ndarray, lag: int) -> tuple[np.nda
         reference = reference[-lag:]
     n = min(len(reference), len(estimate))
     return reference[:n], estimate[:n]
-
-
-def aligned_snr_db(reference: np.ndarray, estimate: np.ndarray, max_lag_samples: int) -> tuple[float, int]:
-    """SNR after removing the best delay; returns (snr_db, lag)."""
-    lag = estimate_delay(reference, estimate, max_lag_samples)
-    ref, est = align(reference, estimate, lag)
-    return snr_db(ref, est), lag

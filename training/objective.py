@@ -39,7 +39,6 @@ class Objective(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dsp = student.dsp
-        self.has_teacher = teacher is not None
         self._warned_no_hidden = False
         self.lsnr_range = lsnr_range(student)
         self.register_buffer("widths", spectral.erb_widths_tensor(student.dsp), persistent=False)

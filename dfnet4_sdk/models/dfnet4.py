@@ -73,9 +73,8 @@ class ErbDecoder4(StreamingComponent):
     def state_specs(self) -> tuple[StateSpec, ...]:
         return self.backbone.state_specs()
 
-    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None, step: bool):
+    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
         emb = inputs["emb"]
-        state = self.initial_state(emb.shape[0]) if state is None else state
         new: TensorDict = {}
         b, t = emb.shape[0], emb.shape[1]
         h = run_backbone(self.backbone, emb, state, new, step)  # [B, T, D]
@@ -85,12 +84,6 @@ class ErbDecoder4(StreamingComponent):
         x = self._up(self.convt1, self.conv1p(inputs["e1"], state, new) + x, state, new)  # E
         m = self.conv0_out(self.conv0p(inputs["e0"], state, new) + x, state, new)  # [B, 1, T, E]
         return {"erb_mask": m, "erb_dec_h": h, "erb_dec_x": x}, new
-
-    def forward(self, inputs, state=None):
-        return self._run(inputs, state, step=False)
-
-    def step(self, inputs, state):
-        return self._run(inputs, state, step=True)
 
 
 class DfNet4(EnhancementModel):

@@ -120,8 +120,7 @@ class Encoder4(StreamingComponent):
     def state_specs(self) -> tuple[StateSpec, ...]:
         return tuple(s for c in self._convs() for s in c.state_specs()) + self.backbone.state_specs()
 
-    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None, step: bool):
-        state = self.initial_state(inputs["feat_erb"].shape[0]) if state is None else state
+    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
         new: TensorDict = {}
         e0 = self.erb_conv0(inputs["feat_erb"], state, new)  # [B, C, T, E]
         e1 = self.erb_conv1(e0, state, new)  # [B, C, T, E/2]
@@ -142,9 +141,3 @@ class Encoder4(StreamingComponent):
         lsnr = torch.sigmoid(self.lsnr_fc(emb)) * self.lsnr_scale + self.lsnr_offset  # [B, T, 1]
         out = {"e0": e0, "e1": e1, "e2": e2, "e3": e3, "emb": emb, "c0": c0, "lsnr": lsnr}
         return out, new
-
-    def forward(self, inputs, state=None):
-        return self._run(inputs, state, step=False)
-
-    def step(self, inputs, state):
-        return self._run(inputs, state, step=True)

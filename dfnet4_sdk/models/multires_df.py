@@ -119,16 +119,9 @@ class DfDecoder4(StreamingComponent):
     def state_specs(self) -> tuple[StateSpec, ...]:
         return self.convp.state_specs() + self.backbone.state_specs()
 
-    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor] | None, step: bool):
+    def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
         emb, c0 = inputs["emb"], inputs["c0"]
-        state = self.initial_state(emb.shape[0]) if state is None else state
         new: TensorDict = {}
         h = run_backbone(self.backbone, emb, state, new, step) + self.skip(emb)  # [B, T, H]
         convp = self.convp(c0, state, new).permute(0, 2, 3, 1)  # [B, 2*O, T, F] -> [B, T, F, 2*O]
         return {"df_coefs": self.head(h, convp), "df_dec_h": h}, new
-
-    def forward(self, inputs, state=None):
-        return self._run(inputs, state, step=False)
-
-    def step(self, inputs, state):
-        return self._run(inputs, state, step=True)
