@@ -181,3 +181,32 @@ def test_typed_errors():
         StreamPool("dfnet4-lite-v1", streams=2, backend="torch", atten_lim_db=float("nan"))
     with pytest.raises(ConfigError, match="per-stream calls"):
         StreamPool("dfn3", streams=2, batched=True)  # the shipped LiteRT bundle has no frame_streams graph
+
+
+def test_bench_streams_measures_a_batched_cell():
+    from dfnet4_sdk.bench_streams import measure_streams_cell
+
+    from audio_data import data_file
+
+    results = measure_streams_cell("dfnet4-lite-v1", "torch", "dfnet4-lite-v1", (1, 3), str(data_file(CLIP)), 0.5)
+    assert [(r.streams, r.batched) for r in results] == [(1, True), (3, True)]
+    for r in results:
+        assert r.hop_ms == 10.0 and 0 < r.graph_us <= r.stream_hop_us
+        assert r.realtime_streams == pytest.approx(1e4 / r.stream_hop_us)
+        assert r.vs_runtime == pytest.approx(r.stream_hop_us / r.runtime_hop_us)
+
+
+def test_bench_streams_options_are_checked():
+    from click.testing import CliRunner
+
+    from dfnet4_sdk.bench_streams import DEFAULT_CELLS, cells_for, parse_streams
+    from dfnet4_sdk.cli import main
+
+    assert parse_streams("1,8,32,128") == (1, 8, 32, 128)
+    for bad in ("", "0,8", "a,b", "8,-1"):
+        with pytest.raises(ConfigError, match="stream counts >= 1"):
+            parse_streams(bad)
+    assert cells_for() == list(DEFAULT_CELLS)
+    assert cells_for(("dfn3",), ("torch",)) == [("dfn3", "torch")]
+    result = CliRunner().invoke(main, ["bench", "--streams", "0,x"])
+    assert result.exit_code == 2 and "stream counts >= 1" in result.output
