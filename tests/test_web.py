@@ -5,7 +5,8 @@
   int8 weights against `dfsdk run` on the same int8 bundle;
 - `dfsdk conformance --client "node web/cli.js ..."`: every probe of the port check passes;
 
-on DFN3 ONNX fp32 and int8 bundles exported here. Skips, with the reason, where node, npm or
+on DFN3 ONNX fp32 and int8 bundles and a dfnet4-16k fp32 bundle (16 kHz, Mamba, waveform input)
+exported here. Skips, with the reason, where node, npm or
 Chromium is missing (.ci/run installs them)."""
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def web_env(tmp_path_factory, dfn3) -> dict[str, str]:
         **os.environ,
         "DFNET4_WEB_BUNDLE": str(cache.get("dfn3", "fp32").root),
         "DFNET4_WEB_INT8_BUNDLE": str(cache.get("dfn3", "int8").root),
+        "DFNET4_WEB_16K_BUNDLE": str(cache.get("dfnet4-16k", "fp32").root),
         "DFSDK": str(DFSDK),
     }
     if not (WEB / "node_modules").is_dir():  # .ci/run has run `npm ci` already
@@ -64,8 +66,8 @@ def test_npm_test_in_web_passes(web_env):
     assert result.returncode == 0, output[-6000:]
     # node's test runner closes with the counts; the browser tests ran (they skip without Chromium).
     assert "# fail 0" in output and "# SKIP no Chromium" not in output, output[-3000:]
-    print("\n".join(line for line in output.splitlines() if line.startswith("# ") and not line.startswith("# Subtest")
-                    and ("dB" in line or " ms" in line)))
+    print("\n".join(line.strip() for line in output.splitlines() if line.strip().startswith("# ")
+                    and not line.strip().startswith("# Subtest") and ("dB" in line or " ms" in line)))
 
 
 @pytest.mark.slow

@@ -97,10 +97,23 @@ export function readNpy(bytes, name = "array") {
   const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1] ?? "";
   const shape = shapeText.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
   const Type = DTYPES[descr];
-  if (!Type || fortran) throw new Error(`${name}: unsupported .npy dtype ${descr}${fortran ? " in Fortran order" : ""}`);
+  if (!Type) throw new Error(`${name}: unsupported .npy dtype ${descr}`);
   const start = headerStart + headerLen;
   const count = shape.reduce((a, b) => a * b, 1);
   // Copy: the offset inside the zip is rarely aligned for the typed array.
   const data = new Type(bytes.slice(start, start + count * Type.BYTES_PER_ELEMENT).buffer);
-  return { shape, data };
+  return { shape, data: fortran ? toCOrder(data, shape) : data };
+}
+
+/** A Fortran-order (column-major) array's elements in C order (row-major). */
+function toCOrder(data, shape) {
+  const out = new data.constructor(data.length);
+  const index = new Array(shape.length).fill(0);
+  for (let c = 0; c < data.length; c++) {
+    let f = 0;
+    for (let k = shape.length - 1; k >= 0; k--) f = f * shape[k] + index[k];
+    out[c] = data[f];
+    for (let k = shape.length - 1; k >= 0 && ++index[k] === shape[k]; k--) index[k] = 0;
+  }
+  return out;
 }

@@ -15,10 +15,10 @@ const tmp = mkdtempSync(path.join(tmpdir(), "dfnet4-web-"));
 const cli = (...args) => spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8" });
 const wav = (file) => readWav(new Uint8Array(readFileSync(file)));
 
-for (const { name, input, precision, args } of PROBES) {
+for (const { name, input, bundle, args } of PROBES) {
   test(`cli equals dfsdk run on ${name} to >= 60 dB, same length`, (t) => {
     const out = path.join(tmp, `${name}.wav`);
-    const r = cli(bundleDir(precision), probePath(input), out, ...args);
+    const r = cli(bundleDir(bundle), probePath(input), out, ...args);
     assert.equal(r.status, 0, r.stderr);
     const got = wav(out);
     const want = wav(probePath(`${name}.expected`));

@@ -1,14 +1,15 @@
 #!/usr/bin/env node
-// Test setup (run by `npm test` before the tests): the ONNX fp32 and int8 DFN3 bundles and the Python
+// Test setup (run by `npm test` before the tests): the bundles of test/paths.js and the Python
 // runtime's outputs the tests compare against, written into web/.cache/ with the SDK's own CLI.
 //
-//   $DFNET4_WEB_BUNDLE, $DFNET4_WEB_INT8_BUNDLE  bundle directories to use instead of exporting them
+//   $DFNET4_WEB_BUNDLE, $DFNET4_WEB_INT8_BUNDLE, $DFNET4_WEB_16K_BUNDLE  bundle directories to use
+//                       instead of exporting them
 //   $DFSDK              the dfsdk command (default: dfsdk on PATH, else ../.venv/bin/dfsdk)
 
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { CACHE, EXAMPLE, PROBES, bundleDir, probePath } from "./paths.js";
+import { BUNDLES, CACHE, EXAMPLE, PROBES, bundleDir, probePath } from "./paths.js";
 import { readWav, writeWav } from "../src/wav.js";
 
 function findDfsdk() {
@@ -33,11 +34,11 @@ function run(cmd, args) {
 }
 mkdirSync(CACHE, { recursive: true });
 
-for (const precision of ["fp32", "int8"]) {
-  const bundle = bundleDir(precision);
+for (const [key, { model, precision }] of Object.entries(BUNDLES)) {
+  const bundle = bundleDir(key);
   if (!existsSync(path.join(bundle, "manifest.json"))) {
-    console.log(`exporting the DFN3 ONNX ${precision} bundle into ${bundle}`);
-    run(dfsdk, ["export", "--model", "dfn3", "--target", "onnx", "--precision", precision, "-o", bundle]);
+    console.log(`exporting ${model} as an ONNX ${precision} bundle into ${bundle}`);
+    run(dfsdk, ["export", "--model", model, "--target", "onnx", "--precision", precision, "-o", bundle]);
   }
 }
 
@@ -62,7 +63,7 @@ const probe = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
 parts.reduce((at, p) => (probe.set(p, at), at + p.length), 0);
 writeFileSync(probePath("silence"), writeWav(probe, sampleRate));
 
-for (const { name, input, precision, args } of PROBES) {
-  run(dfsdk, ["run", "--model", bundleDir(precision), probePath(input), "-o", probePath(`${name}.expected`), "--overwrite", ...args]);
+for (const { name, input, bundle, args } of PROBES) {
+  run(dfsdk, ["run", "--model", bundleDir(bundle), probePath(input), "-o", probePath(`${name}.expected`), "--overwrite", ...args]);
 }
 console.log(`prepared ${CACHE}`);
