@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dfnet4_sdk import Runtime
-from dfnet4_sdk.bundle import Bundle, file_sha256
+from dfnet4_sdk.bundle import Bundle
 from dfnet4_sdk.errors import BundleError, ConfigError
 from dfnet4_sdk.manifest import SCHEMA_VERSION, DspTables, Manifest, RuntimeSpec
 from dfnet4_sdk.metrics import snr_db
@@ -70,14 +70,33 @@ def test_v1_manifest_is_upgraded_to_what_the_exporter_writes():
     assert (shipped.tables, shipped.runtime, shipped.states) == (m.tables, m.runtime, m.states)
 
 
+def _as_v1(v2: dict) -> dict:
+    """A v2 manifest written as version 1 did: no tables, runtime, frames/streams, roles or cases;
+    every state with both init keys, one of them null."""
+    v1 = json.loads(json.dumps(v2))
+    v1["schema_version"] = 1
+    del v1["runtime"]
+    for key in ("window", "erb_widths", "norm_alpha", "erb_norm_init", "spec_norm_init"):
+        del v1["dsp"][key]
+    for g in v1["graphs"]:
+        del g["frames"], g["streams"]
+    for st in v1["states"]:
+        del st["role"]
+        st.setdefault("init_value", 0.0)
+        st.setdefault("init_values", None)
+    v1["fixtures"] = {k: v for k, v in v1["fixtures"].items() if k != "cases"}
+    return v1
+
+
 def test_v1_bundle_still_runs_and_equals_the_v2_bundle(tmp_path):
     root = tmp_path / "v1"
     shutil.copytree(SHIPPED, root)
-    v1 = json.loads(V1_MANIFEST.read_text())
-    for g in v1["graphs"]:  # the v1 manifest over today's graph files
-        g["sha256"] = file_sha256(root / g["file"])
-    v1["fixtures"]["sha256"] = file_sha256(root / "fixtures.npz")
-    (root / "manifest.json").write_text(json.dumps(v1))
+    v2 = json.loads((SHIPPED / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps(_as_v1(v2)))
+    loaded = Bundle.load(root).manifest
+    m2 = Manifest.from_dict(v2)  # the upgrade restores exactly what the exporter wrote
+    assert (loaded.tables, loaded.runtime, loaded.graphs, loaded.states) == (m2.tables, m2.runtime, m2.graphs, m2.states)
+    assert loaded.fixtures["cases"] == [] and len(m2.fixtures["cases"]) == 8
     x = _audio()
     old, new = Runtime(root).enhance(x, 48000), Runtime(SHIPPED).enhance(x, 48000)
     assert len(old) == len(x) and snr_db(new, old) >= 100.0
