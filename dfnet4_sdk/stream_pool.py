@@ -294,6 +294,8 @@ class StreamPool:
         """One call for all rows of ``feed`` (in groups of a fixed-count graph's streams), or one
         per row where the backend cannot batch."""
         b = feed["spec"].shape[0]
+        if b == 1 and self._row_thresholds:  # one stream active: the single-stream graph (static shapes, faster)
+            return self.backend.run(self.manifest.frame_graph.name, {**feed, "gating_thresholds_db": self._thresholds})
         if self._graph is None:
             name, per_call = self.manifest.frame_graph.name, 1
         else:

@@ -210,3 +210,12 @@ def test_bench_streams_options_are_checked():
     assert cells_for(("dfn3",), ("torch",)) == [("dfn3", "torch")]
     result = CliRunner().invoke(main, ["bench", "--streams", "0,x"])
     assert result.exit_code == 2 and "stream counts >= 1" in result.output
+
+
+def test_one_active_stream_of_a_batched_bundle(onnx_streams_bundle, rows):
+    x = rows[:2].copy()
+    x[1] = 0.0  # stream 1 digitally silent throughout: each hop runs stream 0 alone
+    pool = StreamPool(onnx_streams_bundle.root, streams=2)
+    y = stream_pool(pool, x, 960)
+    assert np.all(y[1] == 0.0)
+    assert snr_db(stream_runtime(Runtime(onnx_streams_bundle.root), x[0], 960), y[0]) >= MIN_SNR_DB
