@@ -100,7 +100,8 @@ const demo = {
     $("mic-stop").disabled = false;
     demo.liveTimer = setInterval(async () => {
       const s = await call("liveStats");
-      if (s) show("mic-result", `${s.hops} hops enhanced, median ${s.hopMs.median.toFixed(2)} ms per hop, local SNR ${s.lsnrDb.toFixed(1)} dB`);
+      if (s?.error) show("mic-result", `stopped: ${s.error}`);
+      else if (s) show("mic-result", `${s.hops} hops enhanced, median ${s.hopMs.median.toFixed(2)} ms per hop, local SNR ${s.lsnrDb.toFixed(1)} dB`);
     }, 500);
   },
 

@@ -28,12 +28,19 @@ const handlers = {
     const stream = new EnhancementStream(runtime.bundle, runtime.pffft, options);
     let queue = Promise.resolve();
     let chunks = 0;
+    let error = null;
     port.onmessage = ({ data }) => {
-      // One chunk at a time, in order: the stream's state is sequential.
+      // One chunk at a time, in order: the stream's state is sequential. A failure stops the
+      // stream and is reported with the stats (the page shows it).
       queue = queue.then(async () => {
-        const out = await stream.process(data);
-        chunks += 1;
-        if (out.length) port.postMessage(out, [out.buffer]);
+        if (error) return;
+        try {
+          const out = await stream.process(data);
+          chunks += 1;
+          if (out.length) port.postMessage(out, [out.buffer]);
+        } catch (e) {
+          error = e.message;
+        }
       });
     };
     live = {
@@ -42,7 +49,7 @@ const handlers = {
         port.close();
         stream.dispose();
       },
-      stats: () => ({ chunks, hops: stream.hopTimesMs.length, hopMs: hopTimeSummary(stream.hopTimesMs), lsnrDb: stream.lastLsnrDb }),
+      stats: () => ({ chunks, hops: stream.hopTimesMs.length, hopMs: hopTimeSummary(stream.hopTimesMs), lsnrDb: stream.lastLsnrDb, error }),
     };
     return {};
   },

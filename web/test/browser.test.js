@@ -84,6 +84,7 @@ test("live microphone audio runs through the AudioWorklet and the Worker", { ski
   await page.waitForTimeout(2000);
   const stats = await page.evaluate(() => window.demo.micStop());
   assert.ok(stats.chunks > 100, `only ${stats.chunks} chunks of 128 samples reached the Worker`);
+  assert.equal(stats.error, null);
   assert.ok(stats.hops > 0 && Number.isFinite(stats.lsnrDb), JSON.stringify(stats));
   t.diagnostic(`Chromium live: ${stats.chunks} chunks, ${stats.hops} hops enhanced, median ${stats.hopMs.median.toFixed(2)} ms per hop`);
   assert.deepEqual(pageErrors, []);

@@ -2,7 +2,7 @@
 // and its refusals: exit 2 with a message for every usage error.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync, existsSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { test } from "node:test";
@@ -63,4 +63,28 @@ test("cli usage errors exit 2 with a message", () => {
   expectUsageError([bundleDir(), probePath("example"), out, "--atten-lim-db", "x"], /--atten-lim-db needs a number/);
   expectUsageError([bundleDir(), probePath("example"), out, "--atten-lim-db", "0"], /atten_lim_db must be/);
   assert.ok(!existsSync(out), "no output is written on a usage error");
+});
+
+test("a damaged bundle exits 2 naming every problem at once", () => {
+  const source = bundleDir();
+  const manifest = JSON.parse(readFileSync(path.join(source, "manifest.json"), "utf8"));
+  const write = (name, edit) => {
+    const dir = path.join(tmp, name);
+    mkdirSync(dir);
+    for (const f of readdirSync(source)) if (f !== "manifest.json") symlinkSync(path.join(source, f), path.join(dir, f));
+    const m = structuredClone(manifest);
+    edit(m);
+    writeFileSync(path.join(dir, "manifest.json"), JSON.stringify(m));
+    return dir;
+  };
+  const out = path.join(tmp, "never.wav");
+  const edited = write("edited", (m) => {
+    m.schema_version = 99;
+    m.dsp.hop_size_samples = 0;
+  });
+  expectUsageError([edited, probePath("example"), out], /schema_version 99 is not supported.*dsp\.hop_size_samples must be a positive integer/);
+  const damaged = write("damaged", (m) => {
+    m.graphs.find((g) => g.name === "enc").sha256 = "0".repeat(64);
+  });
+  expectUsageError([damaged, probePath("example"), out], /graph enc: enc\.onnx has sha256 [0-9a-f]{64}, the manifest says 0{64}/);
 });
