@@ -67,6 +67,24 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return to_float32(audio, what=str(path)), int(sample_rate)
 
 
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """float32 ``[samples]``: the channels of ``[samples, channels]`` averaged, ``[samples]`` as is."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return audio.mean(axis=1) if audio.ndim == 2 else audio
+
+
+def read_mono(path: str | Path, sample_rate: int | None = None, seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """``read_audio``'s channels averaged to float32 ``[samples]``, resampled to ``sample_rate``
+    (None: the file's) and cut to its first ``seconds`` (None: all); returns (audio, rate)."""
+    audio, rate = read_audio(path)
+    audio = to_mono(audio)
+    if sample_rate is not None and rate != sample_rate:
+        audio, rate = resample(audio, rate, sample_rate), sample_rate
+    if seconds is not None:
+        audio = audio[: int(seconds * rate)]
+    return np.ascontiguousarray(audio, dtype=np.float32), rate
+
+
 def open_audio(path: str | Path) -> sf.SoundFile:
     """An audio file opened for reading (in blocks: ``f.read(frames, dtype="float32", always_2d=True)``)."""
     path = Path(path)
@@ -203,15 +221,3 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> int:
-    """Write ``audio`` atomically; returns how many samples beyond full scale were clipped
-    (integer PCM would wrap around, not clip)."""
-    path = Path(path)
-    subtype = subtype or sf.default_subtype(audio_format(path))
-    audio, clipped = clip_to_format(np.asarray(audio, dtype=np.float32), subtype)
-    channels = 1 if audio.ndim == 1 else audio.shape[1]
-    with atomic_output(path) as tmp, open_output(tmp, path, sample_rate, channels, subtype) as f:
-        f.write(audio)
-    return clipped

@@ -64,6 +64,14 @@ def expand_inputs(args: Iterable[str], list_files: Iterable[str | Path] = (), ou
     return sources
 
 
+def is_batch(inputs: tuple[str, ...], output_dir: Path | None, list_files: tuple, ray_address: str | None) -> bool:
+    """Whether `dfsdk run` has a corpus to enhance into --output-dir rather than one file to -o:
+    not exactly one input, or an output folder, list file, Ray, ``@FILE``, a glob or a folder."""
+    if len(inputs) != 1 or output_dir is not None or list_files or ray_address is not None:
+        return True
+    return inputs[0].startswith("@") or is_glob(inputs[0]) or Path(inputs[0]).is_dir()
+
+
 def is_glob(arg: str) -> bool:
     return any(m in arg for m in _MAGIC) and not Path(arg).exists()
 

@@ -2,79 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
 
 from dfnet4_sdk import __version__
-from dfnet4_sdk.errors import ConfigError, DfSdkError, ModelNotAvailableError, PathError
+from dfnet4_sdk.cli_errors import fail_on_sdk_errors
+from dfnet4_sdk.cli_run import run
+from dfnet4_sdk.errors import DfSdkError
 from dfnet4_sdk.shared_data import shared_data_dir
-
-log = logging.getLogger(__name__)
-
-# Exit codes: 1 a failure (corrupt input, failed write), 2 a usage error (a bad option value or
-# path), 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM), as shells do.
-EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
-_USAGE_ERRORS = (ConfigError, ModelNotAvailableError, PathError)
-
-
-class _UsageFailure(click.ClickException):
-    """A one-line "Error: ..." like any ClickException, with the usage exit code."""
-
-    exit_code = EXIT_USAGE
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
-def _fail_on_sdk_errors(fn):
-    """Every way a command can fail, as a one-line message and a conventional exit code, never a
-    traceback: the SDK's typed errors (usage errors 2, the rest 1), OS errors 1, Ctrl-C 130 and
-    SIGTERM 143 (both after the command's own cleanup: no partial output is left). Anything else
-    is a bug: 1, with the traceback at -vv."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
-        try:
-            return fn(*args, **kwargs)
-        except _USAGE_ERRORS as e:
-            raise _UsageFailure(str(e)) from e
-        except DfSdkError as e:
-            raise click.ClickException(str(e)) from e
-        except KeyboardInterrupt:
-            click.echo("interrupted; no output was written", err=True)
-            sys.exit(EXIT_SIGINT)
-        except _Terminated:
-            click.echo("terminated; no output was written", err=True)
-            sys.exit(EXIT_SIGTERM)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except OSError as e:
-            where = f" ({e.filename})" if e.filename else ""
-            raise click.ClickException(f"{e.strerror or e}{where}") from e
-        except Exception as e:
-            log.debug("unexpected error", exc_info=True)
-            raise click.ClickException(
-                f"unexpected {type(e).__name__}: {e}. This is a bug; rerun with -vv for the traceback and report it"
-            ) from e
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-    return wrapper
-
 
 class _LazyGroup(click.Group):
     """Commands that live in exporters/ and training/ are imported only when invoked, so
@@ -124,160 +62,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-@main.command()
-@click.argument("inputs", nargs=-1)
-@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file of a single input (default: INPUT_enhanced.<ext> beside the input).")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Batch: write every output here, mirroring each input folder's tree (a plain file by its name).")
-@click.option("--list", "list_files", multiple=True, type=click.Path(path_type=Path),
-              help="Batch: a file naming one input (file, folder or glob) per line (repeatable; also @FILE).")
-@click.option("--jobs", type=click.IntRange(1, 64), default=None,
-              help="Batch: worker processes, each with its own model (about one per core; default 1; "
-                   "with --ray: actors, default one per CPU of the cluster).")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
-              help="Batch on a Ray cluster (Ray Data; the [ray] extra): --ray=auto or --ray=ray://HOST:10001, "
-                   "--ray alone for a local Ray. Inputs and outputs must be on a filesystem every node sees.")
-@click.option("-m", "--model", default=None, help="Model: a shipped model (default dfn3; `dfsdk models` lists them), a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
-@click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
-              help="Backend (default: a shipped model's packaged bundle, a bundle's own backend, else onnx when "
-                   "installed, else torch). A model that is not a bundle is exported once for the backend and cached.")
-@click.option("-a", "--atten-lim-db", type=float, default=100.0, show_default=True, help="Maximum attenuation in dB (100 = none).")
-@click.option("--post-filter", "--pf", "post_filter", is_flag=True, help="Enable libDF's post-filter (beta 0.02).")
-@click.option("--post-filter-beta", "--pf-beta", "post_filter_beta", type=float, default=None,
-              help="Post-filter strength (implies --post-filter).")
-@click.option("--min-db-thresh", type=float, default=-15.0, show_default=True,
-              help="libDF gating: below this local SNR (dB) a hop is taken as noise only (zero mask, no decoder runs).")
-@click.option("--max-db-erb-thresh", type=float, default=35.0, show_default=True,
-              help="libDF gating: above this local SNR (dB) the ERB decoder is skipped (clean speech).")
-@click.option("--max-db-df-thresh", type=float, default=35.0, show_default=True,
-              help="libDF gating: above this local SNR (dB) the deep-filter decoder is skipped.")
-@click.option("-D", "--compensate-delay", is_flag=True, hidden=False,
-              help="Accepted for deep-filter users; always on here: output sample n belongs to input sample n.")
-@click.option("--threads", type=int, default=1, show_default=True, help="Backend (intra-op) threads.")
-@click.option("--offline-threads", type=int, default=None,
-              help="Threads the whole-file path spreads the model's block graphs over (same output, faster); "
-                   "default: 2 when the machine has two cores.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace OUTPUT if it exists (batch: also outputs that no dfsdk run wrote).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--subtype", default=None,
-              help="Sample format of OUTPUT, a soundfile subtype such as PCM_16, PCM_24 or FLOAT "
-                   "(default: the input's when OUTPUT's format takes it).")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write before/after spectrograms of the input and output to this PNG.")
-@_fail_on_sdk_errors
-def run(inputs, output_path, output_dir, list_files, jobs, ray_address, model, backend, atten_lim_db, post_filter, post_filter_beta,
-        min_db_thresh, max_db_erb_thresh, max_db_df_thresh, compensate_delay, threads, offline_threads, overwrite, quiet,
-        subtype, plot_path):
-    """Enhance INPUTS (any sample rate, mono or multi-channel, wav/flac/...), streaming each from
-    disk to disk in blocks. The output keeps the input's sample format unless --subtype says otherwise.
-
-    One file: written to -o (default INPUT_enhanced.<ext>). Many: files, folders (searched
-    recursively), quoted globs and list files (--list FILE or @FILE) into --output-dir, mirroring
-    the tree; outputs already made with the same model and options are skipped (a killed run
-    resumes), a bad file is reported and skipped, exit 1 if any file failed."""
-    from tqdm import tqdm
-
-    from dfnet4_sdk.batch_inputs import is_glob
-    from dfnet4_sdk.files import check_new_file, enhance_file
-    from dfnet4_sdk.runtime import Runtime
-
-    beta = post_filter_beta if post_filter_beta is not None else (0.02 if post_filter else 0.0)
-    if (len(inputs) != 1 or output_dir is not None or list_files or ray_address is not None
-            or inputs[0].startswith("@") or is_glob(inputs[0]) or Path(inputs[0]).is_dir()):
-        _run_batch(inputs, output_path, output_dir, list_files, jobs, ray_address, plot_path, quiet, overwrite, subtype,
-                   model=model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta,
-                   min_db_thresh=min_db_thresh, max_db_erb_thresh=max_db_erb_thresh, max_db_df_thresh=max_db_df_thresh,
-                   num_threads=threads, offline_threads=offline_threads)
-        return
-    input_path = Path(inputs[0])
-    if output_path is None:
-        output_path = input_path.with_name(f"{input_path.stem}_enhanced{input_path.suffix or '.wav'}")
-    if plot_path is not None:
-        from dfnet4_sdk.plotting import check_plotting_available
-
-        check_new_file(plot_path, ".png", "--plot")
-        check_plotting_available()  # fail before enhancing when matplotlib is missing
-
-    def make_runtime() -> Runtime:
-        return Runtime(model, backend=backend, atten_lim_db=atten_lim_db, post_filter_beta=beta, min_db_thresh=min_db_thresh,
-                       max_db_erb_thresh=max_db_erb_thresh, max_db_df_thresh=max_db_df_thresh, num_threads=threads,
-                       offline_threads=offline_threads)
-
-    def bar(total: int):
-        return tqdm(total=total, unit="sample", unit_scale=True, desc="enhancing", disable=quiet, file=sys.stderr)
-
-    summary = enhance_file(input_path, output_path, make_runtime, overwrite=overwrite, progress_factory=bar,
-                           subtype=subtype)
-    rt, clipped = summary["runtime"], summary["clipped_samples"]
-    name = getattr(rt.manifest, "model_name", None) or rt.model_family
-    if clipped:
-        click.echo(f"warning: {clipped} samples beyond full scale were clipped in the {summary['subtype']} output; "
-                   "--subtype FLOAT (in .wav) keeps them", err=True)
-    click.echo(f"wrote {summary['output']} ({summary['seconds']:.2f} s, {summary['channels']} ch, "
-               f"{summary['sample_rate']} Hz, {summary['subtype']}, model {name}, backend {rt.backend.name}"
-               + (f", {clipped} samples clipped" if clipped else "") + ")")
-    if plot_path is not None:
-        from dfnet4_sdk.plotting import plot_spectrogram_files
-
-        plot_spectrogram_files(plot_path, {"input": input_path, "enhanced": output_path}, title=input_path.name)
-        click.echo(f"wrote {plot_path}")
-
-
-def _run_batch(inputs, output_path, output_dir, list_files, jobs, ray_address, plot_path, quiet, overwrite, subtype,
-               **runtime):
-    """`dfsdk run` with many inputs: dfnet4_sdk.batch (or ray_batch) does the work; a bar over
-    the audio, a summary."""
-    from tqdm import tqdm
-
-    if ray_address is not None:
-        if ray_address and Path(ray_address).exists():
-            raise click.UsageError(f"--ray took {ray_address!r} as the cluster address; put --ray after the inputs "
-                                   "or write --ray=ADDRESS")
-        from dfnet4_sdk.ray_batch import enhance_corpus, quiet_ray_logs
-
-        quiet_ray_logs(logging.getLogger().getEffectiveLevel())
-
-        def enhance_batch(*args, jobs, **kwargs):
-            return enhance_corpus(*args, address=ray_address, workers=jobs, **kwargs)
-    else:
-        from dfnet4_sdk.batch import enhance_batch
-
-        jobs = jobs or 1
-
-    if not inputs and not list_files:
-        raise click.UsageError("name the input: a file, or many files, folders, quoted globs or --list FILE")
-    if output_path is not None:
-        raise click.UsageError("-o names the output of a single input file; with many inputs (or a folder, glob or "
-                               "list) use --output-dir DIR")
-    if output_dir is None:
-        raise click.UsageError("with many inputs (or a folder, glob or list), give --output-dir DIR for the outputs")
-    if plot_path is not None:
-        raise click.UsageError("--plot draws one file; run it on a single input")
-    bars = []  # one bar over the audio to enhance, made once the plan is known
-
-    def on_plan(plan):
-        bars.append(tqdm(total=plan.total_seconds, unit="s", desc="enhancing", disable=quiet or not plan.todo,
-                         file=sys.stderr,
-                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]"))
-
-    try:
-        report = enhance_batch(inputs, output_dir, jobs=jobs, subtype=subtype, overwrite=overwrite,
-                               list_files=list_files, progress=lambda s: bars[0].update(s), on_plan=on_plan,
-                               **runtime)
-    except (KeyboardInterrupt, _Terminated) as e:
-        for bar in bars:
-            bar.close()
-        click.echo(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else 'terminated'}; finished outputs are kept, "
-                   "the files in progress left nothing; run the same command again to resume", err=True)
-        sys.exit(EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM)
-    finally:
-        for bar in bars:
-            bar.close()
-    for line in report.summary_lines():
-        click.echo(line, err=line.startswith(("failed:", "warning:")))
-    sys.exit(report.exit_code)
+main.add_command(run)
 
 
 SHARED_DATA = shared_data_dir()  # ../shared/data beside a source checkout, or $DFNET4_SDK_DATA
@@ -302,25 +87,10 @@ def models_(as_json):
     """List the models that ship inside the package, which one is the default, and what they measure."""
     import json
 
-    from dfnet4_sdk.shipped import model_listing
+    from dfnet4_sdk.shipped import listing_lines, model_listing
 
     rows = model_listing()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    from dfnet4_sdk.shipped import describe_quality
-
-    for r in rows:
-        flags = ", ".join(f for f, on in (("default", r["default"]), ("trained here", r["trained_here"])) if on)
-        runs = ", ".join(f"{b['backend']} {b['precision']}" + ("" if b["runs_here"] else " (runtime not installed)")
-                         for b in r["bundles"])
-        click.echo(f"{r['name']}  [{r['family']}{'; ' + flags if flags else ''}]")
-        click.echo(f"    {r['description']}")
-        if r["parameters"] is not None:
-            click.echo(f"    {r['parameters']:,} parameters, {r['macs_per_second'] / 1e6:.1f} MMAC/s, "
-                       f"latency {r['latency_ms']:g} ms; bundles: {runs}")
-        for line in describe_quality(r["quality"]):
-            click.echo(f"    {line}")
+    click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(listing_lines(rows)))
 
 
 @main.command("eval")
@@ -340,7 +110,7 @@ def models_(as_json):
               help="Write one spectrogram PNG per item into this folder.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Backend threads.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_fail_on_sdk_errors
+@fail_on_sdk_errors
 def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, threads, quiet):
     """Score noisy, enhanced and reference audio with PESQ, STOI, ESTOI, SI-SDR and DNSMOS.
 
@@ -370,13 +140,7 @@ def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, th
         ev.to_csv(rows, csv_path)
         click.echo(f"wrote {csv_path}")
     if markdown_path:
-        import datetime
-
-        who = "" if runtime is None else f" `enhanced` = {runtime.model_family} on the {runtime.backend.name} backend."
-        header = (f"# Evaluation\n\nWritten by `dfsdk eval` on {datetime.date.today().isoformat()} over "
-                  f"`{source or DEFAULT_EVAL_DIR.name}` ({len(items)} items).{who} Intrusive metrics after delay "
-                  "alignment; DNSMOS P.835 (SIG/BAK/OVRL) and P.808 from the models `speechmos` ships.\n\n")
-        markdown_path.write_text(header + table)
+        markdown_path.write_text(ev.markdown_report(table, str(source or DEFAULT_EVAL_DIR.name), len(items), runtime))
         click.echo(f"wrote {markdown_path}")
     if plot_dir:
         click.echo(f"wrote {len(items)} spectrograms to {plot_dir}")
@@ -389,28 +153,12 @@ def eval_(source, model, backend, systems, csv_path, markdown_path, plot_dir, th
 @click.option("--target", type=click.Choice(["onnx", "tflite", "coreml"]), default="onnx", show_default=True,
               help="Bundle target when OUTPUT is a directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@_fail_on_sdk_errors
+@fail_on_sdk_errors
 def import_dfn3(archive, output_path, target, overwrite):
     """Import the official DeepFilterNet3 weights (ARCHIVE, or the [dfn3] extra's copy)."""
-    from dfnet4_sdk.files import check_new_file, check_output_dir
-    from dfnet4_sdk.models import save_checkpoint
-    from dfnet4_sdk.models.dfn3_import import find_dfn3_archive, load_dfn3
+    from dfnet4_sdk.models.dfn3_import import import_dfn3 as import_weights
 
-    if output_path.suffix == ".pt":
-        if output_path.exists() and not overwrite:
-            raise PathError(f"output {output_path} exists; pass --overwrite to replace it")
-        check_new_file(output_path, ".pt", "output")
-    else:
-        check_output_dir(output_path, overwrite)
-    source = archive or find_dfn3_archive()
-    model = load_dfn3(source)
-    n_params = sum(p.numel() for p in model.parameters())
-    if output_path.suffix == ".pt":
-        save_checkpoint(model, output_path, extra={"source": str(source)})
-    else:
-        from dfnet4_sdk.exporters.base import converter_for, export_bundle
-
-        export_bundle(model, converter_for(target), output_path, overwrite=overwrite)
+    source, n_params = import_weights(archive, output_path, target, overwrite)
     click.echo(f"imported {source} -> {output_path} ({n_params:,} parameters)")
 
 
@@ -432,7 +180,7 @@ def import_dfn3(archive, output_path, target, overwrite):
 @click.option("--streams", is_flag=True,
               help="Also export frame_streams, the frame graph with a stream axis, so StreamPool runs many streams "
                    "per call (onnx fp32).")
-@_fail_on_sdk_errors
+@fail_on_sdk_errors
 def export(model, target, precision, output_dir, fixture_audio, fixture_seconds, calibration, calibration_seconds,
            archive, overwrite, streams):
     """Export MODEL to a streaming bundle for TARGET, validated against PyTorch."""
@@ -440,7 +188,7 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
 
     check_output_dir(output_dir, overwrite, what="bundle directory")  # before the (slow) imports
 
-    from dfnet4_sdk.audio_io import read_audio, resample
+    from dfnet4_sdk.audio_io import read_mono
     from dfnet4_sdk.bundle import pack
     from dfnet4_sdk.exporters.base import converter_for, export_bundle
     from dfnet4_sdk.models import load_model
@@ -448,9 +196,7 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
     torch_model = load_model(model)
     audio = source = None
     if fixture_audio is not None:
-        audio, sr = read_audio(fixture_audio)
-        audio = resample(audio.mean(axis=1), sr, torch_model.dsp.sample_rate_hz)
-        audio = audio[: int(fixture_seconds * torch_model.dsp.sample_rate_hz)]
+        audio, _ = read_mono(fixture_audio, torch_model.dsp.sample_rate_hz, fixture_seconds)
         source = fixture_audio.name
     clips = None
     if calibration is not None:
@@ -460,8 +206,10 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
     bundle = export_bundle(torch_model, converter_for(target), output_dir, precision=precision,
                            fixture_audio=audio, fixture_source=source, overwrite=overwrite, calibration=clips,
                            streams=streams)
+    from dfnet4_sdk.exporters.validate import worst_graph_error
+
     v = bundle.manifest.validation
-    worst = max(err for errs in v["graph_rel_error"].values() for err in errs.values())
+    worst = worst_graph_error(v)
     click.echo(f"exported {bundle.manifest.model_family} -> {bundle.root} ({target} {precision}); "
                f"validated: worst graph error {worst:.1e}, audio SNR vs PyTorch {v['audio_snr_db']:.1f} dB")
     if archive:
@@ -487,7 +235,7 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
                                              "all); `list` describes them.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --client: keep each probe's input, client output and Python output in this folder.")
-@_fail_on_sdk_errors
+@fail_on_sdk_errors
 def conformance(bundle_or_model, audio_path, reference_model, full, targets, write_docs, client, probes, keep):
     """Check a bundle, or every target x precision of a model (default: all models), against PyTorch;
     with --client, check an external client against Runtime(BUNDLE)."""

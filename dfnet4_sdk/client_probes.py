@@ -64,10 +64,9 @@ def real_clips(audio: Path | None = None) -> list[Path]:
 
 @lru_cache(maxsize=8)
 def load_mono(path: Path, sample_rate: int) -> np.ndarray:
-    from dfnet4_sdk.audio_io import read_audio, resample
+    from dfnet4_sdk.audio_io import read_mono
 
-    audio, rate = read_audio(path)
-    return np.ascontiguousarray(resample(audio.mean(axis=1), rate, sample_rate), dtype=np.float32)
+    return read_mono(path, sample_rate)[0]
 
 
 def loudest_end(speech: np.ndarray, n: int, hop: int) -> np.ndarray:

@@ -10,25 +10,13 @@ and the signal (FFT cross-correlation over +-100 ms) and trim both to their comm
 and SI-SDR do not compensate delay themselves. DNSMOS is non-intrusive (no reference needed).
 
 The metric packages come with the ``[eval]`` extra (pesq, pystoi, speechmos, onnxruntime) and are
-imported only when a metric is computed. DNSMOS uses two ONNX models that ``speechmos`` ships,
-run here with onnxruntime (speechmos's own code needs librosa and is never imported; nothing is
-downloaded):
-
-- ``speechmos/dnsmos_models/sig_bak_ovr.onnx``: DNSMOS P.835 (SIG, BAK, OVRL), raw 16 kHz audio
-  in 9.01 s segments, scores mapped by the non-personalised polynomials of Microsoft's
-  DNS-Challenge ``dnsmos_local.py``;
-- ``speechmos/dnsmos_models/model_v8.onnx``: DNSMOS P.808 on a 120-band log-mel spectrogram
-  (computed here in numpy as librosa 0.9.1 did: n_fft 321, hop 160, Hann, zero padding,
-  Slaney mel, ``power_to_db(ref=max)``, ``(db + 40) / 40``).
+imported only when a metric is computed. DNSMOS has its own module, ``dfnet4_sdk.dnsmos``
+(``Dnsmos`` and ``dnsmos`` are importable from here too).
 """
 
 from __future__ import annotations
 
 import csv
-import functools
-import hashlib
-import importlib
-import importlib.util
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -38,61 +26,25 @@ from typing import Any
 
 import numpy as np
 
-from dfnet4_sdk.audio_io import atomic_output, read_audio, resample
-from dfnet4_sdk.errors import (
-    AudioFileError,
-    AudioInputError,
-    BackendNotAvailableError,
-    ConfigError,
-    PathError,
-)
+from dfnet4_sdk.audio_io import atomic_output, read_mono, resample, to_mono
+from dfnet4_sdk.dnsmos import Dnsmos, dnsmos, require_eval_package  # noqa: F401  (Dnsmos: its callers import it here)
+from dfnet4_sdk.errors import AudioInputError, ConfigError, PathError
 from dfnet4_sdk.metrics import align, estimate_delay
 
 log = logging.getLogger(__name__)
 
-EVAL_EXTRA_HINT = 'pip install "dfnet4-sdk[eval]"'
 MAX_DELAY_S = 0.1  # alignment search range, +-100 ms
 PESQ_RATE_HZ = 16000  # PESQ wide-band runs at 16 kHz
-DNSMOS_RATE_HZ = 16000
-DNSMOS_SEGMENT_S = 9.01  # the models' input length; audio is tiled up to it, then hopped by 1 s
-DNSMOS_MODELS = {  # file in speechmos/dnsmos_models -> sha256 of the copy this code was checked on
-    "sig_bak_ovr.onnx": "269fbebdb513aa23cddfbb593542ecc540284a91849ac50516870e1ac78f6edd",
-    "model_v8.onnx": "9246480c58567bc6affd4200938e77eef49468c8bc7ed3776d109c07456f6e91",
-}
-# DNS-Challenge dnsmos_local.py, is_personalized_MOS=False: raw P.835 outputs -> MOS
-_P835_POLY = {
-    "sig": np.poly1d([-0.08397278, 1.22083953, 0.0052439]),
-    "bak": np.poly1d([-0.13166888, 1.60915514, -0.39604546]),
-    "ovrl": np.poly1d([-0.06766283, 1.11546468, 0.04602535]),
-}
-_MEL_N_FFT, _MEL_HOP, _MEL_BANDS = 321, 160, 120  # P.808 front-end: 900 frames x 120 bands per segment
-
 METRICS = ("pesq", "stoi", "estoi", "si_sdr", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
 NOISY, CLEAN, ENHANCED = "noisy", "clean", "enhanced"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aif", ".aiff")
 
 
-def _require(module: str, what: str):
-    """Import an optional metric package or raise a typed error naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise BackendNotAvailableError(
-            f"{what} needs the Python package {module!r}, which is not installed ({e}); "
-            f"install the evaluation extra: {EVAL_EXTRA_HINT}"
-        ) from e
-
-
 # -- intrusive metrics (after delay alignment) -------------------------------------------------
-def _mono(audio: np.ndarray) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float32)
-    return audio.mean(axis=1) if audio.ndim == 2 else audio
-
-
 def aligned(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Remove the delay of ``deg`` against ``ref`` (searched over +-100 ms) and trim both to the
     common length; returns (ref, deg, lag_samples)."""
-    ref, deg = _mono(ref), _mono(deg)
+    ref, deg = to_mono(ref), to_mono(deg)
     if min(len(ref), len(deg)) == 0:
         raise AudioInputError(f"cannot compare empty signals (lengths {len(ref)} and {len(deg)})")
     lag = estimate_delay(ref, deg, int(MAX_DELAY_S * sample_rate))
@@ -119,7 +71,7 @@ def si_sdr(ref: np.ndarray, est: np.ndarray, sr: int = 16000) -> float:
 
 
 def _pesq_aligned(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
-    pesq = _require("pesq", "PESQ")
+    pesq = require_eval_package("pesq", "PESQ")
     ref, deg = resample(ref, sr, PESQ_RATE_HZ), resample(deg, sr, PESQ_RATE_HZ)
     try:
         return float(pesq.pesq(PESQ_RATE_HZ, ref.astype(np.float64), deg.astype(np.float64), "wb"))
@@ -128,7 +80,7 @@ def _pesq_aligned(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
 
 
 def _stoi_aligned(ref: np.ndarray, deg: np.ndarray, sr: int, extended: bool) -> float:
-    pystoi = _require("pystoi", "STOI")
+    pystoi = require_eval_package("pystoi", "STOI")
     return float(pystoi.stoi(ref.astype(np.float64), deg.astype(np.float64), sr, extended=extended))
 
 
@@ -138,95 +90,6 @@ def _si_sdr_aligned(ref: np.ndarray, est: np.ndarray) -> float:
     target = (np.dot(est, ref) / max(np.dot(ref, ref), 1e-20)) * ref
     noise = est - target
     return float(10.0 * np.log10(max(np.dot(target, target), 1e-20) / max(np.dot(noise, noise), 1e-20)))
-
-
-# -- DNSMOS --------------------------------------------------------------------------------------
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:  # Slaney: linear below 1 kHz, logarithmic above
-    hz = np.asarray(hz, dtype=np.float64)
-    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), hz * 3.0 / 200.0)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * 200.0 / 3.0)
-
-
-def _mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """[n_mels, n_fft // 2 + 1] Slaney-normalised triangles, as librosa.filters.mel."""
-    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sr)
-    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2.0), n_mels + 2))
-    ramps = np.subtract.outer(mel_hz, fft_hz)
-    widths = np.diff(mel_hz)
-    lower, upper = -ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
-    return weights.astype(np.float32)
-
-
-class Dnsmos:
-    """DNSMOS P.835 + P.808 with onnxruntime sessions loaded once (see the module docstring)."""
-
-    def __init__(self, num_threads: int = 0):
-        ort = _require("onnxruntime", "DNSMOS")
-        _require("speechmos", "DNSMOS (its ONNX models)")
-        folder = Path(importlib.util.find_spec("speechmos").submodule_search_locations[0]) / "dnsmos_models"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-        sessions = {}
-        for name, sha in DNSMOS_MODELS.items():
-            path = folder / name
-            if not path.is_file():
-                raise BackendNotAvailableError(f"DNSMOS model {path} is missing; reinstall speechmos: {EVAL_EXTRA_HINT}")
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != sha:
-                log.warning("DNSMOS model %s differs from the copy this SDK was checked on (sha256 %s)", path, sha)
-            sessions[name] = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        self._p835, self._p808 = sessions["sig_bak_ovr.onnx"], sessions["model_v8.onnx"]
-        self._mel = _mel_filterbank(DNSMOS_RATE_HZ, _MEL_N_FFT, _MEL_BANDS)
-        n = np.arange(_MEL_N_FFT)
-        self._window = (0.5 - 0.5 * np.cos(2.0 * np.pi * n / _MEL_N_FFT)).astype(np.float32)  # periodic Hann
-
-    def _segments(self, audio: np.ndarray) -> np.ndarray:
-        """[S, 144160] 9.01 s segments hopped by 1 s, exactly as dnsmos_local.py cuts them."""
-        fs, seg_len = DNSMOS_RATE_HZ, int(DNSMOS_SEGMENT_S * DNSMOS_RATE_HZ)
-        while len(audio) < seg_len:
-            audio = np.append(audio, audio)
-        num_hops = int(np.floor(len(audio) / fs) - DNSMOS_SEGMENT_S) + 1
-        segs = [audio[int(i * fs) : int((i + DNSMOS_SEGMENT_S) * fs)] for i in range(num_hops)]
-        return np.stack([s for s in segs if len(s) == seg_len]).astype(np.float32)
-
-    def _log_mel(self, segments: np.ndarray) -> np.ndarray:
-        """[S, 900, 120] P.808 features of each segment minus its last 10 ms."""
-        pad = _MEL_N_FFT // 2
-        y = np.pad(segments[:, :-_MEL_HOP], ((0, 0), (pad, pad)), mode="constant")
-        frames = np.lib.stride_tricks.sliding_window_view(y, _MEL_N_FFT, axis=1)[:, ::_MEL_HOP]
-        power = np.abs(np.fft.rfft(frames * self._window, axis=-1)) ** 2
-        mel = power.astype(np.float32) @ self._mel.T
-        db = 10.0 * np.log10(np.maximum(mel, 1e-10))
-        db -= 10.0 * np.log10(np.maximum(mel.max(axis=(1, 2), keepdims=True), 1e-10))
-        db = np.maximum(db, db.max(axis=(1, 2), keepdims=True) - 80.0)
-        return ((db + 40.0) / 40.0).astype(np.float32)
-
-    def __call__(self, audio: np.ndarray, sample_rate: int) -> dict[str, float]:
-        """Scores of a whole signal (mono or downmixed), means over its segments."""
-        audio = resample(_mono(audio), sample_rate, DNSMOS_RATE_HZ)
-        if len(audio) == 0 or not np.any(audio):
-            raise AudioInputError("DNSMOS needs a non-empty, non-silent signal")
-        segs = self._segments(audio)
-        raw = self._p835.run(None, {"input_1": segs})[0]  # [S, 3]: sig, bak, ovrl
-        p808 = self._p808.run(None, {"input_1": self._log_mel(segs)})[0][:, 0]
-        scores = {k: float(np.mean(_P835_POLY[k](raw[:, i]))) for i, k in enumerate(("sig", "bak", "ovrl"))}
-        scores["p808"] = float(np.mean(p808))
-        return scores
-
-
-@functools.lru_cache(maxsize=1)
-def _shared_dnsmos() -> Dnsmos:
-    return Dnsmos()
-
-
-def dnsmos(audio: np.ndarray, sr: int) -> dict[str, float]:
-    """DNSMOS of ``audio`` at any rate: {"sig", "bak", "ovrl", "p808"} (MOS, 1..5)."""
-    return _shared_dnsmos()(audio, sr)
 
 
 # -- finding items -------------------------------------------------------------------------------
@@ -333,14 +196,6 @@ def _enhancer(runtime: Any) -> Callable[[np.ndarray, int], np.ndarray]:
     raise ConfigError(f"runtime must be a Runtime or a callable enhance(audio, sample_rate), got {type(runtime).__name__}")
 
 
-def _read_mono(path: Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    audio, sr = read_audio(path)
-    audio = _mono(audio)
-    if sample_rate is not None and sr != sample_rate:
-        audio, sr = resample(audio, sr, sample_rate), sample_rate
-    return audio, sr
-
-
 def score(signal: np.ndarray, sample_rate: int, clean: np.ndarray | None = None) -> dict[str, float]:
     """Every metric of one signal: intrusive ones only with a ``clean`` reference (else NaN)."""
     out = {"delay_samples": math.nan, **dict.fromkeys(METRICS, math.nan)}
@@ -387,18 +242,18 @@ def evaluate(
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
     rows = []
     for i, item in enumerate(items):
-        noisy, sr = _read_mono(item.noisy_path)
-        clean = _read_mono(item.clean_path, sr)[0] if item.clean_path else None
+        noisy, sr = read_mono(item.noisy_path)
+        clean = read_mono(item.clean_path, sr)[0] if item.clean_path else None
         signals: dict[str, np.ndarray] = {}
         for system in systems:
             if system == NOISY:
                 signals[system] = noisy
             elif system == ENHANCED:
-                signals[system] = _mono(enhance(noisy, sr))
+                signals[system] = to_mono(enhance(noisy, sr))
             elif system == CLEAN and clean is not None:
                 signals[system] = clean
             elif system in item.reference_paths:
-                signals[system] = _read_mono(item.reference_paths[system], sr)[0]
+                signals[system] = read_mono(item.reference_paths[system], sr)[0]
         for system, x in signals.items():
             ref = None if system == CLEAN else clean
             row = {"item": item.name, "group": item.group, "system": system, "seconds": len(x) / sr}
@@ -450,6 +305,17 @@ def to_markdown(summary: Sequence[dict[str, Any]]) -> str:
                   for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_report(table: str, source_name: str, n_items: int, runtime: Any = None) -> str:
+    """``to_markdown``'s table under the heading `dfsdk eval --markdown` writes: date, data set,
+    item count and what ``enhanced`` was (``runtime``; None when it did not run)."""
+    import datetime
+
+    who = "" if runtime is None else f" `enhanced` = {runtime.model_family} on the {runtime.backend.name} backend."
+    return (f"# Evaluation\n\nWritten by `dfsdk eval` on {datetime.date.today().isoformat()} over `{source_name}` "
+            f"({n_items} items).{who} Intrusive metrics after delay alignment; DNSMOS P.835 (SIG/BAK/OVRL) and "
+            "P.808 from the models `speechmos` ships.\n\n" + table)
 
 
 def to_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:

@@ -193,6 +193,13 @@ class BlockEnhancer:
         return y
 
 
+def default_output_path(input_path: str | Path) -> Path:
+    """Where `dfsdk run INPUT` writes without -o: ``INPUT_enhanced.<ext>`` beside the input
+    (``.wav`` when the input has no extension)."""
+    input_path = Path(input_path)
+    return input_path.with_name(f"{input_path.stem}_enhanced{input_path.suffix or '.wav'}")
+
+
 def check_new_file(path: str | Path, suffix: str, what: str) -> Path:
     """Fail before any work when ``path`` cannot be written as a new ``suffix`` file: wrong
     extension, directory missing or not writable."""

@@ -181,6 +181,22 @@ def model_listing() -> list[dict[str, Any]]:
     return rows
 
 
+def listing_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """`dfsdk models` as text: per model its name, family and flags, description, size and
+    bundles, and one line per measured set."""
+    lines = []
+    for r in rows:
+        flags = ", ".join(f for f, on in (("default", r["default"]), ("trained here", r["trained_here"])) if on)
+        runs = ", ".join(f"{b['backend']} {b['precision']}" + ("" if b["runs_here"] else " (runtime not installed)")
+                         for b in r["bundles"])
+        lines += [f"{r['name']}  [{r['family']}{'; ' + flags if flags else ''}]", f"    {r['description']}"]
+        if r["parameters"] is not None:
+            lines.append(f"    {r['parameters']:,} parameters, {r['macs_per_second'] / 1e6:.1f} MMAC/s, "
+                         f"latency {r['latency_ms']:g} ms; bundles: {runs}")
+        lines += [f"    {line}" for line in describe_quality(r["quality"])]
+    return lines
+
+
 def describe_quality(quality: list[dict[str, Any]]) -> list[str]:
     """One line per measured set: ``set (items, date): metric value, ...``."""
     lines = []

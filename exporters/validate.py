@@ -217,6 +217,11 @@ def path_snr_db(backend, audio: np.ndarray, reference: np.ndarray,
     return snr
 
 
+def worst_graph_error(validation: Mapping[str, object]) -> float:
+    """The largest relative error of any graph output in a manifest's ``validation`` section."""
+    return max(err for errs in validation["graph_rel_error"].values() for err in errs.values())
+
+
 def validate_graphs(backend, recorder: RecordingBackend) -> dict[str, dict[str, float]]:
     """Each non-block graph's per-output relative error (the values stage alone)."""
     names: list[str] = []

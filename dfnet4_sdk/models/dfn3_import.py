@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from dfnet4_sdk.errors import ConfigError, ModelImportError, ModelNotAvailableError
-from dfnet4_sdk.models.dfnet3 import DfNet3, Dfn3Params
+from dfnet4_sdk.models.dfn3_config import Dfn3Params
+from dfnet4_sdk.models.dfnet3 import DfNet3
 from dfnet4_sdk.models.layers import GRU, GroupedLinear
 
 ARCHIVE_NAME = "DeepFilterNet3_onnx.tar.gz"
@@ -134,6 +135,35 @@ def load_dfn3(path: str | Path | None = None) -> DfNet3:
     if problems:
         raise _import_error(archive.source, problems)
     return model.eval()
+
+
+def import_dfn3(archive: str | Path | None, output_path: str | Path, target: str = "onnx",
+                overwrite: bool = False) -> tuple[Path, int]:
+    """`dfsdk import-dfn3`: the official weights (``archive``, or the [dfn3] extra's copy) saved
+    as a checkpoint (``output_path`` ending in .pt) or exported as a streaming bundle for
+    ``target`` (a directory). Paths are checked before the import. Returns (source, parameters)."""
+    from dfnet4_sdk.errors import PathError
+    from dfnet4_sdk.files import check_new_file, check_output_dir
+
+    output_path = Path(output_path)
+    checkpoint = output_path.suffix == ".pt"
+    if checkpoint:
+        if output_path.exists() and not overwrite:
+            raise PathError(f"output {output_path} exists; pass --overwrite to replace it")
+        check_new_file(output_path, ".pt", "output")
+    else:
+        check_output_dir(output_path, overwrite)
+    source = Path(archive) if archive is not None else find_dfn3_archive()
+    model = load_dfn3(source)
+    if checkpoint:
+        from dfnet4_sdk.models import save_checkpoint
+
+        save_checkpoint(model, output_path, extra={"source": str(source)})
+    else:
+        from dfnet4_sdk.exporters.base import converter_for, export_bundle
+
+        export_bundle(model, converter_for(target), output_path, overwrite=overwrite)
+    return source, sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
