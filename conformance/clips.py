@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dfnet4_sdk.audio_io import read_audio, resample
+from dfnet4_sdk.audio_io import read_audio
 from dfnet4_sdk.shared_data import (
     NOISY_CLIP,
     REQUIRE_ENV_VAR,
@@ -20,10 +20,11 @@ CLIP = NOISY_CLIP  # real noisy speech, CC BY 4.0 (DNS5 blind test)
 MISSING_DATA = missing_data_reason(DATA_DIR)
 
 
-def load_clip(sample_rate: int, seconds: float, offset_s: float = 0.0) -> np.ndarray:
-    """Mono ``seconds`` of CLIP at ``sample_rate`` from ``offset_s``. Skips the test when the data
-    folder is absent (an error where $DFNET4_SDK_REQUIRE_DATA is set); a missing clip in a folder
-    that is there is an error."""
+def read_clip() -> tuple[np.ndarray, int]:
+    """CLIP as read ([N, C] float32) and its rate; each cell takes its part with
+    ``dfnet4_sdk.conformance.cell_audio``, as ``dfsdk conformance`` does. Skips the test when the
+    data folder is absent (an error where $DFNET4_SDK_REQUIRE_DATA is set); a missing clip in a
+    folder that is there is an error."""
     if not shared_data_present(DATA_DIR):
         if shared_data_required():
             raise FileNotFoundError(f"{REQUIRE_ENV_VAR} is set, but the conformance suite {MISSING_DATA}")
@@ -31,7 +32,4 @@ def load_clip(sample_rate: int, seconds: float, offset_s: float = 0.0) -> np.nda
     path = DATA_DIR / CLIP
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from {DATA_DIR}, which is there: restore the file")
-    audio, sr = read_audio(path)
-    audio = resample(audio.mean(axis=1), sr, sample_rate)
-    start = int(offset_s * sample_rate)
-    return np.ascontiguousarray(audio[start : start + int(seconds * sample_rate)])
+    return read_audio(path)

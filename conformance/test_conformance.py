@@ -7,10 +7,10 @@ runs the same matrix and writes docs/CONFORMANCE.md.
 from __future__ import annotations
 
 import pytest
-from clips import CLIP, load_clip
+from clips import CLIP, read_clip
 
-from dfnet4_sdk.conformance import MATRIX, MODELS, cell_id, run_cell
-from dfnet4_sdk.exporters.base import EXPORT_TARGETS, TOLERANCES
+from dfnet4_sdk.conformance import MATRIX, MODELS, cell_audio, cell_id, run_cell
+from dfnet4_sdk.exporters.base import EXPORT_TARGETS, TOLERANCES, converter_for
 
 CELLS = [(m, t, p) for m in MODELS for (t, p) in MATRIX]
 
@@ -22,13 +22,25 @@ def test_every_registered_cell_has_a_declared_tolerance():
     assert {t for t, _ in MATRIX} == set(EXPORT_TARGETS)
 
 
+def test_every_declared_precision_is_a_registered_cell():
+    """A converter that declares a precision the matrix does not check exports it unchecked."""
+    from dfnet4_sdk.errors import ExportError
+
+    for target in EXPORT_TARGETS:
+        try:
+            declared = set(converter_for(target).capabilities.precisions)
+        except ExportError:  # its toolchain is not installed here: its cells report "unsupported"
+            continue
+        registered = {p for t, p in MATRIX if t == target}
+        assert declared == registered, f"{target}: declared {sorted(declared)}, registered cells {sorted(registered)}"
+
+
 @pytest.mark.parametrize("model,target,precision", CELLS, ids=[cell_id(t, p, m) for m, t, p in CELLS])
 def test_cell(model, target, precision, clip_seconds, tmp_path_factory, request):
     from dfnet4_sdk.models import load_model
 
-    sr = load_model(model).dsp.sample_rate_hz
-    audio = load_clip(sr, clip_seconds, offset_s=0.0)
-    fixture = load_clip(sr, 1.0, offset_s=4.0)
+    clip, rate = read_clip()
+    audio, fixture = cell_audio(clip, rate, load_model(model).dsp.sample_rate_hz, clip_seconds)
     result = run_cell(model, target, precision, audio, fixture, work_dir=tmp_path_factory.mktemp("cells"))
     print(
         f"\n{result.cell_id}: {result.status} on {result.execution or '-'}; worst graph error "
