@@ -30,9 +30,9 @@ export class EnhancementStream {
     this.frontEnd = new FrontEnd(pffft, m.dsp, bundle.tables);
     const s = m.streaming;
     this.lookahead = s.conv_lookahead_frames;
-    // Spectra kept: frame t-L and its deep-filter window t-L-(O-1-Ld) .. t-L+Ld.
+    // Spectra kept, oldest first: the deep-filter window t-L-(O-1-Ld) .. t-L+Ld is the first O of
+    // them (L + O - Ld in all), frame t-L the (L+1)-th from the newest.
     this.historyLength = s.conv_lookahead_frames + s.df_order - s.df_lookahead_frames;
-    this.dfFirst = this.historyLength - 1 - s.conv_lookahead_frames - (s.df_order - 1 - s.df_lookahead_frames);
     this.attenLimGain = attenLimGain(this.options);
     this.silenceThreshold = bundle.runtime.silentHopMeanSquare;
     const bins = this.frontEnd.bins;
@@ -141,7 +141,7 @@ export class EnhancementStream {
     }
     if (applyDf) {
       const coefs = (await this.runGraph("df_dec", values)).df_coefs.data;
-      const window = this.history.slice(this.dfFirst, this.dfFirst + this.streaming.df_order);
+      const window = this.history.slice(0, this.streaming.df_order);
       fe.deepFilter(window, coefs, this.streaming.df_order, enhanced);
     }
     if (applyErb && this.options.post_filter_beta > 0) fe.postFilter(noisy, enhanced, this.options.post_filter_beta);
