@@ -31,6 +31,7 @@ from dfnet4_sdk.errors import BundleError, ExportError
 from dfnet4_sdk.exporters.fixtures import fixture_cases, frame_lsnr, make_fixtures, record_cases
 from dfnet4_sdk.exporters.plan import Capabilities, ExportPlan, capabilities_of, plan_export
 from dfnet4_sdk.exporters.step_modules import BlockModule, FrameStepModule, StepModule, example_inputs, graph_module
+from dfnet4_sdk.exporters.streams import check_rows, streams_graph_of
 from dfnet4_sdk.exporters.validate import (
     ALL_STAGES,
     TOLERANCES,
@@ -127,7 +128,8 @@ def export_bundle(
     if fixture_audio is None:
         fixture_audio = synthetic_fixture_audio(model.dsp.sample_rate_hz)
         fixture_source = SYNTHETIC_FIXTURE_SOURCE
-    recorder, enhanced = record_reference(model, fixture_audio, streams=streams)
+    batched = streams_graph_of(plan.manifest)
+    recorder, enhanced = record_reference(model, fixture_audio, streams=check_rows(batched) if batched else 0)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:

@@ -55,12 +55,24 @@ def shape_matches(shape: tuple[int, ...], spec_shape: tuple[int, ...]) -> bool:
     return shape == spec_shape
 
 
-def check_streams_audio(audio: np.ndarray) -> np.ndarray:
-    """``CHECK_STREAMS`` different streams made from one clip [N] -> [S, N]: the clip, the clip
-    reversed at half level, and a quiet copy shifted by a third (the rows gate differently)."""
+def streams_graph_of(manifest) -> GraphSpec | None:
+    """The manifest's batched frame graph, if it has one."""
+    return next((g for g in manifest.graphs if g.kind == "frame" and g.streams != 1), None)
+
+
+def check_rows(graph: GraphSpec) -> int:
+    """How many streams validate ``graph``: its fixed count, or ``CHECK_STREAMS`` for any number."""
+    return CHECK_STREAMS if graph.streams == ANY_STREAMS else graph.streams
+
+
+def check_streams_audio(audio: np.ndarray, count: int = CHECK_STREAMS) -> np.ndarray:
+    """``count`` different streams made from one clip [N] -> [count, N], cycling through the clip,
+    the clip reversed at half level and a quiet copy shifted by a third (the rows gate
+    differently), each further cycle shifted again."""
     audio = np.asarray(audio, dtype=np.float32)
-    rows = [audio, audio[::-1] * np.float32(0.5), np.roll(audio, audio.size // 3) * np.float32(0.05)]
-    return np.ascontiguousarray(np.stack(rows[:CHECK_STREAMS]))
+    variants = [audio, audio[::-1] * np.float32(0.5), np.roll(audio, audio.size // 3) * np.float32(0.05)]
+    rows = [np.roll(variants[k % 3], (k // 3) * audio.size // (count // 3 + 1)) for k in range(count)]
+    return np.ascontiguousarray(np.stack(rows))
 
 
 class _RecordedStreams:
@@ -84,12 +96,12 @@ class _RecordedStreams:
         return outputs
 
 
-def record_streams(recorder, audio: np.ndarray) -> None:
-    """Stream ``check_streams_audio(audio)`` through the PyTorch frame module batched (every
-    stage on), recording each call as ``frame_streams`` and (the streams, their enhanced audio)
-    as ``recorder.streams_reference``; nothing when that is recorded already."""
+def record_streams(recorder, audio: np.ndarray, count: int = CHECK_STREAMS) -> None:
+    """Stream ``check_streams_audio(audio, count)`` through the PyTorch frame module batched
+    (every stage on), recording each call as ``frame_streams`` and (the streams, their enhanced
+    audio) as ``recorder.streams_reference``; nothing when that is recorded already."""
     if getattr(recorder, "streams_reference", None) is None:
-        rows = check_streams_audio(audio)
+        rows = check_streams_audio(audio, count)
         recorder.streams_reference = (rows, _enhance(_RecordedStreams(recorder), rows))
 
 

@@ -71,11 +71,11 @@ class RecordingBackend:
         return outputs
 
 
-def record_reference(model, audio: np.ndarray, streams: bool = False) -> tuple[RecordingBackend, np.ndarray]:
+def record_reference(model, audio: np.ndarray, streams: int = 0) -> tuple[RecordingBackend, np.ndarray]:
     """Stream ``audio`` through the PyTorch backend with every stage on, once through the three
-    component graphs and once through the fused frame graph (``streams``: and a few streams made
-    from it through the batched frame graph, ``exporters/streams.py``); returns the recorder
-    (every graph's calls) and the enhanced audio."""
+    component graphs and once through the fused frame graph (``streams`` > 0: and that many
+    streams made from it through the batched frame graph, ``exporters/streams.py``); returns the
+    recorder (every graph's calls) and the enhanced audio."""
     from dfnet4_sdk.exporters.streams import record_streams
     from dfnet4_sdk.runtimes.torch_backend import TorchBackend
 
@@ -83,7 +83,7 @@ def record_reference(model, audio: np.ndarray, streams: bool = False) -> tuple[R
     enhanced = _stream(recorder, audio, fused=False)
     _stream(recorder, audio, fused=True)
     if streams:
-        record_streams(recorder, audio)
+        record_streams(recorder, audio, streams)
     return recorder, enhanced
 
 
@@ -126,12 +126,13 @@ def validate_against_pytorch(backend, recorder: RecordingBackend, audio: np.ndar
     stages of the module docstring. Block graphs are checked end to end (the offline path);
     when they are all in ``optional_graphs`` and only their path misses the tolerance, they are
     put in ``left_out`` instead of ``problems``."""
-    from dfnet4_sdk.exporters.streams import record_streams
+    from dfnet4_sdk.exporters.streams import check_rows, record_streams, streams_graph_of
 
     v = Validation(tolerance)
     names, shapes, values = [], [], []
-    if any(g.kind == "frame" and g.streams != 1 for g in backend.manifest.graphs):
-        record_streams(recorder, audio)  # the batched graph's reference, unless recorded already
+    batched = streams_graph_of(backend.manifest)
+    if batched is not None:
+        record_streams(recorder, audio, check_rows(batched))  # its reference, unless recorded already
     for g in backend.manifest.graphs:
         if g.kind == "block":
             continue

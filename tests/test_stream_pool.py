@@ -219,3 +219,19 @@ def test_one_active_stream_of_a_batched_bundle(onnx_streams_bundle, rows):
     y = stream_pool(pool, x, 960)
     assert np.all(y[1] == 0.0)
     assert snr_db(stream_runtime(Runtime(onnx_streams_bundle.root), x[0], 960), y[0]) >= MIN_SNR_DB
+
+
+@pytest.mark.slow  # a LiteRT export of four graphs: minutes on the shared 2-core machine
+def test_tflite_frame_streams_at_a_fixed_count(rows, tmp_path):
+    pytest.importorskip("litert_torch", reason="the [tflite] extra (litert-torch) is not installed")
+    from dfnet4_sdk.exporters.base import converter_for, export_bundle
+    from dfnet4_sdk.models import load_model
+
+    bundle = export_bundle(load_model("dfnet4-lite-v1"), converter_for("tflite"), tmp_path / "lite",
+                           fixture_audio=load_clip(CLIP, seconds=1.0, offset_s=2.0), blocks=False, streams=True)
+    g = bundle.manifest.graph("frame_streams")
+    assert g.streams == 32 and all(t.shape[0] == 32 for t in (*g.inputs, *g.outputs))
+    assert max(bundle.manifest.validation["graph_rel_error"]["frame_streams"].values()) <= 1e-4
+    pool = StreamPool(bundle.root, streams=rows.shape[0])  # 4 streams: one call padded to 32
+    assert pool.batched
+    assert_rows_equal_runtime(pool, Runtime(bundle.root), rows, chunk=777)
