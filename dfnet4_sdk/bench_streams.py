@@ -8,9 +8,10 @@ one ``Runtime`` (one hop per call, the per-stream baseline) gives the ratio. Whe
 the graph calls are timed apart from the rest of the hop (numpy: FFTs, the silence rule, the
 post-filter / attenuation limit, stacking and gathering states).
 
-Each cell runs in its own process (no shared thread pools). ONNX runs the batched frame graph
-``frame_streams`` (the model exported once with it and cached); a backend whose bundle has none
-(LiteRT) runs one frame graph call per stream (``batched`` = no).
+Each cell runs in its own process (no shared thread pools). A model name is exported once for the
+backend with the batched frame graph ``frame_streams`` (fp32, cached): any number of streams per
+call on onnx, 32 on LiteRT; a bundle directory runs as it is (without ``frame_streams``: one frame
+graph call per stream, ``batched`` = no).
 """
 
 from __future__ import annotations
@@ -86,21 +87,17 @@ def parse_streams(text: str) -> tuple[int, ...]:
 
 
 def _source(model: str, backend: str) -> str:
-    """What the cell's pool loads: a bundle with the batched graph for onnx, else the shipped /
-    cached bundle (or the model name for torch)."""
-    if backend == "torch":
+    """What the cell's pool loads: a bundle directory as it is; else the model exported once with
+    the batched frame graph for ``backend`` (the model name itself for torch)."""
+    from dfnet4_sdk.bundle import is_bundle
+
+    if backend == "torch" or is_bundle(model):
         return model
     from dfnet4_sdk.exporters.cache import cached_export
     from dfnet4_sdk.models import load_model
-    from dfnet4_sdk.shipped import shipped_model
 
-    if backend == "onnx":
-        return str(cached_export(load_model(model), "onnx", "fp32", streams=True).root)
-    shipped = shipped_model(model)
-    for b in shipped.bundles if shipped is not None else ():
-        if b.backend == backend:
-            return str(b.path)
-    return str(cached_export(load_model(model), backend, "fp32").root)
+    # fp32: the precision at which onnx and tflite carry the batched graph (exported once, cached).
+    return str(cached_export(load_model(model), backend, "fp32", streams=True).root)
 
 
 class _TimedBackend:
