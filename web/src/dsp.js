@@ -26,6 +26,24 @@ export function vorbisWindow(fftSize) {
 const freqToErb = (hz) => 9.265 * Math.log1p(hz / (24.7 * 9.265));
 const erbToFreq = (erb) => 24.7 * 9.265 * (Math.exp(erb / 9.265) - 1);
 
+/** sum(terms[0..n)) in float32 as numpy's add.reduceat sums a band: the first term plus numpy's
+ *  pairwise sum of the rest (8 running sums from 8 terms on). Matches numpy bit for bit. */
+function numpyBandSum(terms, n) {
+  if (n === 1) return terms[0];
+  const rest = n - 1;
+  let res = 0;
+  if (rest < 8) {
+    for (let i = 1; i < n; i++) res = f32(res + terms[i]);
+  } else {
+    const r = Array.from({ length: 8 }, (_, j) => terms[1 + j]);
+    let i = 8;
+    for (; i < rest - (rest % 8); i += 8) for (let j = 0; j < 8; j++) r[j] = f32(r[j] + terms[1 + i + j]);
+    res = f32(f32(f32(r[0] + r[1]) + f32(r[2] + r[3])) + f32(f32(r[4] + r[5]) + f32(r[6] + r[7])));
+    for (; i < rest; i++) res = f32(res + terms[1 + i]);
+  }
+  return f32(terms[0] + res);
+}
+
 /** Round half to even, as numpy's round. */
 function roundHalfEven(x) {
   const r = Math.round(x);
@@ -109,6 +127,7 @@ export class FrontEnd {
     this.alpha = f32(tables.normAlpha);
     this.fft = new RealFft(pffft, this.fftSize);
     this.frame = new Float32Array(this.fftSize); // scratch, this front end's own
+    this.bandTerms = new Float32Array(Math.max(...this.erbWidths));
   }
 
   newState() {
@@ -141,21 +160,24 @@ export class FrontEnd {
     for (let band = 0; band < this.nbErb; band++) {
       const width = this.erbWidths[band];
       const weight = f32(1 / width);
-      let power = 0;
+      const terms = this.bandTerms;
       for (let k = 0; k < width; k++, bin++) {
         const re = spec[2 * bin];
         const im = spec[2 * bin + 1];
-        power += f32(re * re + im * im) * weight;
+        terms[k] = f32(f32(f32(re * re) + f32(im * im)) * weight);
       }
-      const db = f32(10 * Math.log10(power + ERB_POWER_EPS));
-      state.erbNorm[band] = state.erbNorm[band] * a + db * b;
-      featErb[band] = (db - state.erbNorm[band]) / ERB_FEATURE_SCALE_DB;
+      const power = numpyBandSum(terms, width);
+      const db = f32(f32(Math.log10(f32(power + ERB_POWER_EPS))) * 10);
+      // Every float32 operation rounded as numpy (and libDF) do: over the exponential mean's
+      // memory (~1/(1-alpha) frames) unrounded steps drift by tens of float32 ulps.
+      state.erbNorm[band] = f32(f32(state.erbNorm[band] * a) + f32(db * b));
+      featErb[band] = f32(f32(db - state.erbNorm[band]) / ERB_FEATURE_SCALE_DB);
     }
     const d = this.nbDf;
     for (let f = 0; f < d; f++) {
       const re = spec[2 * f];
       const im = spec[2 * f + 1];
-      state.unitNorm[f] = state.unitNorm[f] * a + Math.hypot(re, im) * b;
+      state.unitNorm[f] = f32(f32(state.unitNorm[f] * a) + f32(f32(Math.hypot(re, im)) * b));
       const norm = Math.sqrt(state.unitNorm[f]);
       featSpec[f] = re / norm;
       featSpec[d + f] = im / norm;
