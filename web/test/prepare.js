@@ -9,7 +9,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { BUNDLES, CACHE, EXAMPLE, PROBES, bundleDir, probePath } from "./paths.js";
+import { BUNDLES, CACHE, EXAMPLE, PROBES, WEB, bundleDir, probePath } from "./paths.js";
 import { readWav, writeWav } from "../src/wav.js";
 
 function findDfsdk() {
@@ -63,6 +63,8 @@ const probe = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
 parts.reduce((at, p) => (probe.set(p, at), at + p.length), 0);
 writeFileSync(probePath("silence"), writeWav(probe, sampleRate));
 
+// The Python front-end's spectra and features of the demo clip (test/frontend.test.js).
+run(python, [path.join(WEB, "test", "frontend_reference.py"), exampleWav, path.join(CACHE, "frontend.npz"), "500"]);
 for (const { name, input, bundle, args } of PROBES) {
   run(dfsdk, ["run", "--model", bundleDir(bundle), probePath(input), "-o", probePath(`${name}.expected`), "--overwrite", ...args]);
 }
