@@ -235,3 +235,32 @@ def test_tflite_frame_streams_at_a_fixed_count(rows, tmp_path):
     pool = StreamPool(bundle.root, streams=rows.shape[0])  # 4 streams: one call padded to 32
     assert pool.batched
     assert_rows_equal_runtime(pool, Runtime(bundle.root), rows, chunk=777)
+
+
+class _FixedCount:
+    """The torch backend presented as one whose batched graph takes exactly ``count`` streams."""
+
+    def __init__(self, backend, count: int):
+        self._backend, self.manifest, self.name = backend, backend.manifest, backend.name
+        self.frame_streams, self.calls = ("frame", count), []
+
+    def run(self, graph, inputs):
+        self.calls.append(len(inputs["spec"]))
+        return self._backend.run(graph, inputs)
+
+
+@pytest.mark.parametrize("streams, calls", [(7, [4, 4]), (5, [4, 1])], ids=["padded", "remainder-row-by-row"])
+def test_fixed_count_graph_pads_or_runs_rows_alone(streams, calls, rows):
+    from dfnet4_sdk.runtimes import load_backend
+    from dfnet4_sdk.models import load_model
+
+    from dfnet4_sdk.stream import StreamOptions
+
+    backend = _FixedCount(load_backend("torch", load_model("dfnet4-lite-v1")), 4)
+    pool = StreamPool.over_backend(backend, streams, StreamOptions(skip_silent_hops=False))  # every row every hop
+    x = np.concatenate([rows, rows[:, ::-1] * 0.7])[:streams, : HOP * 30]
+    y = stream_pool(pool, x, HOP)
+    assert backend.calls[:len(calls)] == calls  # 7 = 4 + 3 padded to 4; 5 = 4 + 1 alone
+    rt = Runtime("dfnet4-lite-v1", "torch", skip_silent_hops=False)
+    for i in range(streams):
+        assert snr_db(stream_runtime(rt, x[i], HOP), y[i]) >= MIN_SNR_DB
