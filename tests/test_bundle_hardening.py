@@ -5,6 +5,7 @@ and leaves nothing behind; conformance compares a bundle with the weights it was
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,7 +25,8 @@ from hypothesis import strategies as st
 from dfnet4_sdk.bundle import ARCHIVE_CACHE, MANIFEST_NAME, Bundle, pack
 from dfnet4_sdk.cli import main
 from dfnet4_sdk.errors import BundleError, ConfigError
-from dfnet4_sdk.manifest import Manifest
+from dfnet4_sdk.manifest import DspTables, Manifest, StreamingSpec
+from dfnet4_sdk.params import DspParams
 from dfnet4_sdk.runtime import Runtime
 from dfnet4_sdk.shipped import SHIPPED_MODELS
 
@@ -72,7 +74,8 @@ MALFORMED = {
     "no graphs": (lambda d: {**d, "graphs": []}, "graphs: expected a non-empty list"),
     "df_order 0": (lambda d: {**d, "streaming": {**d["streaming"], "df_order": 0}}, "streaming.df_order: expected a positive integer, found 0"),
     "init_values too short": (
-        lambda d: {**d, "states": [{**d["states"][0], "init_values": [0.0, 1.0, 2.0]}, *d["states"][1:]]},
+        lambda d: {**d, "states": [{**{k: v for k, v in d["states"][0].items() if k != "init_value"},
+                                    "init_values": [0.0, 1.0, 2.0]}, *d["states"][1:]]},
         "init_values has 3 values, its shape (1, 1, 2, 32) needs 64"),
     "a state's shape": (
         lambda d: {**d, "states": [{**d["states"][0], "shape": [1, 1, 3, 32]}, *d["states"][1:]]},
@@ -162,7 +165,18 @@ def _consistent_state_shape(d):
         t["shape"] = [1, 16, 3, 96]
 
 
-EDITS = {
+def rederived(change):
+    """``change`` then the schema-2 values an exporter derives from dsp / streaming (the front-end
+    tables, the output delay), so that only the graphs' own metadata and shapes can refuse it."""
+    def apply(d: dict) -> None:
+        change(d)
+        dsp = DspParams.from_dict({k: d["dsp"][k] for k in DspParams.__dataclass_fields__})
+        d["dsp"].update(dataclasses.asdict(DspTables.derived(dsp)))
+        d["runtime"]["output_delay_samples"] = StreamingSpec(**d["streaming"]).latency_samples(dsp)
+    return apply
+
+
+EDITS = {  # each edited as a careful hand would: the derived schema-2 values follow (rederived)
     "sample rate": (lambda d: d["dsp"].update(sample_rate_hz=44100),
                     ["dsp.sample_rate_hz is 48000 in the graph's metadata, 44100 in the manifest"]),
     "look-ahead": (lambda d: d["streaming"].update(conv_lookahead_frames=1, df_lookahead_frames=1),
@@ -181,7 +195,7 @@ EDITS = {
 @pytest.mark.parametrize("case", list(EDITS))
 def test_edited_manifest_is_refused(bundle_dir, case):
     change, messages = EDITS[case]
-    edit(bundle_dir, change)
+    edit(bundle_dir, rederived(change))
     with pytest.raises(BundleError) as err:
         Runtime(bundle_dir)
     for message in messages:
@@ -382,9 +396,10 @@ def test_every_preset_and_dfn3_manifest_passes_the_checks(dfn3):
 
 
 def test_source_model_round_trips_and_names_the_model():
-    m = Manifest.from_dict(ORIGINAL)
+    unnamed = {k: v for k, v in ORIGINAL.items() if k != "source_model"}  # (the regenerated shipped one has it)
+    m = Manifest.from_dict(unnamed)
     assert "source_model" not in m.to_dict() and m.model_name == "dfnet4-lite"  # unnamed: falls back to the family
-    named = Manifest.from_dict({**ORIGINAL, "source_model": {"name": "my.pt", "kind": "checkpoint", "sha256": "ab"}})
+    named = Manifest.from_dict({**unnamed, "source_model": {"name": "my.pt", "kind": "checkpoint", "sha256": "ab"}})
     assert named.model_name == "my.pt" and Manifest.from_json(named.to_json()) == named
     assert Manifest.from_dict(named.to_dict()) == named  # tuples (asdict) check as lists do
 
@@ -402,7 +417,8 @@ def test_load_model_records_its_source(tmp_path):
 def test_reference_model_follows_the_manifest(bundle_dir, caplog):
     from dfnet4_sdk.conformance import reference_model
 
-    assert reference_model(Bundle.load(SHIPPED)) == LITE  # shipped, exported before the key existed
+    assert reference_model(Bundle.load(SHIPPED)) == LITE  # shipped (its manifest names it since schema 2)
+    edit(bundle_dir, lambda d: d.pop("source_model", None))  # a copy exported before the key existed
     with caplog.at_level(logging.WARNING):
         assert reference_model(Bundle.load(bundle_dir)) == "dfnet4-lite"  # an old copy elsewhere: the family
     assert "records no source_model" in caplog.text
