@@ -134,3 +134,14 @@ def test_spec_client_passes_conformance_probes(tmp_path):
     result = CliRunner().invoke(main, ["conformance", str(SHIPPED_ONNX), "--client", cmd, "--probes", probes])
     print(result.output[-3000:])
     assert result.exit_code == 0, result.output
+
+
+def test_independent_spec_only_client_passes_conformance_probes(tmp_path):
+    """tests/clients/spec_only_client.py was written by a helper that read only docs/BUNDLE.md and
+    a bundle, never the SDK's code (issue 16's Done-when; what it needed: BUNDLE.md, last section).
+    It must keep passing as the spec and the exporter change."""
+    cmd = f"{sys.executable} {REPO / 'tests' / 'clients' / 'spec_only_client.py'} {{bundle}} {{input}} {{output}}"
+    probes = "real-noisy_speech_48k,silence-leading,silence-inner,one-sample,partial-hop-plus-1,partial-hop-minus-1"
+    result = CliRunner().invoke(main, ["conformance", str(SHIPPED_ONNX), "--client", cmd, "--probes", probes])
+    print(result.output[-3000:])
+    assert result.exit_code == 0, result.output
