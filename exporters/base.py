@@ -275,7 +275,7 @@ EXPORT_TARGETS = tuple(CONVERTERS)
 
 def converter_for(target: str) -> GraphConverter:
     """The converter of a target name (imports its toolchain lazily)."""
-    from dfnet4_sdk.plugins import load_registered
+    from dfnet4_sdk.registry import load_registered
 
     return load_registered(CONVERTERS, target, "export target", ExportError)()
 

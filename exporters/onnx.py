@@ -21,7 +21,7 @@ from torch import nn
 from dfnet4_sdk.exporters.plan import Capabilities
 from dfnet4_sdk.exporters.streams import dynamic_axes
 from dfnet4_sdk.manifest import GraphSpec
-from dfnet4_sdk.models.describe import BLOCK_FRAMES
+from dfnet4_sdk.models.manifest_builder import BLOCK_FRAMES
 
 log = logging.getLogger(__name__)
 OPSET = 17

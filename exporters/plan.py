@@ -94,7 +94,7 @@ def plan_export(model: nn.Module, converter, precision: str, fused: bool | None 
     left out). ``streams``: also the batched frame graph ``frame_streams`` (``StreamPool``), where
     the converter declares it for this precision (asked for only: it serves many-stream servers)."""
     from dfnet4_sdk.exporters.validate import TOLERANCES
-    from dfnet4_sdk.models.describe import BLOCK_FRAMES, describe_model
+    from dfnet4_sdk.models.manifest_builder import BLOCK_FRAMES, describe_model
 
     target, caps = converter.target, capabilities_of(converter)
     problems = []

@@ -73,6 +73,6 @@ def streams_graph(backend: Backend) -> tuple[str, int] | None:
 
 def load_backend(name: str, model: Any, num_threads: int = 1) -> Backend:
     """Instantiate backend ``name`` for ``model`` (what that backend loads: see its module)."""
-    from dfnet4_sdk.plugins import load_registered
+    from dfnet4_sdk.registry import load_registered
 
     return load_registered(_REGISTRY, name, "backend", BackendNotAvailableError)(model, num_threads=num_threads)

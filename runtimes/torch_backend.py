@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dfnet4_sdk.models.base import EnhancementModel
-from dfnet4_sdk.models.describe import describe_model
+from dfnet4_sdk.models.manifest_builder import describe_model
 
 
 class TorchBackend:

@@ -388,7 +388,7 @@ def test_fuzzed_numbers_run_on_the_backend_or_are_a_bundle_error(fuzz_dir, data)
 def test_every_preset_and_dfn3_manifest_passes_the_checks(dfn3):
     """The new consistency checks accept what describe_model writes for every family."""
     from dfnet4_sdk.models import load_model, preset_names
-    from dfnet4_sdk.models.describe import describe_model
+    from dfnet4_sdk.models.manifest_builder import describe_model
 
     for model in [dfn3, *(load_model(name) for name in preset_names())]:
         m = describe_model(model, backend="onnx", include_frame=True, block_frames=25)

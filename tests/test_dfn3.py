@@ -138,7 +138,7 @@ def test_config_rejects_what_it_cannot_represent(archive, edit, key):
 def test_import_and_migration_read_config_ini_alike(archive):
     """One parser for DFN3's config.ini: the exact import and the DfNet4 migration read the same
     text the same way (the import used to refuse the inline comments the migration accepted)."""
-    from dfnet4_sdk.models.model_params4 import ModelParams4
+    from dfnet4_sdk.models.dfnet4_params import ModelParams4
 
     text = archive.config_ini.replace("nb_erb = 32", "nb_erb = 32  # ERB bands", 1)
     assert "# ERB bands" in text

@@ -22,7 +22,7 @@ from dfnet4_sdk.models.complexity import (
 )
 from dfnet4_sdk.models.dfnet4 import PRESETS, DfNet4, DfNet4Lite
 from dfnet4_sdk.models.mamba import BidirectionalMamba
-from dfnet4_sdk.models.model_params4 import ModelParams4
+from dfnet4_sdk.models.dfnet4_params import ModelParams4
 from dfnet4_sdk.models.multires_df import embed_taps
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"

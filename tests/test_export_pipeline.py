@@ -18,7 +18,7 @@ from dfnet4_sdk.exporters.plan import Capabilities, plan_export
 from dfnet4_sdk.exporters.validate import TOLERANCES, Tolerance, record_reference, validate_against_pytorch
 from dfnet4_sdk.manifest import Manifest
 from dfnet4_sdk.models import load_model
-from dfnet4_sdk.models.describe import BLOCK_FRAMES
+from dfnet4_sdk.models.manifest_builder import BLOCK_FRAMES
 from dfnet4_sdk.runtimes.torch_backend import TorchBackend
 
 COMPONENTS = ["enc", "erb_dec", "df_dec"]

@@ -13,7 +13,7 @@ import torch
 from dfnet4_sdk import manifest, states
 from dfnet4_sdk.models import load_model
 from dfnet4_sdk.models.base import StateSpec as ModelStateSpec
-from dfnet4_sdk.models.describe import describe_model
+from dfnet4_sdk.models.manifest_builder import describe_model
 from dfnet4_sdk.states import StateSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models.dfn3_config import read_config_ini
-from dfnet4_sdk.models.model_params4 import PRESETS, ModelParams4, derive_resolutions
+from dfnet4_sdk.models.dfnet4_params import PRESETS, ModelParams4, derive_resolutions
 from dfnet4_sdk.params import DspParams
 
 log = logging.getLogger(__name__)

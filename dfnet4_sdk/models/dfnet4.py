@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models.base import EnhancementModel, StateSpec, StreamingComponent
-from dfnet4_sdk.models.blocks4 import (
+from dfnet4_sdk.models.dfnet4_blocks import (
     ConvBlock,
     TensorDict,
     make_backbone,
@@ -28,7 +28,7 @@ from dfnet4_sdk.models.blocks4 import (
 )
 from dfnet4_sdk.models.dfnet3 import ConvTransposeNormAct
 from dfnet4_sdk.models.hybrid_encoder import Encoder4
-from dfnet4_sdk.models.model_params4 import PRESETS, ModelParams4
+from dfnet4_sdk.models.dfnet4_params import PRESETS, ModelParams4
 from dfnet4_sdk.models.multires_df import DfDecoder4
 
 __all__ = ["PRESETS", "DfNet4", "DfNet4Lite", "ErbDecoder4", "ModelParams4"]

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfnet4_sdk.models.base import StateSpec, StreamingComponent
-from dfnet4_sdk.models.blocks4 import ConvBlock, TensorDict, make_backbone, run_backbone
+from dfnet4_sdk.models.dfnet4_blocks import ConvBlock, TensorDict, make_backbone, run_backbone
 from dfnet4_sdk.models.layers import GroupedLinear
-from dfnet4_sdk.models.model_params4 import ModelParams4
+from dfnet4_sdk.models.dfnet4_params import ModelParams4
 
 
 def embed_taps(coefs: Tensor, df_order: int, nb_df: int) -> Tensor:
