@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -336,16 +337,13 @@ def cells_for(models: tuple[str, ...] = (), backends: tuple[str, ...] = (), prec
 
 
 def write_report(path: str | Path, markdown: str) -> None:
-    """Write the inference report to ``path``, keeping the sections other tools keep between
-    their markers: many streams (`dfsdk bench --streams`) and training (`python -m
-    dfnet4_sdk.training.throughput --write`)."""
-    from dfnet4_sdk.bench_streams import MARKERS
-
+    """Write the inference report to ``path``, keeping every section another tool keeps between
+    its ``<!-- NAME:start -->`` / ``<!-- NAME:end -->`` markers (many streams: `dfsdk bench
+    --streams`; training: `python -m dfnet4_sdk.training.throughput`; the browser: web/), in order."""
     path = Path(path)
     old = path.read_text() if path.is_file() else ""
-    for start, end in (MARKERS, ("<!-- training:start -->", "<!-- training:end -->")):
-        if start in old and end in old:
-            markdown = markdown.rstrip("\n") + "\n\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
+    for block in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", old, flags=re.DOTALL):
+        markdown = markdown.rstrip("\n") + "\n\n" + block.group(0) + "\n"
     path.write_text(markdown)
 
 

@@ -148,3 +148,16 @@ def test_bench_report_keeps_the_training_section(tmp_path):
     assert "<!-- training:start -->\n## Training\n6 s/s -> 40 s/s\n<!-- training:end -->" in text
     write_report(tmp_path / "fresh.md", "# table\n")
     assert (tmp_path / "fresh.md").read_text() == "# table\n"
+
+
+def test_bench_report_keeps_every_marked_section_in_order(tmp_path):
+    """Any tool's block between <!-- NAME:start --> and <!-- NAME:end --> survives a rewrite (the
+    GPU training block was dropped while only two names were known)."""
+    from dfnet4_sdk.bench import write_report
+
+    blocks = ["<!-- streams:start -->\nS\n<!-- streams:end -->", "<!-- training:start -->\nT\n<!-- training:end -->",
+              "<!-- training-gpu:start -->\nG\n<!-- training-gpu:end -->", "<!-- browser:start -->\nB\n<!-- browser:end -->"]
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# old\n\n" + "\n\nprose between\n\n".join(blocks) + "\n")
+    write_report(path, "# new\n")
+    assert path.read_text() == "# new\n\n" + "\n\n".join(blocks) + "\n"
