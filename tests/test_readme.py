@@ -56,8 +56,8 @@ SKIPPED = {
     "dfsdk run /shared/corpus --output-dir /shared/enhanced --ray=auto":
         "needs the Ray cluster of the two lines above (tests/test_ray_batch.py covers address handling)",
     'dfsdk conformance bundles/dfn3-onnx --client "node web/cli.js {bundle} {input} {output}"':
-        "needs web/'s npm packages (npm ci in web/); tests/test_client_check.py runs --client with dfsdk run and "
-        "faulty clients as the client",
+        "needs web/'s npm packages (npm ci in web/): tests/test_web.py runs this very check on a bundle it exports, "
+        "and tests/test_client_check.py runs --client with dfsdk run and faulty clients",
 }
 
 # Plain shell commands the README's examples need, run as they are.
