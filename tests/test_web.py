@@ -35,6 +35,8 @@ def _missing(tools: tuple[str, ...]) -> list[str]:
 
 def _require(*tools: str) -> None:
     missing = _missing(tools)
+    if missing and os.environ.get("DFNET4_SDK_REQUIRE_WEB"):  # CI: web/ is part of the product
+        pytest.fail(f"web/ needs {', '.join(missing)} and DFNET4_SDK_REQUIRE_WEB is set (.ci/run installs them)")
     if missing:
         pytest.skip(f"web/ needs {', '.join(missing)}; .ci/run installs them")
 
