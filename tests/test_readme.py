@@ -50,7 +50,7 @@ DFSDK = re.compile(r"^(\.venv/bin/)?dfsdk\b")
 SKIPPED = {
     "python3 -m venv .venv": "creates the virtual environment the test already runs in",
     '.venv/bin/pip install -e ".[all]"': "installs the package the test already imports (no network here)",
-    ".venv/bin/python -m pytest -q": "the test suite itself, which holds this test",
+    ".venv/bin/python -m pytest -q -n 2 --dist loadfile": "the test suite itself, which holds this test",
     "ray start --head": "starts a Ray head node, a service that outlives the test (the local --ray line runs)",
     "ray start --address=HEAD_IP:6379": "joins a cluster at a placeholder address",
     "dfsdk run /shared/corpus --output-dir /shared/enhanced --ray=auto":
