@@ -43,23 +43,23 @@ def opus_rate(rate: int) -> int:
     return next(r for r in OPUS_RATES if r >= rate) if rate <= OPUS_RATES[-1] else OPUS_RATES[-1]
 
 
-def _encode(job: tuple[str, str, int, str]) -> tuple[str, int, float, int]:
-    src, dst, rate, kind = job
-    audio, file_rate = sf.read(src, dtype="float32", always_2d=True)
+def _encode(job: tuple[str, str, str]) -> tuple[int, float, int]:
+    """(source, destination, kind) -> (stored rate, seconds, bytes written)."""
+    src, dst, kind = job
+    audio, rate = sf.read(src, dtype="float32", always_2d=True)
     mono = audio.mean(axis=1)
-    if kind == "rir":  # tiny, and a codec must not smear an impulse response
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(dst, mono, file_rate, format="FLAC")
-        return dst, file_rate, len(mono) / file_rate, os.path.getsize(dst)
-    stored = opus_rate(file_rate)
-    if stored != file_rate:
-        mono = resample(mono, file_rate, stored)
-    peak = float(np.max(np.abs(mono))) if len(mono) else 0.0
-    if peak > 1.0:  # Opus clips; the mixer rescales levels anyway
-        mono = mono / peak
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dst, mono, stored, format="OGG", subtype="OPUS", compression_level=OPUS_LEVEL)
-    return dst, stored, len(mono) / stored, os.path.getsize(dst)
+    if kind == "rir":  # tiny, and a codec must not smear an impulse response
+        sf.write(dst, mono, rate, format="FLAC")
+    else:
+        stored = opus_rate(rate)
+        if stored != rate:
+            mono, rate = resample(mono, rate, stored), stored
+        peak = float(np.max(np.abs(mono))) if len(mono) else 0.0
+        if peak > 1.0:  # Opus clips; the mixer rescales levels anyway
+            mono = mono / peak
+        sf.write(dst, mono, rate, format="OGG", subtype="OPUS", compression_level=OPUS_LEVEL)
+    return rate, len(mono) / rate, os.path.getsize(dst)
 
 
 def _choose_speech(speech: tuple[AudioEntry, ...], budget_bytes: float, seed: int) -> list[AudioEntry]:
@@ -96,34 +96,32 @@ def pack(cfg: TrainConfig, out: str | Path, speech_mb: float, workers: int = 2) 
         fields = reader.fieldnames
         for row in reader:
             rows[row["path"]] = row
-    jobs = []
+    jobs = []  # (manifest path, kind, group, source, destination)
     for kind, entries in (("speech", speech), ("noise", lists.noise), ("rir", lists.rir)):
         for e in entries:
             rel = e.path.resolve().relative_to(root).as_posix()
             suffix = ".flac" if kind == "rir" else ".ogg"
-            jobs.append((rel, kind, str(e.path), str(out / Path(rel).with_suffix(suffix))))
+            group = f"speech/{e.group}" if kind == "speech" else kind
+            jobs.append((rel, kind, group, str(e.path), str(out / Path(rel).with_suffix(suffix))))
     out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"source": str(root), "opus_level": OPUS_LEVEL, "groups": {}}
     written = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(_encode, [(src, dst, 0, kind) for _, kind, src, dst in jobs], chunksize=8)
-        for (rel, kind, _, dst), (_, rate, seconds, size) in zip(jobs, results):
+        results = pool.map(_encode, [(src, dst, kind) for _, kind, _, src, dst in jobs], chunksize=8)
+        for (rel, _, group, _, dst), (rate, seconds, size) in zip(jobs, results):
             row = dict(rows[rel])
             row.update(path=Path(dst).relative_to(out).as_posix(), sample_rate=str(rate), seconds=f"{seconds:.3f}")
-            written.append((row, kind, size, rel))
+            written.append(row)
+            g = summary["groups"].setdefault(group, {"files": 0, "minutes": 0.0, "mb": 0.0})
+            g["files"] += 1
+            g["minutes"] += seconds / 60
+            g["mb"] += size / 1e6
     with (out / "manifest.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
-        w.writerows(row for row, _, _, _ in written)
-    summary: dict = {"source": str(root), "opus_level": OPUS_LEVEL, "groups": {}}
-    groups = {e.path.resolve().relative_to(root).as_posix(): e.group for e in (*speech, *lists.noise, *lists.rir)}
-    for row, kind, size, rel in written:
-        name = f"speech/{groups[rel]}" if kind == "speech" else kind
-        g = summary["groups"].setdefault(name, {"files": 0, "minutes": 0.0, "mb": 0.0})
-        g["files"] += 1
-        g["minutes"] += float(row["seconds"]) / 60
-        g["mb"] += size / 1e6
+        w.writerows(written)
     summary["speech_minutes_of_source"] = round(sum(e.seconds for e in lists.speech) / 60, 1)
-    summary["mb"] = round(sum(size for _, _, size, _ in written) / 1e6, 2)
+    summary["mb"] = round(sum(g["mb"] for g in summary["groups"].values()), 2)
     for g in summary["groups"].values():
         g["minutes"], g["mb"] = round(g["minutes"], 1), round(g["mb"], 2)
     (out / "pack.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from dfnet4_sdk.training.config import TrainConfig
+from dfnet4_sdk.training.config import OptimConfig, TrainConfig
 from dfnet4_sdk.training.data import build_lists, load_mono
 from dfnet4_sdk.training.trainer import Callback, Trainer
 
@@ -198,7 +198,7 @@ def _cpu_name() -> str:
 def chunk_row(folder: Path) -> dict:
     """Throughput of one GPU chunk (training/remote_chunk.sh) from what it brought back: the
     trainer's log.jsonl, the run's config.toml and chunk.json (its device and last step).
-    Only logged steps count: the first 10 include start-up (workers, cuDNN), so they are left out."""
+    Only logged steps count: the first logged row includes start-up (workers, cuDNN), so it is left out."""
     import json
 
     import tomllib
@@ -207,8 +207,9 @@ def chunk_row(folder: Path) -> dict:
     cfg = tomllib.loads((folder / "config.toml").read_text())
     audio_per_step = cfg["optim"]["batch_size"] * cfg["data"]["segment_s"]
     timed = rows[1:]
-    steps = 10 * len(timed)  # log_every
-    wall = sum(r["s_per_step"] * 10 for r in timed)
+    every = cfg["optim"].get("log_every", OptimConfig.log_every)  # steps per logged row
+    steps = every * len(timed)
+    wall = sum(r["s_per_step"] * every for r in timed)
     extra = json.loads((folder / "chunk.json").read_text())
     return {"chunk": folder.name, "device": extra.get("device", "?"), "steps": extra.get("step", rows[-1]["step"]),
             "batch": cfg["optim"]["batch_size"], "segment_s": cfg["data"]["segment_s"],
