@@ -250,7 +250,7 @@ def check_client(
         raise PathError(f"--keep {keep} is a file; expected a folder for the probe files (it is created if missing)")
     bundle = resolve_bundle(bundle_or_model)
     rate, hop = bundle.manifest.dsp.sample_rate_hz, bundle.manifest.dsp.hop_size_samples
-    probes = select_probes(probe_set(rate, hop, audio), selection)
+    probes = select_probes(probe_set(rate, hop, audio, bundle.manifest.runtime.silent_hop_mean_square), selection)
     rt = Runtime(bundle)
     echo(f"bundle {bundle.root} ({bundle.manifest.model_name}, {bundle.manifest.backend} {bundle.manifest.precision}, "
          f"{rate} Hz); client: {template}")

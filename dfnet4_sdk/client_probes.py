@@ -80,13 +80,13 @@ def loudest_end(speech: np.ndarray, n: int, hop: int) -> np.ndarray:
     return x[end - n : end].astype(np.float32)
 
 
-def _scaled_hops(speech: np.ndarray, hop: int, ratios: tuple[float, ...], run: int) -> np.ndarray:
+def _scaled_hops(speech: np.ndarray, hop: int, ratios: tuple[float, ...], run: int, threshold: float) -> np.ndarray:
     """Each hop of ``speech`` scaled so its mean square is ratio x the silence threshold, the ratio
     cycling through ``ratios`` every ``run`` hops (a little seeded noise keeps no hop at zero)."""
     rng = np.random.default_rng(SEED)
     hops = speech[: len(speech) // hop * hop].reshape(-1, hop).astype(np.float64)
     hops = hops + 1e-4 * rng.standard_normal(hops.shape)
-    target = SILENT_HOP_MEAN_SQUARE * np.array([ratios[(i // run) % len(ratios)] for i in range(len(hops))])
+    target = threshold * np.array([ratios[(i // run) % len(ratios)] for i in range(len(hops))])
     hops *= np.sqrt(target / np.mean(hops * hops, axis=1))[:, None]
     return hops.reshape(-1).astype(np.float32)
 
@@ -100,8 +100,11 @@ def _square_bursts(speech: np.ndarray, sample_rate: int) -> np.ndarray:
     return x
 
 
-def probe_set(sample_rate: int, hop: int, audio: Path | None = None) -> list[Probe]:
-    """Every probe for a bundle at ``sample_rate`` with ``hop_size_samples`` = ``hop``."""
+def probe_set(sample_rate: int, hop: int, audio: Path | None = None,
+              silence_threshold: float = SILENT_HOP_MEAN_SQUARE) -> list[Probe]:
+    """Every probe for a bundle at ``sample_rate`` with ``hop_size_samples`` = ``hop``; the
+    near-threshold probe sits around ``silence_threshold`` (the manifest's
+    ``runtime.silent_hop_mean_square``, which the runtime honours)."""
     sr = sample_rate
 
     def speech() -> np.ndarray:
@@ -135,9 +138,9 @@ def probe_set(sample_rate: int, hop: int, audio: Path | None = None) -> list[Pro
               inner_silence),
         Probe("silence-only", "0.5 s of digital silence and nothing else", lambda: zeros(0.5)),
         Probe("near-threshold", f"speech with each hop's mean square at {NEAR_THRESHOLD_RATIOS[0]}x / "
-              f"{NEAR_THRESHOLD_RATIOS[1]}x the silence threshold {SILENT_HOP_MEAN_SQUARE:g}, in runs of "
+              f"{NEAR_THRESHOLD_RATIOS[1]}x the silence threshold {silence_threshold:g}, in runs of "
               f"{NEAR_THRESHOLD_RUN_HOPS} hops", lambda: _scaled_hops(excerpt(EXCERPT_S), hop, NEAR_THRESHOLD_RATIOS,
-                                                                       NEAR_THRESHOLD_RUN_HOPS)),
+                                                                       NEAR_THRESHOLD_RUN_HOPS, silence_threshold)),
         Probe("clipped-speech", f"speech driven to {CLIP_OVERDRIVE:g}x full scale and hard-clipped to +-1", clipped),
         Probe("square-bursts", f"speech with {SQUARE_BURST_S:g} s full-scale {SQUARE_HZ:g} Hz square bursts every "
               f"{SQUARE_PERIOD_S:g} s", lambda: _square_bursts(excerpt(EXCERPT_S), sr)),

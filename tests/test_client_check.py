@@ -244,3 +244,13 @@ def test_an_archive_bundle_reaches_the_client_as_its_extracted_directory(tmp_pat
                  f".is_file(), sys.argv[1]; shutil.copy(sys.argv[2], sys.argv[3])\" {{bundle}} {{input}} {{output}}")
     report, rows, output = check(needs_dir, "silence-only", bundle=archive)
     assert report.passed and (report.bundle / "manifest.json").is_file(), output
+
+
+def test_near_threshold_probe_follows_the_bundles_silence_threshold():
+    """The runtime honours the manifest's runtime.silent_hop_mean_square, so the probe around it
+    must sit around the bundle's value, not the exporter's default (it used the constant)."""
+    for threshold in (SILENT_HOP_MEAN_SQUARE, 1e-5):
+        probe = next(p for p in probe_set(48000, 480, silence_threshold=threshold) if p.name == "near-threshold")
+        x = probe.make().astype(np.float64)
+        levels = np.mean(x[: len(x) // 480 * 480].reshape(-1, 480) ** 2, axis=1) / threshold
+        assert np.allclose(np.unique(np.round(levels, 2)), [0.8, 1.25], atol=0.02)
