@@ -1,0 +1,68 @@
+"""Training speed-ups keep the objective: one fixed batch of the real distillation config gives
+the same loss terms (1e-5 relative) and gradient norm after every optimisation of the step, and
+what the speed-ups add (the teacher-target cache, the throughput settings) is exact.
+
+The reference values were computed by the code before the speed-ups of issue 13 item 2 (commit
+8669743: the losses of commit 746f7a0, the chunked Mamba scan with autograd through it) on this
+batch: the real config's batch 0 at batch size 4 (mixtures of real speech and noise, 1.5 s), the
+student as the trainer seeds it, the official DFN3 teacher, one torch thread."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from audio_data import DATA_DIR
+
+from dfnet4_sdk.errors import ModelNotAvailableError
+from dfnet4_sdk.training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO / "training" / "configs" / "dfnet4_lite_distill.toml"
+DATA_ROOT = DATA_DIR.resolve()  # conftest skips the tests that use it when a bare clone has no data
+
+REFERENCE_TERMS = {
+    "spectral": 2.398714780807495, "multires": 2.62555193901062, "mask": 0.01837490126490593,
+    "lsnr": 0.13294801115989685, "d_spectral": 1.9029977321624756, "d_multires": 1.0611755847930908,
+    "d_mask": 1.3798907995224, "d_lsnr": 0.26811766624450684, "d_df": 0.012026792392134666,
+    "d_feature": 1.3829216957092285,
+}
+REFERENCE_LOSS = 11.182720184326172
+REFERENCE_GRAD_NORM = 26.436529138017004  # over the student and the feature projector
+
+
+def real_cfg(**optim) -> TrainConfig:
+    cfg = TrainConfig.load(REAL)
+    data = dataclasses.replace(cfg.data, data_root=str(DATA_ROOT), speech_screen=str(REPO / cfg.data.speech_screen))
+    return dataclasses.replace(cfg, data=data, optim=dataclasses.replace(cfg.optim, valid_every=0, **optim))
+
+
+def distill_trainer(tmp_path, **optim):
+    from dfnet4_sdk.training.trainer import Trainer
+
+    try:
+        return Trainer(real_cfg(**optim), tmp_path, mode="distill", device="cpu")
+    except ModelNotAvailableError as e:
+        pytest.skip(f"DFN3 teacher not available ({e}); install the [dfn3] extra")
+
+
+def test_loss_terms_and_gradient_of_a_fixed_batch_are_unchanged(tmp_path):
+    from dfnet4_sdk.training.distill import run_model, teacher_targets
+
+    torch.set_num_threads(1)
+    trainer = distill_trainer(tmp_path)
+    batch = trainer.data.batch(0, 4)
+    assert batch["has_clean"].all() and batch["spec"].shape[2] == 150
+    terms = trainer.objective.generator_terms(run_model(trainer.model, batch), batch, teacher_targets(trainer.teacher, batch))
+    loss = sum(terms.values())
+    loss.backward()
+    params = list(trainer.model.parameters()) + trainer.objective.generator_parameters()
+    grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None))
+    assert set(terms) == set(REFERENCE_TERMS)
+    for name, value in REFERENCE_TERMS.items():
+        assert float(terms[name]) == pytest.approx(value, rel=1e-5), name
+    assert float(loss) == pytest.approx(REFERENCE_LOSS, rel=1e-5)
+    assert grad_norm == pytest.approx(REFERENCE_GRAD_NORM, rel=1e-4)
