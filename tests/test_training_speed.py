@@ -56,7 +56,13 @@ def test_loss_terms_and_gradient_of_a_fixed_batch_are_unchanged(tmp_path):
     trainer = distill_trainer(tmp_path)
     batch = trainer.data.batch(0, 4)
     assert batch["has_clean"].all() and batch["spec"].shape[2] == 150
-    terms = trainer.objective.generator_terms(run_model(trainer.model, batch), batch, teacher_targets(trainer.teacher, batch))
+    teacher_out = teacher_targets(trainer.teacher, batch)
+    terms = trainer.objective.generator_terms(run_model(trainer.model, batch), batch, teacher_out)
+    # the losses' targets made ahead (as a data worker does) give the very same terms
+    with torch.no_grad():
+        ahead = trainer.objective.generator_terms(run_model(trainer.model, batch), batch, teacher_out,
+                                                  trainer.objective.targets(batch, teacher_out))
+    assert {k: float(v) for k, v in ahead.items()} == {k: float(v) for k, v in terms.items()}
     loss = sum(terms.values())
     loss.backward()
     params = list(trainer.model.parameters()) + trainer.objective.generator_parameters()
@@ -66,3 +72,29 @@ def test_loss_terms_and_gradient_of_a_fixed_batch_are_unchanged(tmp_path):
         assert float(terms[name]) == pytest.approx(value, rel=1e-5), name
     assert float(loss) == pytest.approx(REFERENCE_LOSS, rel=1e-5)
     assert grad_norm == pytest.approx(REFERENCE_GRAD_NORM, rel=1e-4)
+
+
+@pytest.mark.parametrize("t, block", [(1, 1024), (5, 1024), (17, 1024), (152, 1024), (300, 128)])
+def test_scan_training_form_gradients_equal_autograd_through_the_loop(t, block):
+    """The scan with its gradient written out (training form): outputs and the gradients of every
+    input, including the initial and final state, equal autograd through the per-frame loop
+    (float64; t not a multiple of the chunk, and several blocks, included)."""
+    import torch.nn.functional as F
+
+    from dfnet4_sdk.models.mamba import selective_scan, selective_scan_reference
+
+    g = torch.Generator().manual_seed(t)
+    b, d, n = 2, 12, 4
+    inputs = [torch.randn(b, t, d, generator=g), F.softplus(torch.randn(b, t, d, generator=g)),
+              -torch.exp(torch.randn(d, n, generator=g)), torch.randn(b, t, n, generator=g),
+              torch.randn(b, t, n, generator=g), torch.randn(d, generator=g), torch.randn(b, n, d, generator=g)]
+    wy, wh = torch.randn(b, t, d, generator=g).double(), torch.randn(b, n, d, generator=g).double()
+    results = []
+    for scan in (selective_scan_reference, lambda *a: selective_scan(*a, block_frames=block)):
+        leaves = [v.double().requires_grad_() for v in inputs]
+        y, h = scan(*leaves)
+        ((y * wy).sum() + (h * wh).sum()).backward()
+        results.append([y.detach(), h.detach()] + [v.grad for v in leaves])
+    names = ["y", "h_T", "dx", "d_dt", "dA", "dB", "dC", "dD", "dh0"]
+    for name, ref, got in zip(names, *results):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9, msg=name)

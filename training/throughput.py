@@ -59,6 +59,7 @@ class Setting:
     data_workers: int
     batch_size: int
     baseline_losses: bool = False  # the loss code of BASELINE_REV
+    scan_gradient: bool = True  # the Mamba scan's gradient written out (models/scan_training.py); False: autograd through it
 
     def apply(self, cfg: TrainConfig, steps: int) -> TrainConfig:
         """The config with this setting; lr scaled by sqrt(batch / config batch) (Adam)."""
@@ -70,8 +71,9 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("old", 1, 0, 4, baseline_losses=True),
-    Setting("new losses", 1, 0, 4),
+    Setting("old", 1, 0, 4, baseline_losses=True, scan_gradient=False),
+    Setting("new losses", 1, 0, 4, scan_gradient=False),
+    Setting("+ scan gradient", 1, 0, 4),
     Setting("2 threads", 2, 0, 4),
     Setting("+ worker", 1, 1, 4),
     Setting("+ batch 16", 1, 1, 16),
@@ -111,10 +113,31 @@ def _losses_of(rev: str | None):
         objective.L = current
 
 
+@contextlib.contextmanager
+def _autograd_scan(on: bool):
+    """Inside the block (when ``on``) the Mamba layers train through the chunked scan with
+    autograd, as before the scan's gradient was written out."""
+    from dfnet4_sdk.models import mamba
+
+    if not on:
+        yield
+        return
+
+    class _Autograd:
+        apply = staticmethod(mamba._chunk_scan)
+
+    current, mamba.SelectiveScan = mamba.SelectiveScan, _Autograd
+    try:
+        yield
+    finally:
+        mamba.SelectiveScan = current
+
+
 def measure(cfg: TrainConfig, setting: Setting, steps: int, warmup: int, mode: str = "distill") -> dict[str, float]:
     """One run of ``setting``: audio s / wall s, samples / s, mean phase seconds per step."""
     clock = _Clock()
-    with tempfile.TemporaryDirectory() as out, _losses_of(BASELINE_REV if setting.baseline_losses else None):
+    with (tempfile.TemporaryDirectory() as out, _losses_of(BASELINE_REV if setting.baseline_losses else None),
+          _autograd_scan(not setting.scan_gradient)):
         trainer = Trainer(setting.apply(cfg, warmup + steps), out, mode=mode, device="cpu", callbacks=[clock])
         trainer.fit(resume=False)
     wall = clock.ends[-1] - clock.ends[warmup - 1]

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from dfnet4_sdk.models.base import StateSpec
 from dfnet4_sdk.models.layers import GroupedLinear
+from dfnet4_sdk.models.scan_training import SelectiveScan
 
 SCAN_BLOCK_FRAMES = 1024  # bounds the [B, T, N, D] scan buffers on long offline inputs
 
@@ -116,10 +117,14 @@ def selective_scan(
     chunked scan in about 3 * sqrt(T) vectorised steps instead of T, over blocks of
     ``block_frames`` frames (state carried) so that long inputs keep bounded buffers."""
     h = x.new_zeros(x.shape[0], A.shape[1], x.shape[2]) if h0 is None else h0
+    # Training: the same scan with its gradient written out (scan_training.py), not autograd
+    # through every step of it. Inference and export keep the plain ops.
+    train = torch.is_grad_enabled() and any(v.requires_grad for v in (x, dt, A, B, C, D, h))
+    scan = SelectiveScan.apply if train else _chunk_scan
     ys = []
     for s in range(0, x.shape[1], block_frames):  # blocks of ~10 s, not frames
         e = s + block_frames
-        y, h = _chunk_scan(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, h)
+        y, h = scan(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, h)
         ys.append(y)
     return torch.cat(ys, dim=1), h
 
