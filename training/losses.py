@@ -11,6 +11,8 @@ as plain ratios (DFN3's own config uses factors 1000 / 500 for the same reason).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -48,8 +50,28 @@ def _compress(re: Tensor, im: Tensor, gamma: float) -> tuple[Tensor, Tensor, Ten
     return mag_c, re * scale, im * scale
 
 
-def _compressed_error(est: Tensor, ref: Tensor, gamma: float, complex_weight: float) -> Tensor:
-    """Per-bin (1 - c) * (|e|^g - |r|^g)^2 + c * |e_c - r_c|^2 of spectra [..., 2] -> [...]."""
+class Compressed(NamedTuple):
+    """A fixed target spectrum compressed as ``_compress`` does: |x|^g and the re / im planes of
+    x / |x| * |x|^g, each [...] (the spectrum's shape without its re/im axis)."""
+
+    mag: Tensor
+    re: Tensor
+    im: Tensor
+
+
+@torch.no_grad()
+def compress_target(ref: Tensor, gamma: float) -> Compressed:
+    """The compressed form of a fixed target [..., 2] for ``spectral_loss`` / ``multires_loss``
+    (exactly what they compute from the raw spectrum): made once per batch, in a data worker
+    when there is one (objective.Objective.targets), not in the training step."""
+    return Compressed(*_compress(ref[..., 0], ref[..., 1], gamma))
+
+
+def _compressed_error(est: Tensor, ref: Tensor | Compressed, gamma: float, complex_weight: float) -> Tensor:
+    """Per-bin (1 - c) * (|e|^g - |r|^g)^2 + c * |e_c - r_c|^2 of spectra [..., 2] -> [...];
+    ``ref`` the raw target spectrum or its ``compress_target``."""
+    if isinstance(ref, Compressed):
+        return _CompressedError.apply(est[..., 0], est[..., 1], *ref, gamma, complex_weight)
     if ref.requires_grad and torch.is_grad_enabled():  # gradients to both sides: plain autograd
         mag_e, re_e, im_e = _compress(est[..., 0], est[..., 1], gamma)
         mag_r, re_r, im_r = _compress(ref[..., 0], ref[..., 1], gamma)
@@ -108,8 +130,9 @@ def _weighted_mean(err: Tensor, weight: Tensor | None) -> Tensor:
     return (reduced * weight).sum() / (weight.expand_as(reduced).sum() * copies).clamp_min(1.0)
 
 
-def spectral_loss(est: Tensor, ref: Tensor, gamma: float, complex_weight: float, weight: Tensor | None = None) -> Tensor:
-    """Compressed magnitude + complex MSE. est, ref [..., F, 2]; weight broadcasts to [..., F]."""
+def spectral_loss(est: Tensor, ref: Tensor | Compressed, gamma: float, complex_weight: float, weight: Tensor | None = None) -> Tensor:
+    """Compressed magnitude + complex MSE. est, ref [..., F, 2] (or ref's ``compress_target``);
+    weight broadcasts to [..., F]."""
     return SPECTRAL_SCALE * _weighted_mean(_compressed_error(est, ref, gamma, complex_weight), weight)
 
 
@@ -138,7 +161,8 @@ def multires_loss(
     band_limit_hz: Tensor | None = None, hf_weight: float = 1.0, item_weight: Tensor | None = None,
 ) -> Tensor:
     """Compressed spectral loss over several STFT resolutions of waveforms est, ref [B, N], each
-    given as the waveform or as its ``multires_spectra(x, fft_sizes)``."""
+    given as the waveform or as its ``multires_spectra(x, fft_sizes)`` (ref also as the
+    ``compress_target`` of each of those)."""
     est_specs = multires_spectra(est, fft_sizes) if isinstance(est, Tensor) else est
     ref_specs = multires_spectra(ref, fft_sizes) if isinstance(ref, Tensor) else ref
     first = est_specs[0]

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from dfnet4_sdk.models import spectral
@@ -65,11 +67,42 @@ class Objective(nn.Module):
     def generator_parameters(self):
         return [] if self.projector is None else list(self.projector.parameters())
 
+    @torch.no_grad()
+    def targets(self, batch: Mapping[str, Tensor], teacher_out: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
+        """What the terms compare the student with, by term name: the compressed target spectra
+        (model resolution and every multires resolution), the ideal ERB mask and the local-SNR
+        target. A function of the batch and the teacher's outputs only, so a data worker makes it
+        ahead (trainer.BatchPipeline) and the step keeps only the student's side; the terms are
+        the same numbers whichever process made it. Empty with the losses of a commit before
+        ``compress_target`` (throughput's ``old``): the terms then transform the raw targets."""
+        c, t = self.cfg, {}
+        if not hasattr(L, "compress_target"):
+            return t
+        compressed = lambda specs: tuple(L.compress_target(s, c.gamma) for s in specs)
+        if bool(batch["has_clean"].any()):
+            if c.spectral > 0:
+                t["spectral"] = L.compress_target(batch["clean_spec"], c.gamma)
+            if c.multires > 0:
+                t["multires"] = compressed(L.multires_spectra(L.istft(batch["clean_spec"], self.dsp), c.multires_fft_sizes))
+            if c.mask > 0:
+                t["mask"] = L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
+            if c.lsnr > 0:
+                t["lsnr"] = L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
+        if teacher_out is not None:
+            if c.distill_spectral > 0:
+                t["d_spectral"] = L.compress_target(teacher_out["enhanced"], c.gamma)
+            if c.distill_multires > 0:
+                t["d_multires"] = compressed(L.multires_spectra(teacher_out["wave"], c.multires_fft_sizes))
+        return t
+
     def generator_terms(
-        self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor], teacher_out: Mapping[str, Tensor] | None = None
+        self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor], teacher_out: Mapping[str, Tensor] | None = None,
+        targets: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
+        """{name: weighted term}; ``targets``: ``self.targets(batch, teacher_out)`` when made ahead."""
         c = self.cfg
         terms: dict[str, Tensor] = {}
+        tg = self.targets(batch, teacher_out) if targets is None else targets
         has_clean = batch["has_clean"].float()
         both_multires = c.multires > 0 and c.distill_multires > 0 and teacher_out is not None and has_clean.sum() > 0
         student_mr = self._student_multires(out) if both_multires else out["wave"]  # transformed once for both
@@ -77,24 +110,24 @@ class Objective(nn.Module):
             w = L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
             if c.spectral > 0:
                 terms["spectral"] = c.spectral * L.spectral_loss(
-                    out["enhanced"], batch["clean_spec"], c.gamma, c.complex_weight, w
+                    out["enhanced"], tg.get("spectral", batch["clean_spec"]), c.gamma, c.complex_weight, w
                 )
             if c.multires > 0:
-                clean_wave = L.istft(batch["clean_spec"], self.dsp)
+                clean_mr = tg["multires"] if "multires" in tg else L.istft(batch["clean_spec"], self.dsp)
                 terms["multires"] = c.multires * L.multires_loss(
-                    student_mr, clean_wave, self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma,
+                    student_mr, clean_mr, self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma,
                     c.complex_weight, batch["band_limit_hz"], c.band_limited_hf_weight, has_clean,
                 )
             if c.mask > 0:
-                ideal = L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
+                ideal = tg["mask"] if "mask" in tg else L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
                 terms["mask"] = c.mask * L.mask_loss(out["erb_mask"], ideal, has_clean)
             if c.lsnr > 0:
-                target = L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
+                target = tg["lsnr"] if "lsnr" in tg else L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
                 terms["lsnr"] = c.lsnr * L.lsnr_loss(out["lsnr"], target, has_clean)
             if self.speaker is not None:
                 terms["speaker"] = c.speaker * self.speaker.loss(out["enhanced"], batch["clean_spec"], has_clean)
         if teacher_out is not None:
-            terms.update(self._distill_terms(out, teacher_out, student_mr))
+            terms.update(self._distill_terms(out, teacher_out, student_mr, tg))
         if self.discriminator is not None:
             real = L.istft(batch["clean_spec"], self.dsp) if has_clean.sum() > 0 else None
             adv, fm = self.discriminator.generator_losses(out["wave"], real, has_clean)
@@ -116,16 +149,20 @@ class Objective(nn.Module):
         return L.multires_spectra(out["wave"], self.cfg.multires_fft_sizes)
 
     def _distill_terms(
-        self, out: Mapping[str, Tensor], t: Mapping[str, Tensor], student_mr: Tensor | tuple[Tensor, ...] | None = None
+        self, out: Mapping[str, Tensor], t: Mapping[str, Tensor], student_mr: Tensor | tuple[Tensor, ...] | None = None,
+        tg: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
-        """The distillation terms; ``student_mr`` is the student's waveform or its multires STFTs."""
-        c = self.cfg
+        """The distillation terms; ``student_mr`` is the student's waveform or its multires STFTs,
+        ``tg`` the precomputed ``targets`` (a term without one transforms the teacher's output)."""
+        c, tg = self.cfg, tg or {}
         terms = {}
         if c.distill_spectral > 0:
-            terms["d_spectral"] = c.distill_spectral * L.spectral_loss(out["enhanced"], t["enhanced"], c.gamma, c.complex_weight)
+            terms["d_spectral"] = c.distill_spectral * L.spectral_loss(
+                out["enhanced"], tg.get("d_spectral", t["enhanced"]), c.gamma, c.complex_weight
+            )
         if c.distill_multires > 0:
             terms["d_multires"] = c.distill_multires * L.multires_loss(
-                out["wave"] if student_mr is None else student_mr, t["wave"], self.dsp.sample_rate_hz,
+                out["wave"] if student_mr is None else student_mr, tg.get("d_multires", t["wave"]), self.dsp.sample_rate_hz,
                 c.multires_fft_sizes, c.gamma, c.complex_weight,
             )
         if c.distill_mask > 0:

@@ -20,8 +20,9 @@ a resumed run continues with exactly the batches and random draws of an uninterr
 
 Throughput (``[optim]``): ``num_threads`` torch threads in the training process, and
 ``data_workers`` processes that prepare batches ahead of the step (``BatchPipeline``): the
-mixtures and, when the teacher runs on the CPU, the teacher's targets, so both overlap the
-student's step on another core. The batches are the same with or without workers. Each
+mixtures, when the teacher runs on the CPU the teacher's outputs, and the losses' targets
+(``Objective.targets``: compressed target spectra, ideal mask, local SNR), so all of it overlaps
+the student's step on another core. The batches are the same with or without workers. Each
 ``log.jsonl`` row also says where the time went (``t_data``: waiting for the batch, ``t_teacher``,
 ``t_forward``: student and losses, ``t_backward``, ``t_optimizer``; seconds per step).
 
@@ -100,11 +101,13 @@ class _Meter:
 
 class BatchPipeline(Dataset):
     """Batches ``start``, ``start + 1``, ... ``stop - 1`` of ``data``, each with the teacher's
-    targets under ``"teacher"`` when a (CPU) teacher is given. Index i is batch ``start + i``,
+    outputs under ``"teacher"`` when a (CPU) teacher is given and the losses' targets under
+    ``"targets"`` when ``prepare`` (``Objective.targets``) is. Index i is batch ``start + i``,
     a pure function of (seed, step), so workers change when a batch is made, never what it is."""
 
-    def __init__(self, data: MixtureDataset, batch_size: int, start: int, stop: int, teacher=None):
+    def __init__(self, data: MixtureDataset, batch_size: int, start: int, stop: int, teacher=None, prepare=None):
         self.data, self.batch_size, self.start, self.stop, self.teacher = data, batch_size, start, stop, teacher
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -113,6 +116,8 @@ class BatchPipeline(Dataset):
         batch: dict[str, Any] = self.data.batch(self.start + i, self.batch_size)
         if self.teacher is not None:
             batch["teacher"] = teacher_targets(self.teacher, batch)
+        if self.prepare is not None:
+            batch["targets"] = self.prepare(batch, batch.get("teacher"))
         return batch
 
     def iterate(self, workers: int):
@@ -232,10 +237,11 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict[str, torch.Tensor], teacher_out: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-        """One optimiser step. ``teacher_out``: the teacher's targets for this batch when they were
-        computed ahead (``BatchPipeline``); otherwise the teacher runs here. Returns the loss terms
-        and ``t_*`` seconds spent in each phase."""
+    def train_step(self, batch: dict[str, torch.Tensor], teacher_out: dict[str, torch.Tensor] | None = None,
+                   targets: dict[str, Any] | None = None) -> dict[str, float]:
+        """One optimiser step. ``teacher_out``: the teacher's outputs for this batch when they were
+        computed ahead (``BatchPipeline``), ``targets`` the losses' targets likewise; otherwise they
+        are made here. Returns the loss terms and ``t_*`` seconds spent in each phase."""
         clock = [time.perf_counter()]
         lap = lambda: clock.append(time.perf_counter()) or clock[-1] - clock[-2]
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -243,6 +249,8 @@ class Trainer:
             teacher_out = teacher_targets(self.teacher, batch)
         elif teacher_out is not None:
             teacher_out = {k: v.to(self.device) for k, v in teacher_out.items()}
+        if targets is not None:
+            targets = _to_device(targets, self.device)
         timings = {"t_teacher": lap()}
         self.model.train()
         out = run_model(self.model, batch)
@@ -252,7 +260,7 @@ class Trainer:
                 self.disc_optimizer.zero_grad(set_to_none=True)
                 d_loss.backward()
                 self.disc_optimizer.step()
-        terms = self.objective.generator_terms(out, batch, teacher_out)
+        terms = self.objective.generator_terms(out, batch, teacher_out, targets)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: {({k: v.item() for k, v in terms.items()})}")
@@ -272,12 +280,14 @@ class Trainer:
         return {**values, **timings}
 
     def _batches(self):
-        """The run's remaining batches as (batch, teacher targets or None), in step order."""
+        """The run's remaining batches as (batch, teacher outputs or None, loss targets or None),
+        in step order. With workers on a CPU run, the workers also make the losses' targets."""
         o = self.cfg.optim
-        cpu_teacher = self.teacher if self.teacher is not None and self.device.type == "cpu" else None
-        pipeline = BatchPipeline(self.data, o.batch_size, self.step, o.steps, cpu_teacher if o.data_workers > 0 else None)
+        ahead = o.data_workers > 0 and self.device.type == "cpu"
+        teacher = self.teacher if ahead else None
+        pipeline = BatchPipeline(self.data, o.batch_size, self.step, o.steps, teacher, self.objective.targets if ahead else None)
         for batch in pipeline.iterate(o.data_workers):
-            yield batch, batch.pop("teacher", None)
+            yield batch, batch.pop("teacher", None), batch.pop("targets", None)
 
     def fit(self, resume: bool = True) -> dict[str, Any]:
         o = self.cfg.optim
@@ -301,9 +311,9 @@ class Trainer:
             batches = self._batches()
             while self.step < o.steps and not self._stop:
                 waited = time.perf_counter()
-                batch, teacher_out = next(batches)
+                batch, teacher_out, targets = next(batches)
                 waited = time.perf_counter() - waited
-                terms = {**self.train_step(batch, teacher_out), "t_data": waited}
+                terms = {**self.train_step(batch, teacher_out, targets), "t_data": waited}
                 self.step += 1
                 meter.add(terms)
                 for c in self.callbacks:
@@ -347,6 +357,18 @@ class Trainer:
         for c in self.callbacks:
             c.on_epoch(self, self.step, metrics)
         return metrics
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    """Tensors inside dicts, tuples and named tuples (``Objective.targets``) moved to ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, tuple):
+        items = [_to_device(v, device) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+    return x
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
