@@ -46,6 +46,10 @@ class DataConfig:
     extra_noisy_dirs: tuple[str, ...] = ()  # real noisy recordings: distillation targets only
     p_real_noisy: float = 0.0  # share of batch items drawn from extra_noisy_dirs
     valid_every_nth_file: int = 20  # every n-th file (by stable hash) is held out as validation
+    # distill on a CPU: > 0 trains on a pool of this many batches (step % K), mixed and run through
+    # the teacher once, kept on disk under teacher_cache_dir and read every later epoch (teacher_cache.py)
+    teacher_cache_batches: int = 0
+    teacher_cache_dir: str = "runs/teacher_cache"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,9 +61,13 @@ class Setting:
     batch_size: int
     baseline_losses: bool = False  # the loss code of BASELINE_REV
     scan_gradient: bool = True  # the Mamba scan's gradient written out (models/scan_training.py); False: autograd through it
+    teacher_cache: bool = False  # mixtures and teacher outputs read from a cache built before the clock (teacher_cache.py)
 
-    def apply(self, cfg: TrainConfig, steps: int) -> TrainConfig:
-        """The config with this setting; lr scaled by sqrt(batch / config batch) (Adam)."""
+    def apply(self, cfg: TrainConfig, steps: int, cache_dir: str = "") -> TrainConfig:
+        """The config with this setting; lr scaled by sqrt(batch / config batch) (Adam). With the
+        teacher cache, a pool of ``steps`` batches under ``cache_dir``: every step reads a different one."""
+        if self.teacher_cache:
+            cfg = replace(cfg, data=replace(cfg.data, teacher_cache_batches=steps, teacher_cache_dir=cache_dir))
         o = cfg.optim
         lr = o.lr * math.sqrt(self.batch_size / o.batch_size)
         optim = replace(o, num_threads=self.num_threads, data_workers=self.data_workers, batch_size=self.batch_size,
@@ -77,6 +82,8 @@ SETTINGS = (
     Setting("2 threads", 2, 0, 4),
     Setting("+ worker", 1, 1, 4),
     Setting("+ batch 16", 1, 1, 16),
+    Setting("+ teacher cache", 1, 1, 4, teacher_cache=True),
+    Setting("+ cache, 2 threads", 2, 1, 4, teacher_cache=True),
 )
 
 
@@ -133,12 +140,27 @@ def _autograd_scan(on: bool):
         mamba.SelectiveScan = current
 
 
-def measure(cfg: TrainConfig, setting: Setting, steps: int, warmup: int, mode: str = "distill") -> dict[str, float]:
+def build_cache(cfg: TrainConfig, setting: Setting, batches: int, cache_dir: str, mode: str = "distill") -> float:
+    """Fills the teacher cache of ``setting`` (pool of ``batches``); returns seconds per batch."""
+    from dfnet4_sdk.training.trainer import BatchPipeline
+
+    with tempfile.TemporaryDirectory() as out:
+        applied = setting.apply(cfg, batches, cache_dir)
+        applied = replace(applied, optim=replace(applied.optim, data_workers=0))  # in this process, one core
+        trainer = Trainer(applied, out, mode=mode, device="cpu")
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        for batch, teacher, _ in trainer._batches():
+            pass
+        return (time.perf_counter() - start) / batches
+
+
+def measure(cfg: TrainConfig, setting: Setting, steps: int, warmup: int, mode: str = "distill", cache_dir: str = "") -> dict[str, float]:
     """One run of ``setting``: audio s / wall s, samples / s, mean phase seconds per step."""
     clock = _Clock()
     with (tempfile.TemporaryDirectory() as out, _losses_of(BASELINE_REV if setting.baseline_losses else None),
           _autograd_scan(not setting.scan_gradient)):
-        trainer = Trainer(setting.apply(cfg, warmup + steps), out, mode=mode, device="cpu", callbacks=[clock])
+        trainer = Trainer(setting.apply(cfg, warmup + steps, cache_dir), out, mode=mode, device="cpu", callbacks=[clock])
         trainer.fit(resume=False)
     wall = clock.ends[-1] - clock.ends[warmup - 1]
     audio_s = steps * setting.batch_size * cfg.data.segment_s
@@ -154,13 +176,17 @@ def run(cfg: TrainConfig, settings=SETTINGS, rounds: int = 3, steps: int = 6, wa
     lists = build_lists(cfg.data)  # decode every file once: no setting pays the cold file cache
     for entry in lists.speech + lists.noise + lists.rir:
         load_mono(entry.path)
+    cache_dir = tempfile.mkdtemp(prefix="teacher_cache_")
+    build_s = {s.name: build_cache(cfg, s, warmup + steps, cache_dir) for s in settings if s.teacher_cache}
     load_before = os.getloadavg()
     for r in range(rounds):
         for s in settings:
-            results[s.name].append(measure(cfg, s, steps, warmup))
+            results[s.name].append(measure(cfg, s, steps, warmup, cache_dir=cache_dir))
             log.info("round %d %s: %.2f s audio / s", r + 1, s.name, results[s.name][-1]["audio_per_s"])
     torch.set_num_threads(1)
+    shutil.rmtree(cache_dir, ignore_errors=True)
     return {"results": results, "settings": settings, "rounds": rounds, "steps": steps, "warmup": warmup,
+            "cache_build_s": max(build_s.values(), default=0.0),
             "load": (load_before, os.getloadavg()), "date": datetime.date.today().isoformat()}
 
 
@@ -202,9 +228,16 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
                      f"{m['s_per_step']:.2f} | {phases} |")
     lines += [
         "",
-        "Phases are seconds per step in the training process. With a worker, the mixtures and DFN3's targets "
-        "are made in the worker process while the step runs, so `teacher` drops to 0 and `wait for data` is "
-        "only the time the step waited for them; without one, `wait for data` is the mixing itself.",
+        "Phases are seconds per step in the training process. With a worker, the mixtures, DFN3's outputs and "
+        "the losses' targets (compressed target spectra, ideal mask, local SNR) are made in the worker process "
+        "while the step runs, so `teacher` drops to 0 and `wait for data` is only the time the step waited for "
+        "them; without one, `wait for data` is the mixing itself. `+ scan gradient`: the Mamba scan's gradient "
+        "written out (`models/scan_training.py`) instead of autograd through the chunked scan (the rows above "
+        "it train through the old one). `+ teacher cache`: the run trains on a pool of batches whose mixtures "
+        "and DFN3 outputs were made once and are read from disk every epoch (`[data] teacher_cache_batches`, "
+        "`training/teacher_cache.py`); the worker then only reads them and makes the targets. Making the pool "
+        f"cost {report.get('cache_build_s', 0.0):.2f} s per batch on one core, before the clock (paid once per "
+        "pool, then amortised over every epoch and every run with the same data config).",
         END,
     ]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ Callbacks (e.g. quantisation-aware training) observe and modify the run; see ``C
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -50,7 +51,9 @@ from dfnet4_sdk.models.dfnet4 import DfNet4
 from dfnet4_sdk.training.config import TrainConfig
 from dfnet4_sdk.training.data import MixtureDataset, build_lists
 from dfnet4_sdk.training.distill import check_compatible, run_model, teacher_targets
+from dfnet4_sdk.training.losses import istft
 from dfnet4_sdk.training.objective import Objective
+from dfnet4_sdk.training.teacher_cache import TeacherCache
 from dfnet4_sdk.training.validation import DevSet
 
 log = logging.getLogger(__name__)
@@ -105,20 +108,28 @@ class BatchPipeline(Dataset):
     ``"targets"`` when ``prepare`` (``Objective.targets``) is. Index i is batch ``start + i``,
     a pure function of (seed, step), so workers change when a batch is made, never what it is."""
 
-    def __init__(self, data: MixtureDataset, batch_size: int, start: int, stop: int, teacher=None, prepare=None):
+    def __init__(self, data: MixtureDataset, batch_size: int, start: int, stop: int, teacher=None, prepare=None,
+                 cache: TeacherCache | None = None):
         self.data, self.batch_size, self.start, self.stop, self.teacher = data, batch_size, start, stop, teacher
-        self.prepare = prepare
+        self.prepare, self.cache = prepare, cache
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        batch: dict[str, Any] = self.data.batch(self.start + i, self.batch_size)
-        if self.teacher is not None:
-            batch["teacher"] = teacher_targets(self.teacher, batch)
+        if self.cache is not None:  # the pool's batch and teacher outputs, made once then read
+            batch, batch["teacher"] = self.cache.get(self.start + i, self._with_teacher)
+        else:
+            batch = self.data.batch(self.start + i, self.batch_size)
+            if self.teacher is not None:
+                batch["teacher"] = teacher_targets(self.teacher, batch)
         if self.prepare is not None:
             batch["targets"] = self.prepare(batch, batch.get("teacher"))
         return batch
+
+    def _with_teacher(self, j: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        batch = self.data.batch(j, self.batch_size)
+        return batch, teacher_targets(self.teacher, batch)
 
     def iterate(self, workers: int):
         """Yields the batches in order; with ``workers`` > 0 from that many processes (one torch
@@ -283,9 +294,15 @@ class Trainer:
         """The run's remaining batches as (batch, teacher outputs or None, loss targets or None),
         in step order. With workers on a CPU run, the workers also make the losses' targets."""
         o = self.cfg.optim
-        ahead = o.data_workers > 0 and self.device.type == "cpu"
-        teacher = self.teacher if ahead else None
-        pipeline = BatchPipeline(self.data, o.batch_size, self.step, o.steps, teacher, self.objective.targets if ahead else None)
+        cpu = self.device.type == "cpu"
+        ahead = o.data_workers > 0 and cpu
+        cache = None
+        if self.teacher is not None and cpu and self.cfg.data.teacher_cache_batches > 0:
+            cache = TeacherCache.for_run(self.cfg, o.batch_size, self.model.dsp, self.teacher,
+                                         functools.partial(istft, params=self.teacher.dsp))
+        teacher = self.teacher if ahead or cache is not None else None
+        pipeline = BatchPipeline(self.data, o.batch_size, self.step, o.steps, teacher,
+                                 self.objective.targets if ahead else None, cache)
         for batch in pipeline.iterate(o.data_workers):
             yield batch, batch.pop("teacher", None), batch.pop("targets", None)
 
