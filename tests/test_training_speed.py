@@ -98,3 +98,62 @@ def test_scan_training_form_gradients_equal_autograd_through_the_loop(t, block):
     names = ["y", "h_T", "dx", "d_dt", "dA", "dB", "dC", "dD", "dh0"]
     for name, ref, got in zip(names, *results):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def tiny_cfg(tmp_path, **data) -> TrainConfig:
+    cfg = TrainConfig.load(REPO / "training" / "configs" / "tiny.toml")
+    data = dataclasses.replace(cfg.data, data_root=str(DATA_ROOT), teacher_cache_dir=str(tmp_path / "cache"), **data)
+    return dataclasses.replace(cfg, data=data, optim=dataclasses.replace(cfg.optim, steps=3))
+
+
+def test_teacher_cache_trains_on_the_same_batches_and_targets_and_reads_them_back(tmp_path, monkeypatch):
+    """A pool of K cached batches: the first epoch writes each batch and the teacher's outputs once
+    (the run equals one without the cache), a second run only reads them (the teacher never runs)
+    and ends with the same weights, and step K is batch 0 again."""
+    from dfnet4_sdk.training import trainer as trainer_module
+    from dfnet4_sdk.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    try:
+        plain = Trainer(tiny_cfg(tmp_path), tmp_path / "plain", mode="distill", device="cpu")
+    except ModelNotAvailableError as e:
+        pytest.skip(f"DFN3 teacher not available ({e}); install the [dfn3] extra")
+    plain.fit(resume=False)
+    cached = Trainer(tiny_cfg(tmp_path, teacher_cache_batches=4), tmp_path / "first", mode="distill", device="cpu")
+    cached.fit(resume=False)
+    files = sorted((tmp_path / "cache").glob("*/batch_*.pt"))
+    assert [f.name for f in files] == ["batch_000000.pt", "batch_000001.pt", "batch_000002.pt"]
+    monkeypatch.setattr(trainer_module, "teacher_targets", lambda *a: pytest.fail("the teacher ran on a cached batch"))
+    again = Trainer(tiny_cfg(tmp_path, teacher_cache_batches=4), tmp_path / "again", mode="distill", device="cpu")
+    again.fit(resume=False)
+    for name, a in plain.model.state_dict().items():
+        torch.testing.assert_close(cached.model.state_dict()[name], a, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(again.model.state_dict()[name], a, rtol=0, atol=0, msg=name)
+    from dfnet4_sdk.training.losses import istft
+    from dfnet4_sdk.training.teacher_cache import TeacherCache
+
+    cache = TeacherCache.for_run(again.cfg, 2, again.model.dsp, again.teacher, lambda s: istft(s, again.teacher.dsp))
+    batch, teacher = cache.get(4, lambda j: pytest.fail(f"batch {j} was not read from the cache"))  # step 4 = batch 0
+    fresh = plain.data.batch(0, 2)
+    assert all(torch.equal(batch[k], fresh[k]) for k in fresh)
+    assert set(teacher) == {"enhanced", "wave", "erb_mask", "lsnr", "df_coefs", "emb"}
+
+
+@pytest.mark.parametrize("n_fft, samples", [(256, 72000), (512, 72000), (2048, 4801), (1024, 1100)])
+def test_multires_stft_gradient_written_out_equals_autograd_through_torch_stft(n_fft, samples):
+    """The student's multires STFT (gradient written out) has torch.stft's values and autograd's
+    gradient, for lengths that are and are not whole hops (float64)."""
+    from dfnet4_sdk.training import losses as L
+
+    g = torch.Generator().manual_seed(n_fft)
+    x = torch.randn(2, samples, generator=g, dtype=torch.float64)
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    ref_x, x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref = torch.view_as_real(torch.stft(ref_x, n_fft, n_fft // 4, window=window, return_complex=True))
+    got = L._stft(x, n_fft)
+    assert got.grad_fn is not None and "Stft" in type(got.grad_fn).__name__
+    weight = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (ref * weight).sum().backward()
+    (got * weight).sum().backward()
+    torch.testing.assert_close(got.detach(), ref.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-10)
