@@ -33,7 +33,7 @@ class FrameModule(nn.Module):
         super().__init__()
         self.model = model
         d = model.dsp
-        self.nb_df = d.nb_df
+        self.nb_df, self.nb_erb = d.nb_df, d.nb_erb
         self.freq_bins = d.freq_bins
         self.df_order = model.df_order
         # The history holds frames t-K+1 .. t, oldest first; its first O frames are the DF window of
@@ -63,7 +63,8 @@ class FrameModule(nn.Module):
         number for ``frame_streams``); thresholds [3], or [B, 3] per stream; frame_samples [B, 1, 1, hop] for models
         with a waveform path. Returns ({spec_enhanced, spec_noisy [B, F, 2] of frame t-L, lsnr
         [B, 1]}, new state); every state has the stream axis first."""
-        nb_streams = spec.shape[0]
+        # Shapes are written with -1 for the stream axis, never read from a tensor: in an export
+        # each read shape is a Shape -> Gather -> Unsqueeze -> Concat chain per reshape.
         # Inside, spectra are planar rows (re row, im row): every slice below is then a contiguous
         # run. Interleaved re/im pairs made each [..., 0] slice F one-float copies in XNNPACK
         # (LiteRT's DfNet4Lite frame graph: 91 us per invoke interleaved, 73 planar).
@@ -72,32 +73,34 @@ class FrameModule(nn.Module):
             x[:, 0], x[:, 1], state["frame_erb_norm"], state["frame_unit_norm"], self.erb_fb, self.alpha, self.nb_df
         )
         values = {
-            "feat_erb": feat_erb.reshape(nb_streams, 1, 1, -1),
-            "feat_spec": torch.stack([feat_re, feat_im], dim=1).reshape(nb_streams, 2, 1, -1),
+            "feat_erb": feat_erb.reshape(-1, 1, 1, self.nb_erb),
+            "feat_spec": torch.stack([feat_re, feat_im], dim=1).reshape(-1, 2, 1, self.nb_df),
             "frame_samples": frame_samples,
         }
         values, new_state = chain_components(self.model.components, values, state, step=True)
 
         # libDF stage gating (spectral.gating): a skipped stage keeps its state.
-        lsnr = values["lsnr"].reshape(nb_streams)  # [B] (T = 1)
+        lsnr = values["lsnr"].reshape(-1)  # [B] (T = 1)
         gates = spectral.gating(lsnr, thresholds if thresholds.dim() == 1 else thresholds.transpose(0, 1))
         for s in self.model.erb_dec.state_specs():
-            keep = gates.apply_erb_mask.reshape(nb_streams, *([1] * (len(s.shape) - 1)))
+            keep = gates.apply_erb_mask.reshape(-1, *([1] * (len(s.shape) - 1)))
             new_state[s.name] = torch.where(keep, new_state[s.name], state[s.name])
         for s in self.model.df_dec.state_specs():
-            keep = gates.apply_df.reshape(nb_streams, *([1] * (len(s.shape) - 1)))
+            keep = gates.apply_df.reshape(-1, *([1] * (len(s.shape) - 1)))
             new_state[s.name] = torch.where(keep, new_state[s.name], state[s.name])
 
         history = torch.cat([state["frame_spec_history"][:, 1:], x.unsqueeze(1)], dim=1)  # [B, K, 2, F]
-        window = history[:, : self.df_order]  # [B, O, 2, F] = [B, T + O - 1, 2, F] for T = 1
-        win_re, win_im = window[:, :, 0], window[:, :, 1]
-        re, im = spectral.mask_and_filter(
-            win_re, win_im, values["erb_mask"].reshape(nb_streams, 1, -1),
-            values["df_coefs"].reshape(nb_streams, 1, self.nb_df, -1), self.erb_inv, self.df_order, self.past,
-            spectral.Gates(*(g.reshape(nb_streams, 1) for g in gates)),
+        # The two parts of the DF window (history frames 0 .. O-1) that the stages read: frame
+        # t-L (at ``past``) whole, and the window's first D bins; the rest is never copied.
+        noisy = history[:, self.past]  # [B, 2, F]
+        low = history[:, : self.df_order, :, : self.nb_df]  # [B, O, 2, D]
+        re, im = spectral.mask_and_filter_parts(
+            noisy[:, 0:1], noisy[:, 1:2], low[:, :, 0], low[:, :, 1],
+            values["erb_mask"].reshape(-1, 1, self.nb_erb),
+            values["df_coefs"].reshape(-1, 1, self.nb_df, 2 * self.df_order), self.erb_inv, self.df_order,
+            spectral.Gates(*(g.reshape(-1, 1) for g in gates)),
         )  # [B, T = 1, F] each
-        re, im = re.reshape(nb_streams, -1), im.reshape(nb_streams, -1)
-        noisy = window[:, self.past].transpose(1, 2)  # frame t-L, [B, F, 2]
+        enhanced = torch.cat([re, im], dim=1).transpose(1, 2)  # [B, F, 2]: one transpose, as the input's
 
         new_state.update(frame_erb_norm=erb_norm, frame_unit_norm=unit_norm, frame_spec_history=history)
-        return {"spec_enhanced": torch.stack([re, im], dim=-1), "spec_noisy": noisy, "lsnr": lsnr.reshape(nb_streams, 1)}, new_state
+        return {"spec_enhanced": enhanced, "spec_noisy": noisy.transpose(1, 2), "lsnr": lsnr.reshape(-1, 1)}, new_state

@@ -117,13 +117,25 @@ def mask_and_filter(
     """``stages.mask_and_filter``: window (re, im) [..., T + O - 1, F], erb_mask [..., T, E],
     df_coefs [..., T, D, 2*O] -> enhanced (re, im) [..., T, F]. With ``gates``, a stage that does
     not run leaves the frame as libDF does (every value is computed, then selected)."""
-    nb_frames = win_re.shape[-2] - df_order + 1
+    nb_frames, nb_df = win_re.shape[-2] - df_order + 1, df_coefs.shape[-2]
+    noisy_re, noisy_im = win_re[..., past : past + nb_frames, :], win_im[..., past : past + nb_frames, :]
+    return mask_and_filter_parts(noisy_re, noisy_im, win_re[..., :nb_df], win_im[..., :nb_df], erb_mask, df_coefs,
+                                 erb_inv, df_order, gates)
+
+
+def mask_and_filter_parts(
+    noisy_re: Tensor, noisy_im: Tensor, low_re: Tensor, low_im: Tensor, erb_mask: Tensor, df_coefs: Tensor,
+    erb_inv: Tensor, df_order: int, gates: Gates | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``mask_and_filter`` on the two parts of the window it reads: the frames it masks (re, im)
+    [..., T, F] (window frames past .. past + T - 1) and the window's deep-filtered bins (re, im)
+    [..., T + O - 1, D]. The fused frame graph passes these so that it never copies the
+    window's upper bins, which only its masked frame needs."""
     gains = erb_gains(erb_mask, erb_inv, gates)
-    masked_re = win_re[..., past : past + nb_frames, :] * gains
-    masked_im = win_im[..., past : past + nb_frames, :] * gains
+    masked_re, masked_im = noisy_re * gains, noisy_im * gains
     taps_re, taps_im = df_coefs_planar(df_coefs, df_order)
     nb_df = taps_re.shape[-1]
-    low_re, low_im = deep_filter(win_re, win_im, taps_re, taps_im)
+    low_re, low_im = deep_filter(low_re, low_im, taps_re, taps_im)
     if gates is not None:
         use_df = gates.apply_df.unsqueeze(-1)
         low_re = torch.where(use_df, low_re, masked_re[..., :nb_df])
