@@ -103,8 +103,10 @@ class SelectiveScan(torch.autograd.Function):
         d_dt = (q * A.t()).sum(2)  # [B, P, D]
         dA = q.mul_(dtp.unsqueeze(2)).sum((0, 1)).t()  # (an einsum here copied q in 624-element pieces)
         d_dtx = torch.matmul(B_p.unsqueeze(2), G).squeeze(2)  # [B, P, 1, N] @ [B, P, N, D]
-        dB = torch.matmul(G, dtx.unsqueeze(3)).squeeze(3)  # [B, P, N, D] @ [B, P, D, 1]
-        dC = torch.matmul(H, gy_p.unsqueeze(3)).squeeze(3)
+        # sums over D as multiply-and-sum: as a matmul these are P x B matrix-vector products of
+        # N x D, about 3x slower on CPU
+        dB = (G * dtx.unsqueeze(2)).sum(3)  # [B, P, N]
+        dC = (H * gy_p.unsqueeze(2)).sum(3)
         d_dt = (d_dt + d_dtx * F.pad(x, (0, 0, 0, p - t)))[:, :t]
         dx = d_dtx[:, :t] * dtp[:, :t] + D * gy
         dD = (gy * x).sum((0, 1))
