@@ -71,7 +71,7 @@ def _compressed_error(est: Tensor, ref: Tensor | Compressed, gamma: float, compl
     """Per-bin (1 - c) * (|e|^g - |r|^g)^2 + c * |e_c - r_c|^2 of spectra [..., 2] -> [...];
     ``ref`` the raw target spectrum or its ``compress_target``."""
     if isinstance(ref, Compressed):
-        return _CompressedError.apply(est[..., 0], est[..., 1], *ref, gamma, complex_weight)
+        return _CompressedError.apply(est, *ref, gamma, complex_weight)
     if ref.requires_grad and torch.is_grad_enabled():  # gradients to both sides: plain autograd
         mag_e, re_e, im_e = _compress(est[..., 0], est[..., 1], gamma)
         mag_r, re_r, im_r = _compress(ref[..., 0], ref[..., 1], gamma)
@@ -79,7 +79,7 @@ def _compressed_error(est: Tensor, ref: Tensor | Compressed, gamma: float, compl
         return torch.lerp((mag_e - mag_r).square(), cpl, complex_weight)
     with torch.no_grad():
         target = _compress(ref[..., 0], ref[..., 1], gamma)
-    return _CompressedError.apply(est[..., 0], est[..., 1], *target, gamma, complex_weight)
+    return _CompressedError.apply(est, *target, gamma, complex_weight)
 
 
 class _CompressedError(torch.autograd.Function):
@@ -93,7 +93,8 @@ class _CompressedError(torch.autograd.Function):
     K = (2 (1 - c) g dm mc + 2c (g - 1) s (er re + ei im)) / m2, and K = 0 where m2 was clamped."""
 
     @staticmethod
-    def forward(ctx, re, im, mag_r, re_r, im_r, gamma: float, cw: float):
+    def forward(ctx, est, mag_r, re_r, im_r, gamma: float, cw: float):
+        re, im = est[..., 0], est[..., 1]  # inside the Function: no select nodes whose backward zero-fills [..., 2]
         m2 = torch.addcmul(re * re, im, im)
         clamped = m2 < EPS
         m2.clamp_min_(EPS)
@@ -113,9 +114,10 @@ class _CompressedError(torch.autograd.Function):
         k = torch.addcmul(er * re, ei, im).mul_(s).mul_(2 * c * (g - 1))
         k.addcmul_(dm, mc, value=2 * (1 - c) * g).div_(m2).masked_fill_(clamped, 0.0)
         s2 = s.mul(2 * c)
-        grad_re = torch.addcmul(er * s2, re, k).mul_(grad)
-        grad_im = torch.addcmul(ei * s2, im, k).mul_(grad)
-        return grad_re, grad_im, None, None, None, None, None
+        grad_est = torch.empty(*re.shape, 2, dtype=re.dtype, device=re.device)  # written once, re/im interleaved
+        torch.addcmul(er * s2, re, k, out=grad_est[..., 0]).mul_(grad)
+        torch.addcmul(ei * s2, im, k, out=grad_est[..., 1]).mul_(grad)
+        return grad_est, None, None, None, None, None
 
 
 def _weighted_mean(err: Tensor, weight: Tensor | None) -> Tensor:
