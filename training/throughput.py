@@ -90,10 +90,12 @@ SETTINGS = (
 class _Clock(Callback):
     def __init__(self):
         self.ends: list[float] = []
+        self.cpu_ends: list[float] = []  # CPU seconds of the training process (all its threads, no worker)
         self.terms: list[dict[str, float]] = []
 
     def on_step(self, trainer, step, terms):
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
         self.terms.append(dict(terms))
 
 
@@ -167,7 +169,7 @@ def measure(cfg: TrainConfig, setting: Setting, steps: int, warmup: int, mode: s
     measured = clock.terms[warmup:]
     phases = {k: statistics.fmean(t.get(k, 0.0) for t in measured) for k in PHASES}
     return {"audio_per_s": audio_s / wall, "samples_per_s": steps * setting.batch_size / wall,
-            "s_per_step": wall / steps, **phases, "loss": statistics.fmean(t["loss"] for t in measured)}
+            "s_per_step": wall / steps, "cpu_per_step": (clock.cpu_ends[-1] - clock.cpu_ends[warmup - 1]) / steps, **phases, "loss": statistics.fmean(t["loss"] for t in measured)}
 
 
 def run(cfg: TrainConfig, settings=SETTINGS, rounds: int = 3, steps: int = 6, warmup: int = 2) -> dict:
@@ -177,14 +179,16 @@ def run(cfg: TrainConfig, settings=SETTINGS, rounds: int = 3, steps: int = 6, wa
     for entry in lists.speech + lists.noise + lists.rir:
         load_mono(entry.path)
     cache_dir = tempfile.mkdtemp(prefix="teacher_cache_")
-    build_s = {s.name: build_cache(cfg, s, warmup + steps, cache_dir) for s in settings if s.teacher_cache}
-    load_before = os.getloadavg()
-    for r in range(rounds):
-        for s in settings:
-            results[s.name].append(measure(cfg, s, steps, warmup, cache_dir=cache_dir))
-            log.info("round %d %s: %.2f s audio / s", r + 1, s.name, results[s.name][-1]["audio_per_s"])
-    torch.set_num_threads(1)
-    shutil.rmtree(cache_dir, ignore_errors=True)
+    try:
+        build_s = {s.name: build_cache(cfg, s, warmup + steps, cache_dir) for s in settings if s.teacher_cache}
+        load_before = os.getloadavg()
+        for r in range(rounds):
+            for s in settings:
+                results[s.name].append(measure(cfg, s, steps, warmup, cache_dir=cache_dir))
+                log.info("round %d %s: %.2f s audio / s", r + 1, s.name, results[s.name][-1]["audio_per_s"])
+    finally:
+        torch.set_num_threads(1)
+        shutil.rmtree(cache_dir, ignore_errors=True)
     return {"results": results, "settings": settings, "rounds": rounds, "steps": steps, "warmup": warmup,
             "cache_build_s": max(build_s.values(), default=0.0),
             "load": (load_before, os.getloadavg()), "date": datetime.date.today().isoformat()}
@@ -216,8 +220,8 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
         "sqrt(batch / 4); the data, the losses and their weights are the same in every setting.",
         "",
         "| setting | threads | workers | batch | audio s per wall s | samples / s | speed-up | s / step | "
-        "wait for data | teacher | forward + losses | backward | optimizer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "CPU s / step | wait for data | teacher | forward + losses | backward | optimizer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in settings:
         m, rows = med[s.name], res[s.name]
@@ -225,10 +229,11 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
         phases = " | ".join(f"{m[k]:.3f}" for k in PHASES)
         lines.append(f"| {s.name} | {s.num_threads} | {s.data_workers} | {s.batch_size} | {m['audio_per_s']:.1f} "
                      f"({lo:.1f}-{hi:.1f}) | {m['samples_per_s']:.2f} | {ratio[s.name]:.2f}x | "
-                     f"{m['s_per_step']:.2f} | {phases} |")
+                     f"{m['s_per_step']:.2f} | {m['cpu_per_step']:.2f} | {phases} |")
     lines += [
         "",
-        "Phases are seconds per step in the training process. With a worker, the mixtures, DFN3's outputs and "
+        "Phases are seconds per step in the training process; `CPU s / step` is that process's CPU time (all "
+        "its threads, not the worker's): on a loaded machine it is the steadier figure of the step's own cost. With a worker, the mixtures, DFN3's outputs and "
         "the losses' targets (compressed target spectra, ideal mask, local SNR) are made in the worker process "
         "while the step runs, so `teacher` drops to 0 and `wait for data` is only the time the step waited for "
         "them; without one, `wait for data` is the mixing itself. `+ scan gradient`: the Mamba scan's gradient "
