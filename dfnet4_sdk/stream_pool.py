@@ -13,9 +13,13 @@ under the manifest's state names; the loaded model holds none.
 
 Per hop the graph runs once for all streams where the backend can batch its frame graph (a
 ``frame_streams`` graph in the bundle, or the torch backend's frame module), else once per
-stream (``batched`` says which). A digitally silent hop of one stream outputs zeros and changes
-none of that stream's state while the other streams run (``skip_silent_hops``). Bundles without
-a fused frame graph run one ``EnhancementStream`` per row (per-stream calls, their gating).
+stream (``batched`` says which). Where the backend also runs graphs on caller-owned buffers
+(onnxruntime, LiteRT), the batched graph is bound once to the pool's buffers
+(``stream_pool_bound``): a hop converts, checks and allocates nothing around the graph call. A
+digitally silent hop of one stream outputs zeros and changes none of that stream's state while
+the other streams run (``skip_silent_hops``). One stream, fewer streams than fill a fixed-count
+graph, per-stream calls (``batched=False``) and bundles without a fused frame graph run one
+``EnhancementStream`` per row: each row is then exactly its own ``Runtime``'s hop.
 
 Letters: B streams (rows), N samples per row, H hop, F bins, M = fft - hop memory samples.
 """
@@ -32,12 +36,14 @@ from dfnet4_sdk import dsp, stages
 from dfnet4_sdk.errors import AudioInputError, ConfigError
 from dfnet4_sdk.runtimes.base import streams_graph
 from dfnet4_sdk.stream import EnhancementStream, StreamOptions
+from dfnet4_sdk.stream_pool_bound import BoundFrames
 
 MAX_STREAMS = 65536
 # A fixed-count batched graph (LiteRT's 32) is padded only when the rows fill this share of it;
 # fewer rows run one by one. Measured (bench --streams, loaded 2-core machine): a 32-stream call
 # costs 0.6 (DFN3) to 1.0 (DfNet4Lite) times 32 single-stream calls, so padding pays from about
-# 19 to 32 rows; 3/4 sits between.
+# 19 to 32 rows; 3/4 sits between. On bound buffers a hop where this share of the streams is
+# active runs them all (the silent rows' states restored after) instead of gathering the active ones.
 PAD_FILL = 0.75
 
 
@@ -101,8 +107,15 @@ class StreamPool:
         self._io = [] if m.frame_graph is None else [(s.input_name, s.output_name) for s in m.states_of(m.frame_graph.name)]
         self._lock = threading.RLock()
         self._rows: list[EnhancementStream] | None = None
-        if m.frame_graph is None:  # component graphs only: one stream object per row
+        self._bound: BoundFrames | None = None
+        per_call = None if self._graph is None else self._graph[1]
+        too_few = per_call not in (None, -1) and streams < per_call * PAD_FILL  # a fixed-count graph would run rows alone
+        if m.frame_graph is None or streams == 1 or self._graph is None or too_few:
+            # One stream object per row: its own hop, graph binding and gating, as its Runtime.
             self._rows = [EnhancementStream(self.backend, self.options) for _ in range(self.streams)]
+        elif hasattr(self.backend, "bind") and self._row_thresholds and (
+                per_call == -1 or streams % per_call == 0 or streams % per_call >= per_call * PAD_FILL):
+            self._bound = BoundFrames(self.backend, self._graph, streams, self._front_end, self._thresholds)
         self._start()
 
     # -- read-only facts ---------------------------------------------------------------------
@@ -129,6 +142,7 @@ class StreamPool:
         b, m = self.streams, self.manifest
         self._pending = np.zeros((b, 0), np.float32)
         self._to_drop = np.full(b, self.latency_samples, np.int64)  # delay compensation, per row
+        self._dropping = True  # any row still owes delay (``_to_drop`` not all zero)
         self._samples_in = np.zeros(b, np.int64)  # per row since its start (reset restarts a row)
         self._samples_out = np.zeros(b, np.int64)  # real output samples given, per row
         self._flushing = False
@@ -140,6 +154,10 @@ class StreamPool:
         memory = initial.analysis_memory.size
         self._dsp = dsp.FrontEndState(np.zeros((b, memory), np.float32), np.zeros((b, memory), np.float32),
                                       initial.erb_norm_state, initial.unit_norm_state)  # norms: graph states
+        if self._bound is not None:  # the states live in the bound buffers
+            self._bound.restart()
+            self.states = self._bound.states
+            return
         self.states = {s.input_name: np.repeat(s.initial(), b, axis=0) for s in m.states_of(m.frame_graph.name)}
 
     def reset(self, stream: int | None = None) -> None:
@@ -156,6 +174,7 @@ class StreamPool:
             p = self._pending.shape[1]
             self._pending[i] = 0.0
             self._to_drop[i] = self.latency_samples + p
+            self._dropping = True
             self._samples_in[i] = self._samples_out[i] = 0
             if self._rows is not None:
                 self._rows[i].reset()
@@ -180,6 +199,8 @@ class StreamPool:
         with self._lock:
             self._samples_in += x.shape[1]
             hop = self.hop_size_samples
+            if x.shape[1] == hop and not self._pending.shape[1]:  # one hop per call: no buffering
+                return self._emit(self._process_hop(x))
             pending = np.concatenate([self._pending, x], axis=1) if self._pending.size else x
             n_hops = pending.shape[1] // hop
             out = np.empty((self.streams, n_hops * hop), np.float32)
@@ -233,6 +254,9 @@ class StreamPool:
     def _emit(self, out: np.ndarray) -> np.ndarray:
         """Delay compensation per row, the rows kept aligned: the drop all rows share is cut off;
         what only some rows still owe (a restarted row's delay) becomes zeros."""
+        if not self._dropping:
+            self._samples_out += out.shape[1]
+            return out
         common = int(min(self._to_drop.min(), out.shape[1]))
         out = out[:, common:]
         self._to_drop -= common
@@ -241,25 +265,55 @@ class StreamPool:
             out[i, :zeroed] = 0.0
             self._to_drop[i] -= zeroed
             self._samples_out[i] -= zeroed
+        self._dropping = bool(self._to_drop.any())
         self._samples_out += out.shape[1]
         return out
 
     # -- one hop -----------------------------------------------------------------------------
     def _process_hop(self, x: np.ndarray) -> np.ndarray:
         """[B, H] -> [B, H], delayed by ``latency_samples`` (compensation in ``_emit``)."""
-        if self._rows is not None:  # component graphs: each row's stream runs its own hop
-            for r in self._rows:
+        if self._rows is not None:  # each row's stream runs its own hop
+            out = np.empty_like(x)
+            for i, r in enumerate(self._rows):
                 r._flushing = self._flushing
-            return np.stack([r.process_hop(x[i]) for i, r in enumerate(self._rows)])
+                out[i] = r.process_hop(x[i])
+            return out
         if self.options.skip_silent_hops and not self._flushing:
             energy = np.einsum("bh,bh->b", x, x)
-            active = np.flatnonzero(energy >= self._silent_mean_square * x.shape[1])
+            is_active = energy >= self._silent_mean_square * x.shape[1]
+            active = np.flatnonzero(is_active)
             if active.size < self.streams:
+                if self._bound is not None and active.size >= self.streams * PAD_FILL:
+                    return self._run_bound(x, np.flatnonzero(~is_active))
                 out = np.zeros_like(x)
                 if active.size:
                     out[active] = self._run_rows(x[active], active)
                 return out
-        return self._run_rows(x, None)
+        return self._run_rows(x, None) if self._bound is None else self._run_bound(x, None)
+
+    def _run_bound(self, x: np.ndarray, silent: np.ndarray | None) -> np.ndarray:
+        """Every row through the bound graph; the ``silent`` rows then output zeros and get their
+        memories and states back (as if their hop had been skipped)."""
+        bound, st, b = self._bound, self._dsp, self.streams
+        if silent is not None:
+            kept = st.analysis_memory[silent], st.synthesis_memory[silent]  # copies (fancy indexing)
+        bound.analysis(x, st.analysis_memory)
+        bound.run()
+        self.states = bound.states
+        enhanced = bound.enhanced[:b]
+        o = self.options
+        if o.post_filter_beta > 0 or o.atten_lim_gain is not None:
+            gates = stages.gating(bound.outputs["lsnr"][:b].reshape(-1, 1), self._thresholds)  # [B, T = 1]
+            finished = stages.finish(bound.noisy[:b, None], enhanced[:, None], o.post_filter_beta, o.atten_lim_gain, gates)
+            enhanced = np.ascontiguousarray(finished[:, 0], dtype=np.complex64)
+        y = bound.synthesis(enhanced, st.synthesis_memory)
+        if silent is not None:
+            st.analysis_memory[silent], st.synthesis_memory[silent] = kept
+            before = bound.following
+            for k, v in self.states.items():
+                v[silent] = before[k][silent]
+            y[silent] = 0.0
+        return y
 
     def _run_rows(self, x: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """Analysis, frame graph, finish and synthesis for the streams ``rows`` (None: all)."""

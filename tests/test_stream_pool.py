@@ -264,3 +264,80 @@ def test_fixed_count_graph_pads_or_runs_rows_alone(streams, calls, rows):
     rt = Runtime("dfnet4-lite-v1", "torch", skip_silent_hops=False)
     for i in range(streams):
         assert snr_db(stream_runtime(rt, x[i], HOP), y[i]) >= MIN_SNR_DB
+
+
+class _Counting:
+    """A backend whose ``run`` and bound calls are counted (``bind`` only where it has one)."""
+
+    def __init__(self, backend):
+        self._backend, self.manifest, self.name = backend, backend.manifest, backend.name
+        self.runs, self.bound_calls = 0, 0
+        if hasattr(backend, "bind"):
+            self.bind = self._bind
+
+    def run(self, graph, inputs):
+        self.runs += 1
+        return self._backend.run(graph, inputs)
+
+    def _bind(self, graph, inputs, outputs):
+        call = self._backend.bind(graph, inputs, outputs)
+
+        def counted() -> None:
+            self.bound_calls += 1
+            call()
+
+        return counted
+
+
+def test_one_stream_pool_is_its_runtime_bit_for_bit(rows):
+    """B = 1 runs the Runtime's own hop (its bound frame graph, its FFTs): the same samples, not
+    merely >= 60 dB (the batched recipe's 2-D FFT differed in the last bits and cost 1.1-1.4x)."""
+    x = rows[2:3]  # inner digital silence: the silence rule too
+    y = stream_pool(StreamPool("dfnet4-lite-v1", streams=1), x, 777)
+    assert np.array_equal(y[0], stream_runtime(Runtime("dfnet4-lite-v1"), x[0], 777))
+
+
+def test_batched_hops_run_on_bound_buffers(onnx_streams_bundle, rows):
+    """Where the backend binds buffers, a hop of the batched graph is one bound call and no
+    ``run`` (no per-hop feed checks, conversions or output allocations); the rows still equal
+    their Runtimes. 32 streams: with a bound buffer the pool did not hold (freed, then reused by
+    other arrays), every row was wrong from the first hop (-1 dB)."""
+    rt = Runtime(onnx_streams_bundle.root)
+    backend = _Counting(rt.backend)
+    loud = np.stack([rows[0], rows[3], rows[0][::-1].copy(), rows[3] * 0.5])[:, 2 * HOP : -2 * HOP]  # no silent hop
+    x = np.concatenate([loud * g for g in np.linspace(1.0, 0.3, 8)])  # 32 streams
+    pool = StreamPool.over_backend(backend, x.shape[0], rt.options)
+    y = stream_pool(pool, x, HOP)
+    hops = -(-(x.shape[1] + pool.latency_samples) // HOP)
+    assert backend.runs == 0 and backend.bound_calls == hops
+    for i in (0, 1, 2, 3, 31):
+        assert snr_db(stream_runtime(rt, x[i], HOP), y[i]) >= MIN_SNR_DB, i
+
+
+def test_silent_stream_on_bound_buffers_keeps_its_state(onnx_streams_bundle, rows):
+    """3 of 4 streams active: the bound graph runs all four, and the silent one outputs zeros and
+    gets its states and memories back, as if its hop had been skipped."""
+    pool = StreamPool(onnx_streams_bundle.root, streams=4)
+    loud = np.stack([rows[0], rows[3], rows[0][::-1].copy(), rows[3] * 0.5])
+    pool.process(loud[:, : HOP * 10])
+    before = {k: v.copy() for k, v in pool.states.items()}
+    memories = pool._dsp.analysis_memory.copy(), pool._dsp.synthesis_memory.copy()
+    hop = loud[:, HOP * 10 : HOP * 11].copy()
+    hop[2] = 0.0
+    out = pool.process(hop)
+    assert np.all(out[2] == 0.0) and np.all(out[[0, 1, 3]] != 0.0)
+    for k, v in pool.states.items():
+        assert np.array_equal(v[2], before[k][2]), k
+    assert np.array_equal(pool._dsp.analysis_memory[2], memories[0][2])
+    assert np.array_equal(pool._dsp.synthesis_memory[2], memories[1][2])
+    assert any(not np.array_equal(v[0], before[k][0]) for k, v in pool.states.items())
+
+
+def test_bench_streams_times_bound_graph_calls(onnx_streams_bundle):
+    """The bench's graph share includes the bound calls (it read 0 when only ``run`` was timed)."""
+    from dfnet4_sdk.bench_streams import measure_streams_cell
+
+    from audio_data import data_file
+
+    (r,) = measure_streams_cell("dfnet4-lite-v1", "onnx", str(onnx_streams_bundle.root), (3,), str(data_file(CLIP)), 0.3)
+    assert r.batched and 0 < r.graph_us < r.stream_hop_us
