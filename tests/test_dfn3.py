@@ -242,6 +242,21 @@ def test_step_matches_sequence_whole_model(model, features):
 
 
 @torch.no_grad()
+def test_upsampling_products_equal_the_transposed_conv(model):
+    """erb_dec's two x2 upsamplings run as products (``ConvTransposeNormAct._depthwise_up2``, the
+    form the graphs export): the same values as the depthwise transposed conv they replace, at
+    every bin including the last (whose right neighbour is zero), for one frame and for many."""
+    torch.manual_seed(0)
+    for block in (model.erb_dec.convt2, model.erb_dec.convt1):
+        assert block._is_depthwise_up2()
+        for shape in ((3, 64, 1, 8), (2, 64, 7, 16)):
+            x = torch.randn(shape)
+            want, got = block.convt(x), block._depthwise_up2(x)
+            assert got.shape == want.shape == (*shape[:3], 2 * shape[3])
+            assert float((got - want).abs().max()) <= 1e-6
+
+
+@torch.no_grad()
 def test_training_form_shapes(model, features):
     feats = {k: torch.from_numpy(v[:, :, :50]) for k, v in features.items()}
     spec = torch.randn(1, 1, 50, model.dsp.freq_bins, 2)
