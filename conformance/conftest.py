@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,14 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session", autouse=True)
 def isolated_model_cache(tmp_path_factory):
     os.environ["DFNET4_SDK_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(scope="session")
+def shared_exports(tmp_path_factory) -> Path:
+    """The run's export cache, shared with tests/ (tests/conftest.py has the same fixture) and by
+    the xdist workers: their temporary folders are siblings."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-exports"
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import logging
 import platform
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,8 +84,11 @@ def run_cell(
     fixture_audio: np.ndarray,
     work_dir: str | Path | None = None,
     bundle: Bundle | None = None,
+    export: Callable[..., Bundle] | None = None,
 ) -> CellResult:
-    """Export (unless ``bundle`` is given) and check one cell on ``audio`` (model rate)."""
+    """Export (unless ``bundle`` is given) and check one cell on ``audio`` (model rate).
+    ``export(model, target, precision, fixture_audio)``: how to export (default: ``export_bundle``
+    into ``work_dir``; the test suite passes its run-wide ``cached_export``)."""
     from dfnet4_sdk.exporters.base import converter_for, export_bundle
     from dfnet4_sdk.exporters.validate import TOLERANCES, record_reference, validate_against_pytorch
     from dfnet4_sdk.models import load_model
@@ -98,7 +101,9 @@ def run_cell(
                         tolerance_snr_db=tol.audio_snr_db)
     model = load_model(model_name)
     try:
-        if bundle is None:
+        if bundle is None and export is not None:
+            bundle = export(model, target, precision, fixture_audio)
+        elif bundle is None:
             out = Path(work_dir or tempfile.mkdtemp(prefix="conformance-")) / cid
             bundle = export_bundle(model, converter_for(target), out, precision=precision,
                                    fixture_audio=fixture_audio, overwrite=True)
@@ -127,23 +132,27 @@ def run_cell(
     return result
 
 
-def cells_for(bundle_or_model: str | None = None, reference: str | None = None,
-              targets: Sequence[str] = ()) -> tuple[list[tuple[str, str, str]], Bundle | None]:
+def cells_for(bundle_or_model: str | None = None, reference: str | None = None, targets: Sequence[str] = (),
+              precisions: Sequence[str] = ()) -> tuple[list[tuple[str, str, str]], Bundle | None]:
     """The cells ``dfsdk conformance`` runs, as (model, target, precision), and the bundle they
     check: a bundle directory or archive is one cell against its PyTorch reference
     (``reference_model``); a model name (default: every model of MODELS) is each registered
-    target x precision, only ``targets`` when given."""
+    target x precision, only ``targets`` and ``precisions`` when given."""
     from dfnet4_sdk.bundle import is_bundle
 
     if bundle_or_model and is_bundle(bundle_or_model):
         bundle = Bundle.load(bundle_or_model)
         m = bundle.manifest
         return [(reference_model(bundle, reference), m.backend, m.precision)], bundle
-    unknown = sorted(set(targets) - {t for t, _ in MATRIX})
-    if unknown:
-        raise ConfigError(f"unknown --target {unknown}; choose from {sorted({t for t, _ in MATRIX})}")
+    problems = [f"unknown {option} {unknown}; choose from {sorted(known)}"
+                for option, given, known in (("--target", targets, {t for t, _ in MATRIX}),
+                                             ("--precision", precisions, {p for _, p in MATRIX}))
+                if (unknown := sorted(set(given) - known))]
+    if problems:
+        raise ConfigError("; ".join(problems))
     models = [bundle_or_model] if bundle_or_model else list(MODELS)
-    return [(mo, t, p) for mo in models for (t, p) in MATRIX if not targets or t in targets], None
+    return [(mo, t, p) for mo in models for (t, p) in MATRIX
+            if (not targets or t in targets) and (not precisions or p in precisions)], None
 
 
 def cell_audio(audio: np.ndarray, sample_rate: int, model_rate: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:

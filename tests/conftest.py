@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audio_data import DATA_DIR, MISSING_DATA, REQUIRE_ENV_VAR, data_present, load_clip, mix_at_snr
+from xdist_order import schedule_order
 
 from dfnet4_sdk.shared_data import shared_data_required
 
@@ -61,9 +62,17 @@ def _needs_data(item) -> bool:
             or any(f is not None and _references_data(f, set()) for f in funcs))
 
 
+def pytest_configure(config):
+    if config.getoption("dist", "no") in ("loadfile", "loadscope"):
+        config.option.loadscopereorder = False  # hand files out in the order the workers collect
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without the data folder, skip the tests that reference it at module level; the others that
+    """In an xdist worker, the order the controller hands files out in (``schedule_order``).
+    Without the data folder, skip the tests that reference it at module level; the others that
     need it skip when they ask ``data_file`` for a file."""
+    if hasattr(config, "workerinput"):
+        schedule_order(items)
     if data_present():
         return
     if shared_data_required():
@@ -78,6 +87,14 @@ def pytest_collection_modifyitems(config, items):
 def isolated_model_cache(tmp_path_factory):
     """Imported models are cached per test session, never in the user's home."""
     os.environ["DFNET4_SDK_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(scope="session")
+def shared_exports(tmp_path_factory) -> Path:
+    """The run's export cache (tests/export_cache.py), shared by the xdist workers: their temporary
+    folders are siblings, so each bundle is exported once per run (under a lock) for every file."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-exports"
 
 
 @pytest.fixture(scope="session")

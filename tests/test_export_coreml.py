@@ -51,8 +51,8 @@ def ms_per_frame(backend: CoremlBackend, frames: int = 30) -> float:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, dfn3) -> BundleCache:
-    return BundleCache(tmp_path_factory.mktemp("coreml-bundles"), dfn3, "coreml")
+def bundles(shared_exports, dfn3) -> BundleCache:
+    return BundleCache(shared_exports, dfn3, "coreml")
 
 
 def test_every_precision_has_a_tolerance():

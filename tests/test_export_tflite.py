@@ -1,7 +1,8 @@
 """TFLite export: every model exports, validates against PyTorch, replays its golden fixtures
 from the manifest alone, and enhances real audio in the LiteRT interpreter (ai-edge-litert).
 
-Each (model, precision) bundle is exported once per module. Tests print the measured errors,
+Each (model, precision) bundle is exported once per test run (tests/export_cache.py: the conformance
+cells of the same model and precision check the same export). Tests print the measured errors,
 SNRs, sizes and per-graph interpreter latency (1 thread) so a test log doubles as a report.
 """
 
@@ -69,8 +70,8 @@ def us_per_frame(backend: TfliteBackend, frames: int = 300) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, dfn3) -> BundleCache:
-    return BundleCache(tmp_path_factory.mktemp("tflite-bundles"), dfn3, "tflite")
+def bundles(shared_exports, dfn3) -> BundleCache:
+    return BundleCache(shared_exports, dfn3, "tflite")
 
 
 @pytest.fixture(scope="module")

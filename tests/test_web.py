@@ -42,10 +42,10 @@ def _require(*tools: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def web_env(tmp_path_factory, dfn3) -> dict[str, str]:
+def web_env(shared_exports, dfn3) -> dict[str, str]:
     """web/'s npm packages installed and the bundles exported; the environment npm test reads."""
     _require("node", "npm")
-    cache = BundleCache(tmp_path_factory.mktemp("web-bundles"), dfn3, "onnx")
+    cache = BundleCache(shared_exports, dfn3, "onnx")
     env = {
         **os.environ,
         "DFNET4_WEB_BUNDLE": str(cache.get("dfn3", "fp32").root),
