@@ -94,30 +94,57 @@ class _CompressedError(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, est, mag_r, re_r, im_r, gamma: float, cw: float):
+        return _CompressedErrors.forward(ctx, est, gamma, cw, mag_r, re_r, im_r)[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (_CompressedErrors.backward(ctx, grad)[0], None, None, None, None, None)
+
+
+class _CompressedErrors(torch.autograd.Function):
+    """``_CompressedError`` of one estimate against k fixed targets (``Compressed``, flattened):
+    k errors, the estimate's compression (m2, mc, s) made once for all of them; the gradient is
+    the sum of each target's, gathered before the passes over the estimate."""
+
+    @staticmethod
+    def forward(ctx, est, gamma: float, cw: float, *targets):
         re, im = est[..., 0], est[..., 1]  # inside the Function: no select nodes whose backward zero-fills [..., 2]
         m2 = torch.addcmul(re * re, im, im)
         clamped = m2 < EPS
         m2.clamp_min_(EPS)
         mc = m2.pow(0.5 * gamma)
         s = mc * torch.rsqrt(m2)
-        dm = mc - mag_r
-        er, ei = torch.addcmul(-re_r, re, s), torch.addcmul(-im_r, im, s)
-        err = torch.lerp(dm.square(), torch.addcmul(er * er, ei, ei), cw)
-        ctx.save_for_backward(re, im, m2, clamped, mc, s, dm, er, ei)
+        errs, saved = [], []
+        for mag_r, re_r, im_r in zip(targets[0::3], targets[1::3], targets[2::3], strict=True):
+            dm = mc - mag_r
+            er, ei = torch.addcmul(-re_r, re, s), torch.addcmul(-im_r, im, s)
+            errs.append(torch.lerp(dm.square(), torch.addcmul(er * er, ei, ei), cw))
+            saved += [dm, er, ei]
+        ctx.save_for_backward(re, im, m2, clamped, mc, s, *saved)
         ctx.gamma, ctx.cw = gamma, cw
-        return err
+        return tuple(errs)
 
     @staticmethod
-    def backward(ctx, grad):
-        re, im, m2, clamped, mc, s, dm, er, ei = ctx.saved_tensors
+    def backward(ctx, *grads):
+        re, im, m2, clamped, mc, s, *saved = ctx.saved_tensors
         g, c = ctx.gamma, ctx.cw
-        k = torch.addcmul(er * re, ei, im).mul_(s).mul_(2 * c * (g - 1))
-        k.addcmul_(dm, mc, value=2 * (1 - c) * g).div_(m2).masked_fill_(clamped, 0.0)
+        k = er_sum = ei_sum = None  # sums over targets of grad * (K m2, er, ei)
+        for grad, dm, er, ei in zip(grads, saved[0::3], saved[1::3], saved[2::3]):
+            if grad is None:
+                continue
+            kj = torch.addcmul(er * re, ei, im).mul_(s).mul_(2 * c * (g - 1)).addcmul_(dm, mc, value=2 * (1 - c) * g)
+            if k is None:
+                k, er_sum, ei_sum = kj.mul_(grad), er * grad, ei * grad
+            else:
+                k.addcmul_(kj, grad)
+                er_sum.addcmul_(er, grad)
+                ei_sum.addcmul_(ei, grad)
+        k.div_(m2).masked_fill_(clamped, 0.0)
         s2 = s.mul(2 * c)
         grad_est = torch.empty(*re.shape, 2, dtype=re.dtype, device=re.device)  # written once, re/im interleaved
-        torch.addcmul(er * s2, re, k, out=grad_est[..., 0]).mul_(grad)
-        torch.addcmul(ei * s2, im, k, out=grad_est[..., 1]).mul_(grad)
-        return grad_est, None, None, None, None, None
+        torch.addcmul(er_sum.mul_(s2), re, k, out=grad_est[..., 0])
+        torch.addcmul(ei_sum.mul_(s2), im, k, out=grad_est[..., 1])
+        return (grad_est, None, None) + (None,) * len(saved)
 
 
 def _weighted_mean(err: Tensor, weight: Tensor | None) -> Tensor:
@@ -168,15 +195,49 @@ def multires_loss(
     est_specs = multires_spectra(est, fft_sizes) if isinstance(est, Tensor) else est
     ref_specs = multires_spectra(ref, fft_sizes) if isinstance(ref, Tensor) else ref
     first = est_specs[0]
-    batch, device = first.shape[0], first.device
     total = first.new_zeros(())
-    item_weight = first.new_ones(batch) if item_weight is None else item_weight
+    item_weight = first.new_ones(first.shape[0]) if item_weight is None else item_weight
     for n_fft, se, sr in zip(fft_sizes, est_specs, ref_specs, strict=True):  # [B, F, T, 2]
-        freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float32, device=device) * sample_rate / n_fft
-        limit = band_limit_hz if band_limit_hz is not None else first.new_full((batch,), sample_rate / 2)
-        w = band_weight(limit, freqs, hf_weight, item_weight)[:, 0, 0, :, None]  # [B, F, 1]
+        w = _multires_weight(first, n_fft, sample_rate, band_limit_hz, hf_weight, item_weight)
         total = total + spectral_loss(se, sr, gamma, complex_weight, w) * (MULTIRES_SCALE / SPECTRAL_SCALE)
     return total / len(fft_sizes)
+
+
+def _multires_weight(first: Tensor, n_fft: int, sample_rate: int, band_limit_hz: Tensor | None, hf_weight: float,
+                     item_weight: Tensor) -> Tensor:
+    """[B, F, 1] bin weights of one multires resolution (band limits, items)."""
+    batch = first.shape[0]
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float32, device=first.device) * sample_rate / n_fft
+    limit = band_limit_hz if band_limit_hz is not None else first.new_full((batch,), sample_rate / 2)
+    return band_weight(limit, freqs, hf_weight, item_weight)[:, 0, 0, :, None]
+
+
+def spectral_losses(est: Tensor, refs: tuple[Compressed, ...], gamma: float, complex_weight: float,
+                    weights: tuple[Tensor | None, ...]) -> list[Tensor]:
+    """``spectral_loss`` of one estimate against several compressed targets, each with its
+    weight: the estimate is compressed once for all (the supervised and the distillation term)."""
+    errs = _CompressedErrors.apply(est, gamma, complex_weight, *(t for ref in refs for t in ref))
+    return [SPECTRAL_SCALE * _weighted_mean(e, w) for e, w in zip(errs, weights, strict=True)]
+
+
+def multires_losses(
+    est: Tensor | tuple[Tensor, ...], refs: tuple[tuple[Compressed, ...], ...], sample_rate: int,
+    fft_sizes: tuple[int, ...], gamma: float, complex_weight: float, weightings: tuple[tuple | None, ...],
+) -> list[Tensor]:
+    """``multires_loss`` of one estimate against several targets, each given as the
+    ``compress_target`` of every resolution, with its weighting (band_limit_hz, hf_weight,
+    item_weight) or None: each resolution of the estimate is compressed once for all targets."""
+    est_specs = multires_spectra(est, fft_sizes) if isinstance(est, Tensor) else est
+    first = est_specs[0]
+    ones = first.new_ones(first.shape[0])
+    totals = [first.new_zeros(()) for _ in refs]
+    for r, (n_fft, se) in enumerate(zip(fft_sizes, est_specs, strict=True)):
+        targets = [ref[r] for ref in refs]
+        weights = [_multires_weight(first, n_fft, sample_rate, *(wt or (None, 1.0, None))[:2],
+                                    ones if wt is None or wt[2] is None else wt[2]) for wt in weightings]
+        for i, loss in enumerate(spectral_losses(se, tuple(targets), gamma, complex_weight, tuple(weights))):
+            totals[i] = totals[i] + loss * (MULTIRES_SCALE / SPECTRAL_SCALE)
+    return [t / len(fft_sizes) for t in totals]
 
 
 def _stft(x: Tensor, n_fft: int) -> Tensor:

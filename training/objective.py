@@ -106,13 +106,18 @@ class Objective(nn.Module):
         has_clean = batch["has_clean"].float()
         both_multires = c.multires > 0 and c.distill_multires > 0 and teacher_out is not None and has_clean.sum() > 0
         student_mr = self._student_multires(out) if both_multires else out["wave"]  # transformed once for both
+        paired = self._paired_terms(out, batch, tg, student_mr, has_clean) if teacher_out is not None else {}
         if has_clean.sum() > 0:
             w = L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
-            if c.spectral > 0:
+            if "spectral" in paired:
+                terms["spectral"] = paired["spectral"]
+            elif c.spectral > 0:
                 terms["spectral"] = c.spectral * L.spectral_loss(
                     out["enhanced"], tg.get("spectral", batch["clean_spec"]), c.gamma, c.complex_weight, w
                 )
-            if c.multires > 0:
+            if "multires" in paired:
+                terms["multires"] = paired["multires"]
+            elif c.multires > 0:
                 clean_mr = tg["multires"] if "multires" in tg else L.istft(batch["clean_spec"], self.dsp)
                 terms["multires"] = c.multires * L.multires_loss(
                     student_mr, clean_mr, self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma,
@@ -127,7 +132,7 @@ class Objective(nn.Module):
             if self.speaker is not None:
                 terms["speaker"] = c.speaker * self.speaker.loss(out["enhanced"], batch["clean_spec"], has_clean)
         if teacher_out is not None:
-            terms.update(self._distill_terms(out, teacher_out, student_mr, tg))
+            terms.update(self._distill_terms(out, teacher_out, student_mr, tg, paired))
         if self.discriminator is not None:
             real = L.istft(batch["clean_spec"], self.dsp) if has_clean.sum() > 0 else None
             adv, fm = self.discriminator.generator_losses(out["wave"], real, has_clean)
@@ -148,19 +153,38 @@ class Objective(nn.Module):
             return out["wave"]
         return L.multires_spectra(out["wave"], self.cfg.multires_fft_sizes)
 
+    def _paired_terms(self, out, batch, tg, student_mr, has_clean) -> dict[str, Tensor]:
+        """The supervised and distillation spectral terms (model resolution; multires) computed
+        together where both are on and both targets are made: the student's spectra are
+        compressed once for the clean and the teacher's target. {} with older losses."""
+        c, paired = self.cfg, {}
+        if not hasattr(L, "spectral_losses") or has_clean.sum() == 0:
+            return paired
+        if c.spectral > 0 and c.distill_spectral > 0 and "spectral" in tg and "d_spectral" in tg:
+            w = L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
+            sup, dis = L.spectral_losses(out["enhanced"], (tg["spectral"], tg["d_spectral"]), c.gamma, c.complex_weight, (w, None))
+            paired["spectral"], paired["d_spectral"] = c.spectral * sup, c.distill_spectral * dis
+        if c.multires > 0 and c.distill_multires > 0 and "multires" in tg and "d_multires" in tg:
+            weighting = (batch["band_limit_hz"], c.band_limited_hf_weight, has_clean)
+            sup, dis = L.multires_losses(student_mr, (tg["multires"], tg["d_multires"]), self.dsp.sample_rate_hz,
+                                         c.multires_fft_sizes, c.gamma, c.complex_weight, (weighting, None))
+            paired["multires"], paired["d_multires"] = c.multires * sup, c.distill_multires * dis
+        return paired
+
     def _distill_terms(
         self, out: Mapping[str, Tensor], t: Mapping[str, Tensor], student_mr: Tensor | tuple[Tensor, ...] | None = None,
-        tg: Mapping[str, Any] | None = None,
+        tg: Mapping[str, Any] | None = None, paired: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """The distillation terms; ``student_mr`` is the student's waveform or its multires STFTs,
-        ``tg`` the precomputed ``targets`` (a term without one transforms the teacher's output)."""
+        ``tg`` the precomputed ``targets`` (a term without one transforms the teacher's output),
+        ``paired`` the terms ``_paired_terms`` already computed."""
         c, tg = self.cfg, tg or {}
-        terms = {}
-        if c.distill_spectral > 0:
+        terms = {k: v for k, v in (paired or {}).items() if k.startswith("d_")}
+        if c.distill_spectral > 0 and "d_spectral" not in terms:
             terms["d_spectral"] = c.distill_spectral * L.spectral_loss(
                 out["enhanced"], tg.get("d_spectral", t["enhanced"]), c.gamma, c.complex_weight
             )
-        if c.distill_multires > 0:
+        if c.distill_multires > 0 and "d_multires" not in terms:
             terms["d_multires"] = c.distill_multires * L.multires_loss(
                 out["wave"] if student_mr is None else student_mr, tg.get("d_multires", t["wave"]), self.dsp.sample_rate_hz,
                 c.multires_fft_sizes, c.gamma, c.complex_weight,
