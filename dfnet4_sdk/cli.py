@@ -225,6 +225,7 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
                    "manifest records as source_model, else its model family).")
 @click.option("--full", is_flag=True, help="Stream 10 s per cell (default 3 s).")
 @click.option("--target", "targets", multiple=True, help="Only these targets (repeatable).")
+@click.option("--precision", "precisions", multiple=True, help="Only these precisions (repeatable).")
 @click.option("--write-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results table (Markdown) here, e.g. docs/CONFORMANCE.md.")
 @click.option("--client", "client", default=None, metavar="CMD",
@@ -236,7 +237,8 @@ def export(model, target, precision, output_dir, fixture_audio, fixture_seconds,
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --client: keep each probe's input, client output and Python output in this folder.")
 @fail_on_sdk_errors
-def conformance(bundle_or_model, audio_path, reference_model, full, targets, write_docs, client, probes, keep):
+def conformance(bundle_or_model, audio_path, reference_model, full, targets, precisions, write_docs, client, probes,
+                keep):
     """Check a bundle, or every target x precision of a model (default: all models), against PyTorch;
     with --client, check an external client against Runtime(BUNDLE)."""
     if client is not None or probes is not None or keep is not None:
@@ -244,14 +246,15 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, wri
 
         raise SystemExit(conformance_command(bundle_or_model, client, probes, keep, audio_path, echo=click.echo,
                                              not_applicable={"--model": reference_model, "--full": full,
-                                                             "--target": targets, "--write-docs": write_docs}))
+                                                             "--target": targets, "--precision": precisions,
+                                                             "--write-docs": write_docs}))
     from dfnet4_sdk import conformance as conf
     from dfnet4_sdk.audio_io import read_audio
     from dfnet4_sdk.files import check_new_file
 
     if write_docs is not None:
         check_new_file(write_docs, ".md", "--write-docs")  # before minutes of exports, not after
-    cells, bundle = conf.cells_for(bundle_or_model, reference_model, targets)
+    cells, bundle = conf.cells_for(bundle_or_model, reference_model, targets, precisions)
     audio_path = audio_path or _default_clip()
     audio, sr = read_audio(audio_path)
     seconds = 10.0 if full else 3.0
