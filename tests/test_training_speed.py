@@ -157,3 +157,34 @@ def test_multires_stft_gradient_written_out_equals_autograd_through_torch_stft(n
     (got * weight).sum().backward()
     torch.testing.assert_close(got.detach(), ref.detach(), rtol=0, atol=0)
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_two_data_parallel_processes_apply_the_mean_gradient_of_their_batches(tmp_path):
+    """[optim] processes = 2: process r trains on batch 2 s + r, both apply the mean gradient, so
+    the run equals one process that averages the two batches' gradients itself at every step."""
+    from dfnet4_sdk.training.distill import run_model
+    from dfnet4_sdk.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=2, processes=2))
+    parallel = Trainer(cfg, tmp_path / "dp", mode="train", device="cpu")
+    assert parallel.fit(resume=False)["step"] == 2
+    by_hand = Trainer(cfg, tmp_path / "hand", mode="train", device="cpu")
+    by_hand._make_optimizers()
+    params = [p for g in by_hand.optimizer.param_groups for p in g["params"]]
+    for step in range(2):
+        grads = []
+        for r in range(2):
+            batch = by_hand.data.batch(2 * step + r, cfg.optim.batch_size)
+            by_hand.optimizer.zero_grad(set_to_none=True)
+            sum(by_hand.objective.generator_terms(run_model(by_hand.model, batch), batch).values()).backward()
+            grads.append([p.grad.clone() for p in params])
+        for p, g0, g1 in zip(params, *grads):
+            p.grad = (g0 + g1) / 2
+        for group in by_hand.optimizer.param_groups:
+            group["lr"] = by_hand.lr_at(step)
+        torch.nn.utils.clip_grad_norm_(by_hand.model.parameters(), cfg.optim.grad_clip)
+        by_hand.optimizer.step()
+    for name, a in by_hand.model.state_dict().items():
+        torch.testing.assert_close(parallel.model.state_dict()[name], a, rtol=1e-5, atol=1e-6, msg=name)

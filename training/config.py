@@ -108,6 +108,9 @@ class OptimConfig:
     valid_clips: int = 6  # dev_eval/vbd_train pairs scored with DNSMOS + PESQ
     num_threads: int = 1  # torch intra-op threads of the training process
     data_workers: int = 0  # processes preparing batches ahead (and, on CPU, the teacher's targets)
+    # CPU data parallel: training processes, each on its own batch_size items, gradients averaged
+    # (effective batch processes * batch_size; training/data_parallel.py)
+    processes: int = 1
 
 
 @dataclass(frozen=True)

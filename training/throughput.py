@@ -62,16 +62,17 @@ class Setting:
     baseline_losses: bool = False  # the loss code of BASELINE_REV
     scan_gradient: bool = True  # the Mamba scan's gradient written out (models/scan_training.py); False: autograd through it
     teacher_cache: bool = False  # mixtures and teacher outputs read from a cache built before the clock (teacher_cache.py)
+    processes: int = 1  # data-parallel training processes (data_parallel.py), each on batch_size items
 
     def apply(self, cfg: TrainConfig, steps: int, cache_dir: str = "") -> TrainConfig:
         """The config with this setting; lr scaled by sqrt(batch / config batch) (Adam). With the
         teacher cache, a pool of ``steps`` batches under ``cache_dir``: every step reads a different one."""
-        if self.teacher_cache:
-            cfg = replace(cfg, data=replace(cfg.data, teacher_cache_batches=steps, teacher_cache_dir=cache_dir))
+        if self.teacher_cache:  # every process of every step reads a different batch
+            cfg = replace(cfg, data=replace(cfg.data, teacher_cache_batches=steps * self.processes, teacher_cache_dir=cache_dir))
         o = cfg.optim
-        lr = o.lr * math.sqrt(self.batch_size / o.batch_size)
+        lr = o.lr * math.sqrt(self.processes * self.batch_size / o.batch_size)
         optim = replace(o, num_threads=self.num_threads, data_workers=self.data_workers, batch_size=self.batch_size,
-                        lr=lr, steps=steps, valid_every=0, checkpoint_every=10**9, log_every=10**9)
+                        processes=self.processes, lr=lr, steps=steps, valid_every=0, checkpoint_every=10**9, log_every=10**9)
         return replace(cfg, optim=optim)
 
 
@@ -84,6 +85,7 @@ SETTINGS = (
     Setting("+ batch 16", 1, 1, 16),
     Setting("+ teacher cache", 1, 1, 4, teacher_cache=True),
     Setting("+ cache, 2 threads", 2, 1, 4, teacher_cache=True),
+    Setting("+ cache, 2 processes", 1, 0, 4, teacher_cache=True, processes=2),
 )
 
 
@@ -148,7 +150,8 @@ def build_cache(cfg: TrainConfig, setting: Setting, batches: int, cache_dir: str
 
     with tempfile.TemporaryDirectory() as out:
         applied = setting.apply(cfg, batches, cache_dir)
-        applied = replace(applied, optim=replace(applied.optim, data_workers=0))  # in this process, one core
+        batches = applied.data.teacher_cache_batches
+        applied = replace(applied, optim=replace(applied.optim, data_workers=0, processes=1, steps=batches))  # here, one core
         trainer = Trainer(applied, out, mode=mode, device="cpu")
         torch.set_num_threads(1)
         start = time.perf_counter()
@@ -165,10 +168,10 @@ def measure(cfg: TrainConfig, setting: Setting, steps: int, warmup: int, mode: s
         trainer = Trainer(setting.apply(cfg, warmup + steps, cache_dir), out, mode=mode, device="cpu", callbacks=[clock])
         trainer.fit(resume=False)
     wall = clock.ends[-1] - clock.ends[warmup - 1]
-    audio_s = steps * setting.batch_size * cfg.data.segment_s
+    audio_s = steps * setting.processes * setting.batch_size * cfg.data.segment_s
     measured = clock.terms[warmup:]
     phases = {k: statistics.fmean(t.get(k, 0.0) for t in measured) for k in PHASES}
-    return {"audio_per_s": audio_s / wall, "samples_per_s": steps * setting.batch_size / wall,
+    return {"audio_per_s": audio_s / wall, "samples_per_s": steps * setting.processes * setting.batch_size / wall,
             "s_per_step": wall / steps, "cpu_per_step": (clock.cpu_ends[-1] - clock.cpu_ends[warmup - 1]) / steps, **phases, "loss": statistics.fmean(t["loss"] for t in measured)}
 
 

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,18 +110,20 @@ class BatchPipeline(Dataset):
     a pure function of (seed, step), so workers change when a batch is made, never what it is."""
 
     def __init__(self, data: MixtureDataset, batch_size: int, start: int, stop: int, teacher=None, prepare=None,
-                 cache: TeacherCache | None = None):
+                 cache: TeacherCache | None = None, processes: int = 1, rank: int = 0):
         self.data, self.batch_size, self.start, self.stop, self.teacher = data, batch_size, start, stop, teacher
         self.prepare, self.cache = prepare, cache
+        self.processes, self.rank = processes, rank  # data-parallel: step s trains on batch s * processes + rank
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        index = (self.start + i) * self.processes + self.rank
         if self.cache is not None:  # the pool's batch and teacher outputs, made once then read
-            batch, batch["teacher"] = self.cache.get(self.start + i, self._with_teacher)
+            batch, batch["teacher"] = self.cache.get(index, self._with_teacher)
         else:
-            batch = self.data.batch(self.start + i, self.batch_size)
+            batch = self.data.batch(index, self.batch_size)
             if self.teacher is not None:
                 batch["teacher"] = teacher_targets(self.teacher, batch)
         if self.prepare is not None:
@@ -156,6 +159,7 @@ class Trainer:
         self.device = pick_device(device)
         self.callbacks = list(callbacks or [])
         self.step = 0
+        self._dp, self._rank = None, 0  # data-parallel processes (data_parallel.py), this one's rank
         self.best_metric = -math.inf
         self.best_step = -1
         self._stop = False
@@ -280,6 +284,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         timings["t_forward"] = lap()
         loss.backward()
+        if self._dp is not None:  # the mean gradient of every process's batch
+            self._dp.average_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
         timings["t_backward"] = lap()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
@@ -302,7 +308,7 @@ class Trainer:
                                          functools.partial(istft, params=self.teacher.dsp))
         teacher = self.teacher if ahead or cache is not None else None
         pipeline = BatchPipeline(self.data, o.batch_size, self.step, o.steps, teacher,
-                                 self.objective.targets if ahead else None, cache)
+                                 self.objective.targets if ahead else None, cache, o.processes, self._rank)
         for batch in pipeline.iterate(o.data_workers):
             yield batch, batch.pop("teacher", None), batch.pop("targets", None)
 
@@ -320,6 +326,8 @@ class Trainer:
         self._make_optimizers()
         self._load_optimizers()
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        if o.processes > 1:
+            self._start_replicas()
         meter, history = _Meter(), []
         try:
             if self.devset is not None and not (self.out / "reference.json").exists():
@@ -332,6 +340,8 @@ class Trainer:
                 waited = time.perf_counter() - waited
                 terms = {**self.train_step(batch, teacher_out, targets), "t_data": waited}
                 self.step += 1
+                if self._dp is not None:
+                    self._stop = self._dp.any_stop(self._stop)
                 meter.add(terms)
                 for c in self.callbacks:
                     c.on_step(self, self.step, terms)
@@ -352,9 +362,36 @@ class Trainer:
                 signal.signal(s, handler)
             self.save_state()
             log.info("saved %s at step %d", state_path, self.step)
+            if self._dp is not None:
+                self._dp.finish(failed=sys.exc_info()[0] is not None)
+                self._dp = None
         for c in self.callbacks:
             c.on_train_end(self)
         return {"step": self.step, "history": history, "best_metric": self.best_metric, "best_step": self.best_step}
+
+    def _start_replicas(self) -> None:
+        """Forks ``[optim] processes - 1`` replicas (training/data_parallel.py). This process
+        returns as process 0; a replica trains its share of batches here and exits."""
+        from dfnet4_sdk.training.data_parallel import DataParallel
+
+        if self.device.type != "cpu" or self.disc_optimizer is not None:
+            raise ConfigError("[optim] processes > 1 is for CPU training without the GAN discriminators; "
+                              "set processes = 1 (on a GPU, one process uses the whole device)")
+        self._dp = DataParallel(self.cfg.optim.processes)
+        self._rank = self._dp.start()
+        if self._rank == 0:
+            return
+        failed = True
+        try:
+            batches = self._batches()
+            while self.step < self.cfg.optim.steps and not self._stop:
+                batch, teacher_out, targets = next(batches)
+                self.train_step(batch, teacher_out, targets)
+                self.step += 1
+                self._stop = self._dp.any_stop(self._stop)
+            failed = False
+        finally:
+            self._dp.finish(failed)  # exits this process
 
     def _request_stop(self, signum, frame) -> None:
         log.warning("signal %d: stopping after this step and saving %s", signum, self.out / "state.pt")
