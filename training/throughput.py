@@ -245,7 +245,10 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
         "and DFN3 outputs were made once and are read from disk every epoch (`[data] teacher_cache_batches`, "
         "`training/teacher_cache.py`); the worker then only reads them and makes the targets. Making the pool "
         f"cost {report.get('cache_build_s', 0.0):.2f} s per batch on one core, before the clock (paid once per "
-        "pool, then amortised over every epoch and every run with the same data config).",
+        "pool, then amortised over every epoch and every run with the same data config). `+ cache, 2 processes`: "
+        "two training processes (`[optim] processes = 2`, `training/data_parallel.py`), each on its own batch of "
+        "4 read from the cache, the gradients averaged (an effective batch of 8, learning rate x sqrt 2); its audio "
+        "counts both processes' batches, its phases and CPU are process 0's.",
         END,
     ]
     return "\n".join(lines) + "\n"
