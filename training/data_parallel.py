@@ -13,6 +13,7 @@ exit when the run ends. A stop (Ctrl-C, SIGTERM) in any process stops all after 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -32,7 +33,8 @@ class DataParallel:
         """Forks the replicas and joins them in a process group; returns this process's rank."""
         fd, store_path = tempfile.mkstemp(prefix="dfnet4_dp_")
         os.close(fd)
-        os.unlink(store_path)  # the FileStore creates it
+        os.unlink(store_path)  # the FileStore creates it; process 0 removes it in finish()
+        self._store_path = store_path
         for rank in range(1, self.processes):
             pid = os.fork()
             if pid == 0:
@@ -70,3 +72,5 @@ class DataParallel:
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         dist.destroy_process_group()
+        with contextlib.suppress(OSError):
+            os.unlink(self._store_path)
