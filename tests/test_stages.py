@@ -245,3 +245,38 @@ def test_stream_skips_graphs_of_gated_stages_with_the_same_numbers():
             window, mask if gates.apply_erb_mask[0] else None, taps if gates.apply_df[0] else None, FE.erb_widths, past, gates
         )
         assert np.array_equal(full, skipped), lsnr
+
+
+@pytest.mark.parametrize("row_gather", [True, False], ids=["row-gather", "where"])
+@pytest.mark.parametrize("name", ["dfn3", "dfnet4-lite", "dfnet4", "dfnet4-dfn3conv-gru"])
+@torch.no_grad()
+def test_gated_stages_keep_their_states_in_the_frame_module(name, row_gather, request):
+    """The fused frame graph steps erb_dec / df_dec with the streams they run for
+    (``base.STAGE_RUNS``) and applies no select of its own: every stateful block (conv buffers,
+    Mamba, GRU) must return a skipped stream's states bit for bit, and a running stream's as the
+    ungated step does. Three streams: all stages run / df_dec skipped / both skipped (zeros)."""
+    from dfnet4_sdk.models import load_model
+    from dfnet4_sdk.models.frame import FrameModule
+
+    model = request.getfixturevalue("dfn3") if name == "dfn3" else load_model(name)
+    frame = FrameModule(model.eval())
+    frame.row_gather = row_gather
+    d, rng = model.dsp, np.random.default_rng(0)
+    state = {s.name: s.initial_tensor(3) for s in frame.state_specs()}
+    samples = torch.zeros(3, 1, 1, d.hop_size_samples) if "frame_samples" in model.enc.input_names else None
+    run_all = torch.tensor([-100.0, 100.0, 100.0])
+    for _ in range(6):  # states that are not the initial ones
+        spec = torch.from_numpy(rng.standard_normal((3, d.freq_bins, 2)).astype(np.float32) * 0.1)
+        _, state = frame(spec, run_all.expand(3, 3), state, samples)
+    thresholds = torch.tensor([[-100.0, 100.0, 100.0], [-100.0, 100.0, -100.0], [100.0, 100.0, 100.0]])
+    _, gated = frame(spec, thresholds, state, samples)
+    _, ungated = frame(spec, run_all.expand(3, 3), state, samples)
+    runs = {"erb_dec": [True, True, False], "df_dec": [True, False, False]}
+    checked = 0
+    for comp in ("erb_dec", "df_dec"):
+        for s in model.components[comp].state_specs():
+            for i, ran in enumerate(runs[comp]):
+                want = ungated[s.name][i] if ran else state[s.name][i]
+                assert torch.equal(gated[s.name][i], want), (comp, s.name, i, ran)
+                checked += 1
+    assert checked >= 6 and set(gated) == {s.name for s in frame.state_specs()}

@@ -43,6 +43,12 @@ MODEL_OUTPUT_SHAPES = {
     "df_coefs": "[B, T, F, 2*O]  complex DF taps, layout (tap, re/im) in the last axis",
 }
 COMPONENT_NAMES = ("enc", "erb_dec", "df_dec")
+# The fused frame graph (models/frame.py) steps a gated stage (erb_dec, df_dec) with this extra
+# entry in its state mapping: [B], the streams for which libDF runs the stage this frame (bool,
+# or int64 0/1 where conv buffers are to be selected by a row gather: ``layers.shift_buffer``).
+# Every stateful block of those components then returns, for the other streams, their states
+# unchanged (tests/test_stages.py checks it for every model).
+STAGE_RUNS = "stage_runs"
 OUTPUT_TIME_AXIS = {"lsnr": 1, "erb_mask": 2, "df_coefs": 1}
 
 TensorDict = dict[str, Tensor]

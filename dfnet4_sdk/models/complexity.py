@@ -34,6 +34,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def _macs_rules() -> list[tuple[type, Callable]]:
+    from dfnet4_sdk.models.dfnet3 import ConvTransposeNormAct
     from dfnet4_sdk.models.hybrid_encoder import DomainFusion
     from dfnet4_sdk.models.mamba import MambaBlock
 
@@ -54,6 +55,11 @@ def _macs_rules() -> list[tuple[type, Callable]]:
         for s in m.kernel_size:
             k *= s
         return inp[0].numel() * (m.out_channels // m.groups) * k
+
+    def upsample(m, inp, out):
+        # The depthwise x2 upsampling runs its transposed conv's weights as products, so the
+        # ConvTranspose2d hook never fires there; the same MACs are counted here instead.
+        return conv_transpose(m.convt, inp, None) if m._is_depthwise_up2() else 0
 
     def gru(m, inp, out):
         y = out[0]  # [B, T, H]
@@ -79,6 +85,7 @@ def _macs_rules() -> list[tuple[type, Callable]]:
         (nn.Conv2d, conv),
         (nn.ConvTranspose1d, conv_transpose),
         (nn.ConvTranspose2d, conv_transpose),
+        (ConvTransposeNormAct, upsample),
         (nn.GRU, gru),
         (MambaBlock, mamba),
         (DomainFusion, fusion),

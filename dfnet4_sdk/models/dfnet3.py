@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfnet4_sdk.errors import ConfigError
-from dfnet4_sdk.models.base import EnhancementModel, StateSpec, StreamingComponent, TensorDict
+from dfnet4_sdk.models.base import STAGE_RUNS, EnhancementModel, StateSpec, StreamingComponent, TensorDict
 from dfnet4_sdk.models.dfn3_config import DF_GRU_LINEAR_GROUPS, Dfn3Params
 from dfnet4_sdk.models.layers import GRU, CausalConv2d, GroupedLinear
 
@@ -61,8 +61,8 @@ class ConvNormAct(nn.Module):
     def kernel_t(self) -> int:
         return self.conv.kernel_t
 
-    def forward(self, x: Tensor, buffer: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        y, buffer = self.conv(x, buffer)
+    def forward(self, x: Tensor, buffer: Tensor | None = None, runs: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        y, buffer = self.conv(x, buffer, runs)
         if self.pointwise is not None:
             y = self.pointwise(y)
         return self.act(y), buffer
@@ -129,9 +129,9 @@ class SqueezedGRU(nn.Module):
         y, h = self.gru(F.relu(self.linear_in(x)), h)
         return self._out(y), h
 
-    def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, 1, I], h [B, L, H] -> (y [B, 1, O], h)."""
-        y, h = self.gru.step(F.relu(self.linear_in(x[:, 0])), h)
+    def step(self, x: Tensor, h: Tensor, runs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x [B, 1, I], h [B, L, H] -> (y [B, 1, O], h); streams not in ``runs`` keep h."""
+        y, h = self.gru.step(F.relu(self.linear_in(x[:, 0])), h, runs)
         return self._out(y).unsqueeze(1), h
 
 
@@ -211,8 +211,10 @@ class Dfn3ErbDecoder(StreamingComponent):
         return (StateSpec("erb_dec_emb_gru", self.emb_gru.state_shape()),)
 
     def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
-        gru = self.emb_gru.step if step else self.emb_gru.forward
-        hidden, h = gru(inputs["emb"], state["erb_dec_emb_gru"])  # [B, T, D]
+        if step:
+            hidden, h = self.emb_gru.step(inputs["emb"], state["erb_dec_emb_gru"], state.get(STAGE_RUNS))  # [B, T, D]
+        else:
+            hidden, h = self.emb_gru(inputs["emb"], state["erb_dec_emb_gru"])
         b, t = hidden.shape[0], hidden.shape[1]
         emb = hidden.reshape(b, t, self.p.nb_erb // 4, self.p.conv_ch).permute(0, 3, 1, 2)  # [B, C, T, E/4]
         x = self.convt3(self.conv3p(inputs["e3"])[0] + emb)[0]  # [B, C, T, E/4]
@@ -251,9 +253,8 @@ class Dfn3DfDecoder(StreamingComponent):
         specs.append(StateSpec("df_dec_gru", self.df_gru.state_shape()))
         return tuple(specs)
 
-    def _hidden(self, emb: Tensor, h: Tensor, step: bool) -> tuple[Tensor, Tensor]:
-        gru = self.df_gru.step if step else self.df_gru.forward
-        c, h = gru(emb, h)  # [B, T, H]
+    def _hidden(self, emb: Tensor, h: Tensor, step: bool, runs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        c, h = self.df_gru.step(emb, h, runs) if step else self.df_gru(emb, h)  # [B, T, H]
         if self.df_skip is not None:
             c = c + self.df_skip(emb)
         elif self.p.df_gru_skip == "identity":
@@ -262,8 +263,9 @@ class Dfn3DfDecoder(StreamingComponent):
 
     def _run(self, inputs: Mapping[str, Tensor], state: Mapping[str, Tensor], step: bool):
         emb = inputs["emb"]
-        c, h = self._hidden(emb, state["df_dec_gru"], step)
-        path, buf = self.df_convp(inputs["c0"], state.get("df_dec_convp"))  # [B, 2*O, T, F]
+        runs = state.get(STAGE_RUNS) if step else None
+        c, h = self._hidden(emb, state["df_dec_gru"], step, runs)
+        path, buf = self.df_convp(inputs["c0"], state.get("df_dec_convp"), runs)  # [B, 2*O, T, F]
         b, t = emb.shape[0], emb.shape[1]
         coefs = torch.tanh(self.df_out(c)).reshape(b, t, self.p.nb_df, self.out_ch) + path.permute(0, 2, 3, 1)
         new_state = {"df_dec_gru": h}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfnet4_sdk.models.base import StateSpec
+from dfnet4_sdk.models.base import STAGE_RUNS, StateSpec
 from dfnet4_sdk.models.layers import GRU, CausalConv2d, GroupedLinear
 from dfnet4_sdk.models.mamba import SqueezedMamba
 
@@ -69,7 +69,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor, state: Mapping[str, Tensor], new_state: TensorDict) -> Tensor:
         """x [B, C_in, T, F] -> [B, C_out, T, F_out]; writes its new buffer into ``new_state``."""
         if self.conv.kernel_t > 1:
-            x, new_state[self.name] = self.conv(x, state[self.name])
+            x, new_state[self.name] = self.conv(x, state[self.name], state.get(STAGE_RUNS))
         else:
             x, _ = self.conv(x)
         if self.pointwise is not None:
@@ -117,7 +117,7 @@ class SqueezedGRU(nn.Module):
         return self._out(y), {f"{self.name}_gru": h}
 
     def step(self, x: Tensor, state: Mapping[str, Tensor]) -> tuple[Tensor, TensorDict]:
-        y, h = self.gru.step(torch.relu(self.linear_in(x)), state[f"{self.name}_gru"])
+        y, h = self.gru.step(torch.relu(self.linear_in(x)), state[f"{self.name}_gru"], state.get(STAGE_RUNS))
         return self._out(y), {f"{self.name}_gru": h}
 
 

@@ -6,7 +6,7 @@
 
 One graph call per hop instead of three, and no per-hop numpy work but the FFTs: this is what
 makes the runtime faster than the official one. Gating is exact: a stage that libDF would not
-run keeps its state (``where``), thresholds are a graph input. It computes exactly what
+run keeps its state (its blocks select it: ``base.STAGE_RUNS``), thresholds are a graph input. It computes exactly what
 ``dfnet4_sdk.stream`` computes with the three component graphs: the stages are the torch twins
 (``models/spectral``) of the numpy ones the stream calls (``dfnet4_sdk.stages``).
 """
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dfnet4_sdk import dsp
 from dfnet4_sdk.models import spectral
-from dfnet4_sdk.models.base import EnhancementModel, StateSpec, chain_components
+from dfnet4_sdk.models.base import STAGE_RUNS, EnhancementModel, StateSpec
 
 FRAME_GRAPH = "frame"
 # [min_db_thresh, max_db_erb_thresh, max_db_df_thresh] as one graph input.
@@ -40,6 +40,10 @@ class FrameModule(nn.Module):
         # frame t-L (t-L-(O-1-Ld) .. t-L+Ld), with frame t-L at ``past`` (see ``stages``).
         self.history_len = model.conv_lookahead_frames + model.df_order - model.df_lookahead_frames
         self.past = model.df_order - 1 - model.df_lookahead_frames
+        # How a gated stage selects its conv buffers (``layers.shift_buffer``): by one row gather
+        # (onnxruntime), or by ``where`` (False: LiteRT, whose XNNPACK runs no gather; the TFLite
+        # converter sets it). The same values either way.
+        self.row_gather = True
         self.register_buffer("erb_fb", torch.from_numpy(dsp.erb_filterbank(d)), persistent=False)  # [F, E]
         self.register_buffer("erb_inv", torch.from_numpy(dsp.erb_inverse_filterbank(d)), persistent=False)  # [E, F]
         self.alpha = float(np.float32(d.norm_alpha))
@@ -55,6 +59,15 @@ class FrameModule(nn.Module):
 
     def initial_state(self) -> dict[str, Tensor]:
         return {s.name: s.initial_tensor(1) for s in self.state_specs()}
+
+    def _step(self, name: str, values: dict, state: dict[str, Tensor], runs: Tensor | None = None):
+        """One component's step on ``values`` (by its input names): (values with its outputs, its new states)."""
+        comp = self.model.components[name]
+        comp_state = {s.name: state[s.name] for s in comp.state_specs()}
+        if runs is not None:
+            comp_state[STAGE_RUNS] = runs.to(torch.long) if self.row_gather else runs
+        outputs, new = comp.step({k: values[k] for k in comp.input_names}, comp_state)
+        return {**values, **outputs}, new
 
     def forward(
         self, spec: Tensor, thresholds: Tensor, state: dict[str, Tensor], frame_samples: Tensor | None = None
@@ -77,17 +90,15 @@ class FrameModule(nn.Module):
             "feat_spec": torch.stack([feat_re, feat_im], dim=1).reshape(-1, 2, 1, self.nb_df),
             "frame_samples": frame_samples,
         }
-        values, new_state = chain_components(self.model.components, values, state, step=True)
-
-        # libDF stage gating (spectral.gating): a skipped stage keeps its state.
+        # enc, then libDF's stage gating (spectral.gating) from its local SNR, then the two gated
+        # stages, each stepped with the streams it runs for (``STAGE_RUNS``): a stream whose stage
+        # does not run keeps that stage's states (selected inside its blocks, where it is cheapest).
+        values, new_state = self._step("enc", values, state)
         lsnr = values["lsnr"].reshape(-1)  # [B] (T = 1)
         gates = spectral.gating(lsnr, thresholds if thresholds.dim() == 1 else thresholds.transpose(0, 1))
-        for s in self.model.erb_dec.state_specs():
-            keep = gates.apply_erb_mask.reshape(-1, *([1] * (len(s.shape) - 1)))
-            new_state[s.name] = torch.where(keep, new_state[s.name], state[s.name])
-        for s in self.model.df_dec.state_specs():
-            keep = gates.apply_df.reshape(-1, *([1] * (len(s.shape) - 1)))
-            new_state[s.name] = torch.where(keep, new_state[s.name], state[s.name])
+        for name, runs in (("erb_dec", gates.apply_erb_mask), ("df_dec", gates.apply_df)):
+            values, new = self._step(name, values, state, runs)
+            new_state.update(new)
 
         history = torch.cat([state["frame_spec_history"][:, 1:], x.unsqueeze(1)], dim=1)  # [B, K, 2, F]
         # The two parts of the DF window (history frames 0 .. O-1) that the stages read: frame

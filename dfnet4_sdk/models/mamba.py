@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfnet4_sdk.models.base import StateSpec
-from dfnet4_sdk.models.layers import GroupedLinear
+from dfnet4_sdk.models.base import STAGE_RUNS, StateSpec
+from dfnet4_sdk.models.layers import GroupedLinear, runs_mask, shift_buffer
 from dfnet4_sdk.models.scan_training import SelectiveScan
 
 SCAN_BLOCK_FRAMES = 1024  # bounds the [B, T, N, D] scan buffers on long offline inputs
@@ -204,8 +204,11 @@ class MambaBlock(nn.Module):
         y, h = selective_scan(xc, dt, A, b, c, self.D, ssm_state)
         return self.out_proj(y * F.silu(z)), xcat[:, -(self.d_conv - 1) :], h
 
-    def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor):
-        """One frame. x [B, M] -> (y [B, M], conv_state [B, K-1, D], ssm_state [B, N, D])."""
+    def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor, runs: Tensor | None = None):
+        """One frame. x [B, M] -> (y [B, M], conv_state [B, K-1, D], ssm_state [B, N, D]).
+        ``runs`` [B]: streams not in it keep both states (``base.STAGE_RUNS``): their dt is
+        0, so the SSM update is h * exp(0) + B (0 * x) = h, the same values without a select
+        over the [B, N, D] state; their conv buffer is selected by ``shift_buffer``."""
         di = self.d_inner
         xz = self.in_proj(x)
         xi, z = xz[:, :di], xz[:, di:]
@@ -213,11 +216,13 @@ class MambaBlock(nn.Module):
         kernel = self.conv1d.weight[:, 0, :].transpose(0, 1)  # [K, D]
         xc = (window * kernel).sum(1) + self.conv1d.bias
         xc, dt, b, c = self._ssm_inputs(xc)
+        if runs is not None:
+            dt = torch.where(runs_mask(runs).reshape(-1, 1), dt, torch.zeros_like(dt))
         A_nd = -torch.exp(self.A_log).t()  # [N, D]
         # The outer product as a matmul, the read-out as N rows of D: both one kernel call.
         h = torch.exp(dt.unsqueeze(1) * A_nd) * ssm_state + torch.matmul(b.unsqueeze(-1), (dt * xc).unsqueeze(1))
         y = (h * c.unsqueeze(-1)).sum(1) + self.D * xc
-        return self.out_proj(y * F.silu(z)), window[:, 1:], h
+        return self.out_proj(y * F.silu(z)), shift_buffer(window, 1, runs), h
 
 
 class Mamba(nn.Module):
@@ -232,8 +237,8 @@ class Mamba(nn.Module):
         y, conv_state, ssm_state = self.mixer(self.norm(x), conv_state, ssm_state)
         return x + y, conv_state, ssm_state
 
-    def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor):
-        y, conv_state, ssm_state = self.mixer.step(self.norm(x), conv_state, ssm_state)
+    def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor, runs: Tensor | None = None):
+        y, conv_state, ssm_state = self.mixer.step(self.norm(x), conv_state, ssm_state, runs)
         return x + y, conv_state, ssm_state
 
 
@@ -285,7 +290,7 @@ class SqueezedMamba(nn.Module):
         new = {}
         for i, layer in enumerate(self.layers):  # layers, not time: unrolled at export
             cn, sn = f"{self.name}_mamba{i}_conv", f"{self.name}_mamba{i}_ssm"
-            x, new[cn], new[sn] = layer.step(x, state[cn], state[sn])
+            x, new[cn], new[sn] = layer.step(x, state[cn], state[sn], state.get(STAGE_RUNS))
         return self._out(x), new
 
 
