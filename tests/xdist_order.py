@@ -11,7 +11,7 @@ from collections import Counter
 LONG_FILES = {
     "conformance/test_conformance.py": 600,
     "tests/test_readme.py": 490,
-    "tests/test_export_tflite.py": 400,
+    "tests/test_export_tflite.py": 300,
     "tests/test_web.py": 205,
     "tests/test_stream_pool.py": 92,
     "tests/test_quantization.py": 69,
