@@ -111,13 +111,19 @@ def _role_problems(m: Manifest) -> list[str]:
             want = np.asarray(getattr(m.tables, table), np.float32)
             if kinds.get(s.graph) != "frame":
                 problems.append(f"state {s.name!r} has role {role!r} but belongs to graph {s.graph!r}, not a frame graph")
-            elif s.initial().size != want.size or not np.array_equal(s.initial().reshape(-1), want):
+            elif _fits(s) and (s.initial().size != want.size or not np.array_equal(s.initial().reshape(-1), want)):
                 problems.append(f"state {s.name!r} (role {role!r}) does not start at dsp.{table}: both are the "
                                 "same norm at t = 0; make them equal or re-export the bundle")
     history = [s for s in m.states if s.role == "spectrum_history"]
     if len(history) > 1:
         problems.append(f"states {[s.name for s in history]} all have role 'spectrum_history'; at most one may")
     return problems
+
+
+def _fits(s) -> bool:
+    """Whether a state's initial value can be built: its shape has no negative axis and its
+    init_values (if any) fill it; what does not fit is reported by manifest_check's state checks."""
+    return all(d >= 0 for d in s.shape) and (s.init_values is None or len(s.init_values) == math.prod(s.shape))
 
 
 def _case_problems(m: Manifest) -> list[str]:

@@ -132,6 +132,17 @@ def test_v2_states_need_exactly_one_init_key_and_a_role():
     assert "role: expected one of ['model', 'erb_norm', 'spec_norm', 'spectrum_history']" in text
 
 
+def test_a_norm_state_whose_init_values_miss_its_shape_is_a_reported_problem():
+    """Found by the manifest fuzzer: a norm-role state with too few init_values made the role check
+    reshape them and raise ValueError instead of the collected ConfigError."""
+    data = Bundle.load(SHIPPED).manifest.to_dict()
+    norm = next(s for s in data["states"] if s["role"] == "erb_norm")
+    data["states"][data["states"].index(norm)] = {**{k: v for k, v in norm.items() if k != "init_value"},
+                                                  "init_values": [0.0] * 5}
+    text = str(pytest.raises(ConfigError, Manifest.from_dict, data).value)
+    assert f"state {norm['name']!r}: init_values has 5 values" in text
+
+
 def test_edits_the_frame_graph_cannot_follow_are_refused(tmp_path):
     def edit(d):
         d["dsp"]["erb_widths"] = [3] + d["dsp"]["erb_widths"][1:-1] + [d["dsp"]["erb_widths"][-1] - 1]

@@ -262,7 +262,8 @@ def test_data_workers_prepare_the_same_batches_and_teacher_targets(tmp_path):
     """Batches and the teacher's targets made ahead in a worker process give the same run as the
     plain loop, and log.jsonl says where the time went."""
     from dfnet4_sdk.training.distill import teacher_targets
-    from dfnet4_sdk.training.trainer import BatchPipeline, Trainer
+    from dfnet4_sdk.training.pipeline import BatchPipeline
+    from dfnet4_sdk.training.trainer import Trainer
 
     teacher_or_skip()
     torch.set_num_threads(1)

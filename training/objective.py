@@ -72,7 +72,7 @@ class Objective(nn.Module):
         """What the terms compare the student with, by term name: the compressed target spectra
         (model resolution and every multires resolution), the ideal ERB mask and the local-SNR
         target. A function of the batch and the teacher's outputs only, so a data worker makes it
-        ahead (trainer.BatchPipeline) and the step keeps only the student's side; the terms are
+        ahead (pipeline.BatchPipeline) and the step keeps only the student's side; the terms are
         the same numbers whichever process made it. Empty with the losses of a commit before
         ``compress_target`` (throughput's ``old``): the terms then transform the raw targets."""
         c, t = self.cfg, {}

@@ -146,7 +146,7 @@ def _autograd_scan(on: bool):
 
 def build_cache(cfg: TrainConfig, setting: Setting, batches: int, cache_dir: str, mode: str = "distill") -> float:
     """Fills the teacher cache of ``setting`` (pool of ``batches``); returns seconds per batch."""
-    from dfnet4_sdk.training.trainer import BatchPipeline
+    from dfnet4_sdk.training.pipeline import BatchPipeline
 
     with tempfile.TemporaryDirectory() as out:
         applied = setting.apply(cfg, batches, cache_dir)
