@@ -31,6 +31,14 @@ WINDOWS = ("vorbis",)
 ANY_STREAMS = -1  # graphs[*].streams: any number of streams per call (first axis of every tensor)
 
 
+def shape_matches(shape: tuple[int, ...], spec_shape: tuple[int, ...]) -> bool:
+    """An array's shape against a manifest shape whose first axis may be -1 (any number of streams)."""
+    shape, spec_shape = tuple(shape), tuple(spec_shape)
+    if spec_shape and spec_shape[0] == ANY_STREAMS:
+        return len(shape) == len(spec_shape) and shape[1:] == spec_shape[1:]
+    return shape == spec_shape
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

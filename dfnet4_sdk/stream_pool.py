@@ -300,13 +300,8 @@ class StreamPool:
         bound.analysis(x, st.analysis_memory)
         bound.run()
         self.states = bound.states
-        enhanced = bound.enhanced[:b]
-        o = self.options
-        if o.post_filter_beta > 0 or o.atten_lim_gain is not None:
-            gates = stages.gating(bound.outputs["lsnr"][:b].reshape(-1, 1), self._thresholds)  # [B, T = 1]
-            finished = stages.finish(bound.noisy[:b, None], enhanced[:, None], o.post_filter_beta, o.atten_lim_gain, gates)
-            enhanced = np.ascontiguousarray(finished[:, 0], dtype=np.complex64)
-        y = bound.synthesis(enhanced, st.synthesis_memory)
+        enhanced = self._finish(bound.enhanced[:b], bound.noisy[:b], bound.outputs["lsnr"][:b])
+        y = bound.synthesis(np.ascontiguousarray(enhanced, dtype=np.complex64), st.synthesis_memory)
         if silent is not None:
             st.analysis_memory[silent], st.synthesis_memory[silent] = kept
             before = bound.following
@@ -332,12 +327,7 @@ class StreamPool:
         if self._needs_samples:
             feed["frame_samples"] = x.reshape(x.shape[0], 1, 1, -1)
         out = self._run_frame_graph(feed)
-        enhanced = _as_rows(out["spec_enhanced"])
-        o = self.options
-        if o.post_filter_beta > 0 or o.atten_lim_gain is not None:
-            gates = stages.gating(out["lsnr"].reshape(-1, 1), self._thresholds)  # [b, T = 1]
-            noisy = _as_rows(out["spec_noisy"])
-            enhanced = stages.finish(noisy[:, None], enhanced[:, None], o.post_filter_beta, o.atten_lim_gain, gates)[:, 0]
+        enhanced = self._finish(_as_rows(out["spec_enhanced"]), _as_rows(out["spec_noisy"]), out["lsnr"])
         y = fe.synthesis_frame(enhanced, st)
         new_states = {state_in: out[state_out] for state_in, state_out in self._io}
         if rows is None:
@@ -348,6 +338,15 @@ class StreamPool:
             for k, v in new_states.items():
                 self.states[k][rows] = v
         return y
+
+    def _finish(self, enhanced: np.ndarray, noisy: np.ndarray, lsnr: np.ndarray) -> np.ndarray:
+        """The post-filter and attenuation limit on the graph's [b, F] output, where the options
+        ask for them (the graph gives them unfinished); else ``enhanced`` as it is."""
+        o = self.options
+        if o.post_filter_beta <= 0 and o.atten_lim_gain is None:
+            return enhanced
+        gates = stages.gating(lsnr.reshape(-1, 1), self._thresholds)  # [b, T = 1]
+        return stages.finish(noisy[:, None], enhanced[:, None], o.post_filter_beta, o.atten_lim_gain, gates)[:, 0]
 
     def _run_frame_graph(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call for all rows of ``feed`` (in groups of a fixed-count graph's streams), or one

@@ -47,14 +47,6 @@ def dynamic_axes(spec: GraphSpec) -> dict[str, dict[int, str]] | None:
     return {t.name: {0: STREAM_AXIS} for t in (*spec.inputs, *spec.outputs)}
 
 
-def shape_matches(shape: tuple[int, ...], spec_shape: tuple[int, ...]) -> bool:
-    """An array's shape against a manifest shape whose first axis may be -1 (any number of streams)."""
-    shape, spec_shape = tuple(shape), tuple(spec_shape)
-    if spec_shape and spec_shape[0] == ANY_STREAMS:
-        return len(shape) == len(spec_shape) and shape[1:] == spec_shape[1:]
-    return shape == spec_shape
-
-
 def streams_graph_of(manifest) -> GraphSpec | None:
     """The manifest's batched frame graph, if it has one."""
     return next((g for g in manifest.graphs if g.kind == "frame" and g.streams != 1), None)

@@ -167,7 +167,7 @@ def _graph_errors(backend, g, calls, names: list[str], shapes: list[str]) -> dic
     """One graph over its recorded calls, its own states fed back: each output's worst error
     relative to the reference's range; None (with the problem appended to ``names`` or
     ``shapes``) when its first frame's outputs do not match the spec."""
-    from dfnet4_sdk.exporters.streams import shape_matches
+    from dfnet4_sdk.manifest import shape_matches
 
     # Stacked on the stream axis for a batched graph (as many rows as its recorded calls).
     states = {s.input_name: np.repeat(s.initial(), len(calls[0][0][s.input_name]) if calls else 1, axis=0)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from dfnet4_sdk.errors import BackendNotAvailableError, ConfigError
-from dfnet4_sdk.manifest import GraphSpec, Manifest
+from dfnet4_sdk.manifest import GraphSpec, Manifest, shape_matches
 
 # name -> (module, class, pip extra that provides it)
 _REGISTRY = {
@@ -48,15 +48,13 @@ class BindsBuffers(Protocol):
 
 def check_bind_buffers(graph: GraphSpec, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
     """What every ``bind`` checks first: each tensor of ``graph`` has a C-contiguous float32
-    buffer of the manifest's shape (a -1 dimension takes any length). Raises ConfigError naming
+    buffer of the manifest's shape (a -1 stream axis takes any number of rows). Raises ConfigError naming
     every mismatch."""
     problems = []
     for tensors, arrays in ((graph.inputs, inputs), (graph.outputs, outputs)):
         for t in tensors:
             a = arrays.get(t.name)
-            # -1 in the manifest (the stream axis of a batched graph): any length.
-            if (a is None or a.dtype != np.float32 or not a.flags.c_contiguous or a.ndim != len(t.shape)
-                    or any(d != n and n != -1 for d, n in zip(a.shape, t.shape))):
+            if a is None or a.dtype != np.float32 or not a.flags.c_contiguous or not shape_matches(a.shape, t.shape):
                 got = "missing" if a is None else f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' non-contiguous'}"
                 problems.append(f"{t.name}: expected C-contiguous float32 {tuple(t.shape)}, got {got}")
     if problems:
