@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One bounded training chunk on a lent GPU machine (issue 13 item 5), run from the repository root
+# Bounded training chunks on a lent GPU machine (issue 13 item 5), run from the repository root
 # there with the packed data in .devdata/ and the wheels the machine lacks in .whl/ (see
 # training/configs/dfnet4_dfn3conv_gpu.toml for how both are made):
 #
-#   bash training/remote_chunk.sh SECONDS [CONFIG]
+#   bash training/remote_chunk.sh SECONDS [CONFIG ...]
 #
+# Several configs run side by side on the one GPU (a small student leaves most of it idle), each
+# under runs/<config name>/ and $OUT/<config name>/; one config keeps $OUT's top level as before.
 # DFSDK_SRC names the package source to install (default: this checkout; a clean `git archive` of
 # a commit keeps a chunk independent of edits in progress).
 # A 30-step probe measures seconds per step on this GPU first; the chunk then gets as many steps as
@@ -13,38 +15,55 @@
 # $OUT: the chunk's weights as a dfnet4-sdk checkpoint, the optimiser state and the logs.
 set -u
 budget=${1:?seconds}
-config=${2:-training/configs/dfnet4_dfn3conv_gpu.toml}
+shift
+configs=("${@:-training/configs/dfnet4_dfn3conv_gpu.toml}")
 start=$(date +%s)
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e "${DFSDK_SRC:-.}" >/dev/null || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-distill() { python3 -m dfnet4_sdk.cli distill --config "$config" --device cuda --no-resume "$@"; }
 
-distill --out runs/probe --steps 30 >"$OUT/probe.log" 2>&1 || { tail -40 "$OUT/probe.log"; exit 1; }
-per_step=$(python3 -c "
-import json; rows = [json.loads(l) for l in open('runs/probe/log.jsonl')]
+chunk() {  # chunk CONFIG RUN_DIR OUT_DIR
+    local config=$1 runs=$2 out=$3
+    mkdir -p "$out"
+    distill() { python3 -m dfnet4_sdk.cli distill --config "$config" --device cuda --no-resume "$@"; }
+    distill --out "$runs/probe" --steps 30 >"$out/probe.log" 2>&1 || { tail -40 "$out/probe.log"; return 1; }
+    local per_step left steps
+    per_step=$(python3 -c "
+import json; rows = [json.loads(l) for l in open('$runs/probe/log.jsonl')]
 print(min(r['s_per_step'] for r in rows[1:]))")  # the first 10 steps include start-up
-left=$(( budget - ($(date +%s) - start) - 75 ))  # 75 s: the chunk's start-up, final save and copies
-steps=$(python3 -c "print(max(50, int($left / ($per_step * 1.08))))")
-echo "probe: $per_step s/step; chunk: $steps steps in about $left s"
-
-timeout -s TERM -k 30 "$left" bash -c "$(declare -f distill); config=$config; distill --out runs/chunk --steps $steps" \
-    >"$OUT/chunk.log" 2>&1
-echo "chunk exit status $?"; tail -5 "$OUT/chunk.log"
-cp runs/chunk/log.jsonl runs/chunk/config.toml "$OUT/"
-python3 - <<'EOF'
+    left=$(( budget - ($(date +%s) - start) - 75 ))  # 75 s: the chunk's start-up, final save and copies
+    steps=$(python3 -c "print(max(50, int($left / ($per_step * 1.08))))")
+    echo "$config probe: $per_step s/step; chunk: $steps steps in about $left s"
+    timeout -s TERM -k 30 "$left" bash -c "$(declare -f distill); config=$config; distill --out $runs/chunk --steps $steps" \
+        >"$out/chunk.log" 2>&1
+    echo "$config chunk exit status $?"; tail -5 "$out/chunk.log"
+    cp "$runs/chunk/log.jsonl" "$runs/chunk/config.toml" "$out/"
+    RUN="$runs/chunk" CHUNK_OUT="$out" python3 - <<'PY'
 import json, os, torch
 from dfnet4_sdk.models import load_checkpoint, save_checkpoint
-state = torch.load("runs/chunk/state.pt", map_location="cpu", weights_only=False)
+run, out = os.environ["RUN"], os.environ["CHUNK_OUT"]
+state = torch.load(f"{run}/state.pt", map_location="cpu", weights_only=False)
 model = load_checkpoint(state["config"]["model"]["init_checkpoint"])
 model.load_state_dict(state["model"])
-out = os.environ["OUT"]
 device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 save_checkpoint(model, f"{out}/chunk.pt", extra={"step": state["step"], "mode": state["mode"], "device": device})
 torch.save({"step": state["step"], "optimizer": state["optimizer"]}, f"{out}/optimizer.pt")
 with open(f"{out}/chunk.json", "w") as f:  # what `throughput --chunks` tabulates
     json.dump({"step": state["step"], "mode": state["mode"], "device": device}, f)
-print("saved chunk.pt at step", state["step"])
-EOF
+print(out, "saved chunk.pt at step", state["step"])
+PY
+}
+
+if [ ${#configs[@]} -eq 1 ]; then
+    chunk "${configs[0]}" runs "$OUT"
+    exit $?
+fi
+status=0
+for config in "${configs[@]}"; do
+    name=$(basename "$config" .toml)
+    chunk "$config" "runs/$name" "$OUT/$name" &
+done
+for job in $(jobs -p); do wait "$job" || status=1; done
+exit $status
