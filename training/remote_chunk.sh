@@ -22,6 +22,9 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e "${DFSDK_SRC:-.}" >/dev/null || exit 1
+# DFSDK_PREPARE: a command run once the package is installed (e.g. making an init checkpoint
+# there from what the tree has, instead of carrying it).
+if [ -n "${DFSDK_PREPARE:-}" ]; then bash -c "$DFSDK_PREPARE" || exit 1; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 chunk() {  # chunk CONFIG RUN_DIR OUT_DIR

@@ -2,7 +2,7 @@
 name maps onto the student and whose shape matches.
 
     student = DfNet4.from_preset("dfnet4-dfn3conv")
-    report = init_from_dfn3(student, load_model("dfn3"))
+    report = init_from_dfn3(student, load_model(args.dfn3))
     print(report.summary())   # what was copied, what was not and why
 
 The ``dfnet4-dfn3conv*`` presets have DFN3's conv stacks, widths and groupings (``dfn3_layout``),
@@ -111,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write a DfNet4 checkpoint initialised from DFN3's weights.")
     ap.add_argument("--preset", default="dfnet4-dfn3conv")
     ap.add_argument("--seed", type=int, default=0, help="seed of the fresh (not copied) tensors")
+    ap.add_argument("--dfn3", default="dfn3", help="DFN3's weights: 'dfn3' (the installed package) or the official archive")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     student = DfNet4.from_preset(args.preset)
-    report = init_from_dfn3(student, load_model("dfn3"))
+    report = init_from_dfn3(student, load_model(args.dfn3))
     state = student.state_dict()
     extra = {"init": "dfn3", "copied_values": report.copied_values(state),
              "total_values": sum(v.numel() for v in state.values())}
