@@ -97,7 +97,8 @@ def test_chunk_table_from_what_a_chunk_brought_back(tmp_path):
     chunk.mkdir()
     log = [{"step": 10 * (i + 1), "s_per_step": 2.0 if i == 0 else 0.25, "t_data": 0.01} for i in range(5)]
     (chunk / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    (chunk / "config.toml").write_text("[data]\nsegment_s = 3.0\n[optim]\nbatch_size = 32\n")
+    (chunk / "config.toml").write_text("[data]\nsegment_s = 3.0\n[model]\npreset = 'dfnet4-dfn3conv'\n"
+                                         "[optim]\nbatch_size = 32\ndata_workers = 12\n")
     (chunk / "chunk.json").write_text(json.dumps({"step": 50, "device": "NVIDIA H200",
                                                   "held_out": {"ovrl_noisy_real": 2.8, "pesq_ears": 1.95}}))
     row = chunk_row(chunk)
@@ -106,4 +107,4 @@ def test_chunk_table_from_what_a_chunk_brought_back(tmp_path):
     assert row["audio_per_s"] == pytest.approx(384.0)
     assert row["audio_h"] == pytest.approx(50 * 96 / 3600)
     table = gpu_markdown([chunk])
-    assert "| gpu_chunk1 | NVIDIA H200 | 50 | 32 x 3 s | 1.3 h | 0.250 | 384 | 0.010 s | 2.800 / 1.950 |" in table
+    assert "| gpu_chunk1 | dfnet4-dfn3conv | NVIDIA H200 | 12 | 50 | 32 x 3 s | 1.3 h | 0.250 | 384 | 0.010 s | 2.800 / 1.950 |" in table

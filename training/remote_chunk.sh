@@ -6,7 +6,10 @@
 #   bash training/remote_chunk.sh SECONDS [CONFIG ...]
 #
 # Several configs run side by side on the one GPU (a small student leaves most of it idle), each
-# under runs/<config name>/ and $OUT/<config name>/; one config keeps $OUT's top level as before.
+# under runs/<config name>/ and comes back as $OUT/<config name>.tar (at most 8 files of 16 MiB
+# come back from a call: the optimiser state stays there); one config keeps $OUT's top level.
+# What travels (tracked files + carry) must stay under 64 MiB: with the 33 MB pack the shipped
+# bundles in dfnet4_sdk/assets/ (24 MB, unused there) have to be moved aside for the call.
 # DFSDK_SRC names the package source to install (default: this checkout; a clean `git archive` of
 # a commit keeps a chunk independent of edits in progress).
 # A 30-step probe measures seconds per step on this GPU first; the chunk then gets as many steps as
@@ -69,4 +72,8 @@ for config in "${configs[@]}"; do
     chunk "$config" "runs/$name" "$OUT/$name" &
 done
 for job in $(jobs -p); do wait "$job" || status=1; done
+for config in "${configs[@]}"; do
+    name=$(basename "$config" .toml)
+    tar -cf "$OUT/$name.tar" -C "$OUT" --exclude optimizer.pt "$name" && rm -rf "${OUT:?}/$name"
+done
 exit $status

@@ -279,6 +279,9 @@ def chunk_row(folder: Path) -> dict:
     wall = sum(r["s_per_step"] * every for r in timed)
     extra = json.loads((folder / "chunk.json").read_text())
     return {"chunk": folder.name, "device": extra.get("device", "?"), "steps": extra.get("step", rows[-1]["step"]),
+            # a grown init checkpoint is not its config's preset: chunk.json may name the student
+            "student": extra.get("student", cfg.get("model", {}).get("preset", "?")),
+            "workers": cfg["optim"].get("data_workers", 0),
             "batch": cfg["optim"]["batch_size"], "segment_s": cfg["data"]["segment_s"],
             "audio_h": extra.get("step", rows[-1]["step"]) * audio_per_step / 3600,
             "s_per_step": wall / steps, "audio_per_s": steps * audio_per_step / wall,
@@ -294,16 +297,16 @@ def gpu_markdown(folders: list[Path]) -> str:
         f"Written by `python -m dfnet4_sdk.training.throughput --chunks {' '.join(str(f) for f in folders)}` "
         f"on {datetime.date.today().isoformat()}, from what each chunk of `training/remote_chunk.sh` brought back "
         "(its log, config and chunk.json). Same code path as the CPU rows above (`Trainer.fit`, `--device cuda`), "
-        "data from `training/pack.py` (Opus copy of the config's data), DFN3 teacher on the GPU, 12 data workers on "
-        "the machine's 16 cores. Steps after the first 10 (start-up) are timed. Held-out scores: "
+        "data from `training/pack.py` (Opus copy of the config's data), DFN3 teacher on the GPU, data workers on "
+        "the machine's 16 cores (chunks run side by side share them and the GPU). Steps after the first 10 (start-up) are timed. Held-out scores: "
         "`training.learning_curve.HeldOut` here on the chunk's weights, stored in its chunk.json.",
         "",
-        "| chunk | device | steps | batch x segment | audio seen | s / step | audio s per wall s | wait for data (median) "
+        "| chunk | student | device | data workers | steps | batch x segment | audio seen | s / step | audio s per wall s | wait for data (median) "
         "| held-out after: OVRL noisy_real / PESQ EARS |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['chunk']} | {r['device']} | {r['steps']} | {r['batch']} x {r['segment_s']:g} s | "
+        lines.append(f"| {r['chunk']} | {r['student']} | {r['device']} | {r['workers']} | {r['steps']} | {r['batch']} x {r['segment_s']:g} s | "
                      f"{r['audio_h']:.1f} h | {r['s_per_step']:.3f} | {r['audio_per_s']:.0f} | {r['data_wait']:.3f} s | "
                      + (f"{r['held_out']['ovrl_noisy_real']:.3f} / {r['held_out']['pesq_ears']:.3f} |" if r["held_out"] else "not scored |"))
     lines.append(GPU_END)
