@@ -63,6 +63,7 @@ class Setting:
     scan_gradient: bool = True  # the Mamba scan's gradient written out (models/scan_training.py); False: autograd through it
     teacher_cache: bool = False  # mixtures and teacher outputs read from a cache built before the clock (teacher_cache.py)
     processes: int = 1  # data-parallel training processes (data_parallel.py), each on batch_size items
+    compile: bool = False  # the scan and the spectral errors compiled (training/compiled.py); compiled in warm-up
 
     def apply(self, cfg: TrainConfig, steps: int, cache_dir: str = "") -> TrainConfig:
         """The config with this setting; lr scaled by sqrt(batch / config batch) (Adam). With the
@@ -72,7 +73,7 @@ class Setting:
         o = cfg.optim
         lr = o.lr * math.sqrt(self.processes * self.batch_size / o.batch_size)
         optim = replace(o, num_threads=self.num_threads, data_workers=self.data_workers, batch_size=self.batch_size,
-                        processes=self.processes, lr=lr, steps=steps, valid_every=0, checkpoint_every=10**9, log_every=10**9)
+                        processes=self.processes, compile=self.compile, lr=lr, steps=steps, valid_every=0, checkpoint_every=10**9, log_every=10**9)
         return replace(cfg, optim=optim)
 
 
@@ -86,6 +87,7 @@ SETTINGS = (
     Setting("+ teacher cache", 1, 1, 4, teacher_cache=True),
     Setting("+ cache, 2 threads", 2, 1, 4, teacher_cache=True),
     Setting("+ cache, 2 processes", 1, 0, 4, teacher_cache=True, processes=2),
+    Setting("+ compile", 1, 0, 4, teacher_cache=True, processes=2, compile=True),
 )
 
 
