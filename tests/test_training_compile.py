@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_training_speed import REFERENCE_GRAD_NORM, REFERENCE_LOSS, REFERENCE_TERMS, distill_trainer, tiny_cfg
+from test_training_speed import REAL, REFERENCE_GRAD_NORM, REFERENCE_LOSS, REFERENCE_TERMS, distill_trainer, tiny_cfg
 
 from dfnet4_sdk.errors import ModelNotAvailableError
 from dfnet4_sdk.training import compiled
@@ -118,3 +118,14 @@ def test_optim_compile_trains_the_same_step_through_the_fused_functions(tmp_path
     for name in ("loss", "d_spectral", "d_multires", "spectral", "multires"):
         assert fused[name] == pytest.approx(plain[name], rel=1e-5), name
     assert float((fused_grad - plain_grad).norm() / plain_grad.norm()) < 1e-5
+
+
+def test_compile_setting_of_the_throughput_table_is_the_two_process_row_plus_compile():
+    from dfnet4_sdk.training.config import TrainConfig
+    from dfnet4_sdk.training.throughput import SETTINGS
+
+    cfg = TrainConfig.load(REAL)
+    by_name = {s.name: s.apply(cfg, steps=8, cache_dir="c").optim for s in SETTINGS}
+    assert by_name["+ compile"].compile and not any(o.compile for name, o in by_name.items() if name != "+ compile")
+    assert dataclasses.replace(by_name["+ compile"], compile=False) == by_name["+ cache, 2 processes"]
+
