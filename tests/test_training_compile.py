@@ -129,3 +129,16 @@ def test_compile_setting_of_the_throughput_table_is_the_two_process_row_plus_com
     assert by_name["+ compile"].compile and not any(o.compile for name, o in by_name.items() if name != "+ compile")
     assert dataclasses.replace(by_name["+ compile"], compile=False) == by_name["+ cache, 2 processes"]
 
+
+
+def test_optim_compile_without_a_cpp_compiler_is_a_config_error_before_the_run(tmp_path, monkeypatch):
+    from torch._inductor import config
+
+    from dfnet4_sdk.errors import ConfigError
+    from dfnet4_sdk.training.trainer import Trainer
+
+    monkeypatch.setattr(config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    cfg = tiny_cfg(tmp_path)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, compile=True))
+    with pytest.raises(ConfigError, match=r"compile = true needs a C\+\+ compiler.*set \[optim\] compile = false"):
+        Trainer(cfg, tmp_path / "run", mode="distill", device="cpu")

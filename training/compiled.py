@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models import mamba
 from dfnet4_sdk.models.scan_training import _chunk_decay, chunk_frames
 from dfnet4_sdk.training import losses
@@ -186,6 +187,22 @@ class FusedCompressedErrors(torch.autograd.Function):
         grads = [torch.zeros_like(saved[0]) if g is None else g for g in grads]
         grad_est = _compiled(errors_backward)(est[..., 0], est[..., 1], ctx.gamma, ctx.cw, saved, grads)
         return (grad_est, None, None) + (None,) * (len(saved) - 4)
+
+
+def require_compiler(device: torch.device) -> None:
+    """Raises ConfigError when torch.compile cannot build code for ``device`` (on CPU: no C++
+    compiler), before a run starts rather than at its first step."""
+    if device.type != "cpu":
+        return  # CUDA: Triton ships with torch's CUDA wheels
+    from torch._inductor import config, cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except RuntimeError as e:
+        raise ConfigError(
+            f"[optim] compile = true needs a C++ compiler for torch.compile on CPU; found none ({e}, "
+            f"tried {config.cpp.cxx}). Install g++ (or point $CXX at one) or set [optim] compile = false"
+        ) from e
 
 
 @functools.cache
