@@ -250,7 +250,10 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
         "pool, then amortised over every epoch and every run with the same data config). `+ cache, 2 processes`: "
         "two training processes (`[optim] processes = 2`, `training/data_parallel.py`), each on its own batch of "
         "4 read from the cache, the gradients averaged (an effective batch of 8, learning rate x sqrt 2); its audio "
-        "counts both processes' batches, its phases and CPU are process 0's.",
+        "counts both processes' batches, its phases and CPU are process 0's. `+ compile`: the same with `[optim] compile = true` "
+        "(`training/compiled.py`: the Mamba scan and the compressed spectral errors run as torch.compile'd kernels); "
+        "each run compiles in its first warm-up step, before the clock (paid once per run; torch caches the compiled "
+        "code on disk, so later runs compile in seconds).",
         END,
     ]
     return "\n".join(lines) + "\n"
