@@ -10,6 +10,7 @@
 # come back from a call: the optimiser state stays there); one config keeps $OUT's top level.
 # What travels (tracked files + carry) must stay under 64 MiB: with the 33 MB pack the shipped
 # bundles in dfnet4_sdk/assets/ (24 MB, unused there) have to be moved aside for the call.
+# DFSDK_DEVICE=cpu runs the same script here (a dry run of the tooling with tiny configs).
 # DFSDK_SRC names the package source to install (default: this checkout; a clean `git archive` of
 # a commit keeps a chunk independent of edits in progress).
 # A 30-step probe measures seconds per step on this GPU first; the chunk then gets as many steps as
@@ -22,8 +23,10 @@ shift
 configs=("${@:-training/configs/dfnet4_dfn3conv_gpu.toml}")
 start=$(date +%s)
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site
+if compgen -G ".whl/*.whl" >/dev/null; then  # the wheels the GPU machine lacks (none for a dry run here)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e "${DFSDK_SRC:-.}" >/dev/null || exit 1
 # DFSDK_PREPARE: a command run once the package is installed (e.g. making an init checkpoint
 # there from what the tree has, instead of carrying it).
@@ -33,7 +36,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 chunk() {  # chunk CONFIG RUN_DIR OUT_DIR
     local config=$1 runs=$2 out=$3
     mkdir -p "$out"
-    distill() { python3 -m dfnet4_sdk.cli distill --config "$config" --device cuda --no-resume "$@"; }
+    distill() { python3 -m dfnet4_sdk.cli distill --config "$config" --device "${DFSDK_DEVICE:-cuda}" --no-resume "$@"; }
     distill --out "$runs/probe" --steps 30 >"$out/probe.log" 2>&1 || { tail -40 "$out/probe.log"; return 1; }
     local per_step left steps
     per_step=$(python3 -c "
