@@ -111,6 +111,9 @@ class OptimConfig:
     # CPU data parallel: training processes, each on its own batch_size items, gradients averaged
     # (effective batch processes * batch_size; training/data_parallel.py)
     processes: int = 1
+    # fuse the step's elementwise chains (the Mamba scan, the compressed spectral errors) with
+    # torch.compile (training/compiled.py); the first step pays the compilation
+    compile: bool = False
 
 
 @dataclass(frozen=True)

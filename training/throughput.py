@@ -63,6 +63,7 @@ class Setting:
     scan_gradient: bool = True  # the Mamba scan's gradient written out (models/scan_training.py); False: autograd through it
     teacher_cache: bool = False  # mixtures and teacher outputs read from a cache built before the clock (teacher_cache.py)
     processes: int = 1  # data-parallel training processes (data_parallel.py), each on batch_size items
+    compile: bool = False  # the scan and the spectral errors compiled (training/compiled.py); compiled in warm-up
 
     def apply(self, cfg: TrainConfig, steps: int, cache_dir: str = "") -> TrainConfig:
         """The config with this setting; lr scaled by sqrt(batch / config batch) (Adam). With the
@@ -72,7 +73,7 @@ class Setting:
         o = cfg.optim
         lr = o.lr * math.sqrt(self.processes * self.batch_size / o.batch_size)
         optim = replace(o, num_threads=self.num_threads, data_workers=self.data_workers, batch_size=self.batch_size,
-                        processes=self.processes, lr=lr, steps=steps, valid_every=0, checkpoint_every=10**9, log_every=10**9)
+                        processes=self.processes, compile=self.compile, lr=lr, steps=steps, valid_every=0, checkpoint_every=10**9, log_every=10**9)
         return replace(cfg, optim=optim)
 
 
@@ -86,6 +87,7 @@ SETTINGS = (
     Setting("+ teacher cache", 1, 1, 4, teacher_cache=True),
     Setting("+ cache, 2 threads", 2, 1, 4, teacher_cache=True),
     Setting("+ cache, 2 processes", 1, 0, 4, teacher_cache=True, processes=2),
+    Setting("+ compile", 1, 0, 4, teacher_cache=True, processes=2, compile=True),
 )
 
 
@@ -248,7 +250,10 @@ def to_markdown(report: dict, cfg: TrainConfig, config_path: str) -> str:
         "pool, then amortised over every epoch and every run with the same data config). `+ cache, 2 processes`: "
         "two training processes (`[optim] processes = 2`, `training/data_parallel.py`), each on its own batch of "
         "4 read from the cache, the gradients averaged (an effective batch of 8, learning rate x sqrt 2); its audio "
-        "counts both processes' batches, its phases and CPU are process 0's.",
+        "counts both processes' batches, its phases and CPU are process 0's. `+ compile`: the same with `[optim] compile = true` "
+        "(`training/compiled.py`: the Mamba scan and the compressed spectral errors run as torch.compile'd kernels); "
+        "each run compiles in its first warm-up step, before the clock (paid once per run; torch caches the compiled "
+        "code on disk, so later runs compile in seconds).",
         END,
     ]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ Callbacks (e.g. quantisation-aware training) observe and modify the run; see ``C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -48,6 +49,7 @@ import torch
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models import load_model, save_checkpoint
 from dfnet4_sdk.models.dfnet4 import DfNet4
+from dfnet4_sdk.training.compiled import fused_kernels, require_compiler
 from dfnet4_sdk.training.config import TrainConfig
 from dfnet4_sdk.training.data import MixtureDataset, build_lists
 from dfnet4_sdk.training.distill import check_compatible, run_model, teacher_targets
@@ -118,6 +120,8 @@ class Trainer:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         self.cfg, self.mode, self.out = cfg, mode, Path(out)
         self.device = pick_device(device)
+        if cfg.optim.compile:
+            require_compiler(self.device)
         self.callbacks = list(callbacks or [])
         self.step = 0
         self._dp, self._rank = None, 0  # data-parallel processes (data_parallel.py), this one's rank
@@ -229,6 +233,10 @@ class Trainer:
             targets = _to_device(targets, self.device)
         timings = {"t_teacher": lap()}
         self.model.train()
+        with fused_kernels() if self.cfg.optim.compile else contextlib.nullcontext():  # training/compiled.py
+            return self._step(batch, teacher_out, targets, timings, lap)
+
+    def _step(self, batch, teacher_out, targets, timings, lap) -> dict[str, float]:
         out = run_model(self.model, batch)
         if self.disc_optimizer is not None:
             d_loss = self.objective.discriminator_loss(out, batch)
