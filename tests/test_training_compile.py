@@ -6,12 +6,11 @@ relative) and gradient norm (1e-4), and the trainer's switch trains the same run
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_training_speed import REAL, REFERENCE_GRAD_NORM, REFERENCE_LOSS, REFERENCE_TERMS, distill_trainer, tiny_cfg
+from test_training_speed import REAL, assert_reference_step, distill_trainer, tiny_cfg
 
 from dfnet4_sdk.errors import ModelNotAvailableError
 from dfnet4_sdk.training import compiled
@@ -80,13 +79,7 @@ def test_compiled_step_of_the_fixed_batch_keeps_the_reference_terms_and_gradient
         loss = sum(terms.values())
         loss.backward()
     assert compiled._compiled.cache_info().currsize == 4  # both Functions ran compiled, forward and backward
-    params = list(trainer.model.parameters()) + trainer.objective.generator_parameters()
-    grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None))
-    assert set(terms) == set(REFERENCE_TERMS)
-    for name, value in REFERENCE_TERMS.items():
-        assert float(terms[name]) == pytest.approx(value, rel=1e-5), name
-    assert float(loss) == pytest.approx(REFERENCE_LOSS, rel=1e-5)
-    assert grad_norm == pytest.approx(REFERENCE_GRAD_NORM, rel=1e-4)
+    assert_reference_step(trainer, terms, loss)
 
 
 def test_optim_compile_trains_the_same_step_through_the_fused_functions(tmp_path, monkeypatch):

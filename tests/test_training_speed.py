@@ -49,6 +49,18 @@ def distill_trainer(tmp_path, **optim):
         pytest.skip(f"DFN3 teacher not available ({e}); install the [dfn3] extra")
 
 
+
+def assert_reference_step(trainer, terms, loss) -> None:
+    """The fixed real batch's loss terms, total and gradient norm (after ``loss.backward()``)
+    equal the reference code's: the objective every training speed-up must keep."""
+    params = list(trainer.model.parameters()) + trainer.objective.generator_parameters()
+    grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None))
+    assert set(terms) == set(REFERENCE_TERMS)
+    for name, value in REFERENCE_TERMS.items():
+        assert float(terms[name]) == pytest.approx(value, rel=1e-5), name
+    assert float(loss) == pytest.approx(REFERENCE_LOSS, rel=1e-5)
+    assert grad_norm == pytest.approx(REFERENCE_GRAD_NORM, rel=1e-4)
+
 def test_loss_terms_and_gradient_of_a_fixed_batch_are_unchanged(tmp_path):
     from dfnet4_sdk.training.distill import run_model, teacher_targets
 
@@ -65,13 +77,7 @@ def test_loss_terms_and_gradient_of_a_fixed_batch_are_unchanged(tmp_path):
     assert {k: float(v) for k, v in ahead.items()} == {k: float(v) for k, v in terms.items()}
     loss = sum(terms.values())
     loss.backward()
-    params = list(trainer.model.parameters()) + trainer.objective.generator_parameters()
-    grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None))
-    assert set(terms) == set(REFERENCE_TERMS)
-    for name, value in REFERENCE_TERMS.items():
-        assert float(terms[name]) == pytest.approx(value, rel=1e-5), name
-    assert float(loss) == pytest.approx(REFERENCE_LOSS, rel=1e-5)
-    assert grad_norm == pytest.approx(REFERENCE_GRAD_NORM, rel=1e-4)
+    assert_reference_step(trainer, terms, loss)
 
 
 @pytest.mark.parametrize("t, block", [(1, 1024), (5, 1024), (17, 1024), (152, 1024), (300, 128)])
