@@ -66,6 +66,47 @@ def test_gru_preset_starts_equal_to_dfn3(dfn3, real_batch):
     assert max(err.values()) < 1e-4
 
 
+def _outputs(model, batch):
+    with torch.no_grad():
+        return run_model(model, batch)
+
+
+def _max_errors(a, b):
+    return {k: float((a[k] - b[k]).abs().max()) for k in ("erb_mask", "df_coefs", "lsnr", "enhanced")}
+
+
+def test_splice_assemblies_equal_their_sources_on_real_audio(dfn3, real_batch):
+    """All components from DFN3 is DFN3; none is the student; the mixed preset takes enc and
+    df_dec from DFN3 exactly (its enc outputs equal DFN3's) and erb_dec from the student."""
+    from dfnet4_sdk.training.splice import assemble
+
+    student, _ = _student("dfnet4-dfn3conv", dfn3, seed=3)  # Mamba layers fresh: far from DFN3
+    t = _outputs(dfn3, real_batch)
+    all_dfn3 = _max_errors(_outputs(assemble(student, dfn3, {"enc", "erb_dec", "df_dec"}), real_batch), t)
+    none = _max_errors(_outputs(assemble(student, dfn3, set()), real_batch), _outputs(student, real_batch))
+    print(f"\nsplice vs its source, max abs error: all DFN3 {all_dfn3}, all student {none}")
+    assert max(all_dfn3.values()) < 1e-4 and max(none.values()) == 0.0
+    mix = assemble(student, dfn3, {"enc", "df_dec"})
+    assert mix.params.backbone_of("enc") == "gru" and mix.params.backbone_of("erb_dec") == "mamba"
+    assert mix.params == PRESETS["dfnet4-dfn3conv-mix"]  # the preset is this assembly's shape
+    m_enc, t_enc = _enc_outputs(mix, real_batch), _enc_outputs(dfn3, real_batch)
+    assert max(float((m_enc[k] - t_enc[k]).abs().max()) for k in ("emb", "e3", "c0")) < 1e-5
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in mix.state_dict().items() if k.startswith("erb_dec."))
+    assert _max_errors(_outputs(mix, real_batch), t)["erb_mask"] > 1e-3  # the student's erb_dec is in use
+
+
+def test_take_components_reports_every_mismatch(dfn3):
+    from dfnet4_sdk.models.dfn3_init import take_components
+
+    mix = DfNet4.from_preset("dfnet4-dfn3conv-mix")
+    with pytest.raises(ConfigError) as e:
+        take_components(mix, DfNet4.from_preset("dfnet4-dfn3conv"), ["enc", "df_dec", "decoder"])
+    msg = str(e.value)
+    assert "no component 'decoder'" in msg
+    assert "enc.backbone.gru" in msg and "df_dec.backbone.gru" in msg  # the student's Mamba has no GRU tensors
+    assert "not in the source" in msg
+
+
 def test_init_refuses_another_front_end(dfn3):
     with pytest.raises(ConfigError, match="front-end"):
         init_from_dfn3(DfNet4.from_preset("dfnet4-16k"), dfn3)

@@ -145,6 +145,17 @@ def test_presets_and_families():
         DfNet4.from_preset("dfnet5")
 
 
+def test_each_component_may_choose_its_backbone():
+    mix = PRESETS["dfnet4-dfn3conv-mix"]
+    assert [mix.backbone_of(c) for c in ("enc", "erb_dec", "df_dec")] == ["gru", "mamba", "gru"]
+    model = DfNet4(mix)
+    assert hasattr(model.enc.backbone, "gru") and hasattr(model.erb_dec.backbone, "layers")
+    assert {s.name for s in model.state_specs()} >= {"enc_gru", "df_dec_gru"}
+    with pytest.raises(ConfigError) as e:
+        replace(PRESETS["dfnet4"], enc_backbone="lstm", df_dec_backbone="rnn")
+    assert "enc_backbone must be" in str(e.value) and "df_dec_backbone must be" in str(e.value)
+
+
 def test_parameter_counts_and_macs_are_recorded():
     counts = {}
     for name in PRESETS:

@@ -68,6 +68,10 @@ def test_what_cannot_grow_is_reported_together(trained):
     gru = DfNet4.from_preset("dfnet4-dfn3conv-gru")
     with pytest.raises(ConfigError, match="only residual Mamba layers"):
         grow(gru, {"erb_dec": 3})
+    mix = DfNet4.from_preset("dfnet4-dfn3conv-mix")  # Mamba erb_dec, GRU enc and df_dec
+    assert grow(mix, {"erb_dec": 2}).params.erb_dec_num_layers == 2
+    with pytest.raises(ConfigError, match="df_dec's backbone is 'gru'"):
+        grow(mix, {"df_dec": 3})
 
 
 def test_cli_writes_a_checkpoint_that_loads(trained, tmp_path, capsys):

@@ -41,11 +41,11 @@ def grow(model: DfNet4, layers: dict[str, int]) -> DfNet4:
         raise ConfigError(f"only DfNet4 models have Mamba backbones to grow, got {type(model).__name__}")
     p = model.params
     problems = []
-    if p.backbone != "mamba":
-        problems.append(f"the backbone is {p.backbone!r}: only residual Mamba layers can be added as identities")
     for name, count in layers.items():
         if name not in BACKBONES:
             problems.append(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+        elif p.backbone_of(name) != "mamba":
+            problems.append(f"{name}'s backbone is {p.backbone_of(name)!r}: only residual Mamba layers can be added as identities")
         elif count < getattr(p, BACKBONES[name][0]):
             problems.append(f"{name} has {getattr(p, BACKBONES[name][0])} layers; growing cannot remove layers (asked {count})")
     if problems:

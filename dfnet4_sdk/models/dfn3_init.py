@@ -12,7 +12,11 @@ squeeze linears, the DF skip and the DF output head copy exactly; with the GRU b
 presets get whatever matches (usually nothing: the report says which shapes differ).
 
 ``python -m dfnet4_sdk.models.dfn3_init --preset dfnet4-dfn3conv -o init.pt`` writes an
-initialised checkpoint for a training config's ``[model] init_checkpoint``.
+initialised checkpoint for a training config's ``[model] init_checkpoint``. With
+``--student CKPT --components enc erb_dec`` the named components then come whole from an already
+trained student (``take_components``): e.g. a Mamba student's enc and erb_dec with DFN3's GRU
+df_dec (``dfnet4-dfn3conv-dfgru``). Students distilled on DFN3's hidden states at the component
+boundaries (``distill_hidden_names``) fit together without training.
 """
 
 from __future__ import annotations
@@ -104,6 +108,33 @@ def init_from_dfn3(student: EnhancementModel, dfn3: EnhancementModel) -> InitRep
     return report
 
 
+@torch.no_grad()
+def take_components(model: EnhancementModel, source: EnhancementModel, components: list[str]) -> int:
+    """Copy every tensor of ``components`` (top-level parts such as 'enc') from ``source`` into
+    ``model`` in place; each must exist in ``source`` with the same shape. Returns the values copied."""
+    target, given = model.state_dict(), source.state_dict()
+    problems = []
+    for c in components:
+        names = [n for n in target if n.startswith(c + ".")]
+        if not names:
+            problems.append(f"the model has no component {c!r}; it has {sorted({n.split('.')[0] for n in target})}")
+        for n in names:
+            if n not in given:
+                problems.append(f"{n}: not in the source (its {c} has a different structure)")
+            elif given[n].shape != target[n].shape:
+                problems.append(f"{n}: shape {tuple(given[n].shape)} in the source, {tuple(target[n].shape)} here")
+    if problems:
+        raise ConfigError(f"cannot take {components} from the source model:\n  " + "\n  ".join(problems))
+    copied = 0
+    for c in components:
+        for n in target:
+            if n.startswith(c + "."):
+                target[n].copy_(given[n])
+                copied += target[n].numel()
+    model.load_state_dict(target)
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     from dfnet4_sdk.models import load_model, save_checkpoint
     from dfnet4_sdk.models.dfnet4 import DfNet4
@@ -112,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="dfnet4-dfn3conv")
     ap.add_argument("--seed", type=int, default=0, help="seed of the fresh (not copied) tensors")
     ap.add_argument("--dfn3", default="dfn3", help="DFN3's weights: 'dfn3' (the installed package) or the official archive")
+    ap.add_argument("--student", help="a trained student checkpoint to take --components from, after DFN3")
+    ap.add_argument("--components", nargs="+", default=[], help="components taken whole from --student (enc, erb_dec, df_dec)")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
+    if bool(args.student) != bool(args.components):
+        ap.error("--student and --components go together")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     student = DfNet4.from_preset(args.preset)
@@ -121,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     state = student.state_dict()
     extra = {"init": "dfn3", "copied_values": report.copied_values(state),
              "total_values": sum(v.numel() for v in state.values())}
+    if args.student:
+        taken = take_components(student, load_model(args.student), args.components)
+        extra.update(student=args.student, student_components=args.components, student_values=taken)
+        log.info("%s values of %s from %s", taken, args.components, args.student)
     save_checkpoint(student, args.output, extra=extra)
     log.info("%s\n%s of %s values from DFN3 -> %s", report.summary(), extra["copied_values"], extra["total_values"], args.output)
     return 0

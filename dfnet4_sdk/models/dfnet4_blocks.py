@@ -130,10 +130,10 @@ def make_backbone(
     num_layers: int,
     groups: int | None = None,
 ) -> SqueezedMamba | SqueezedGRU:
-    """The sequence model selected by ``params.backbone`` ('mamba' or 'gru'); its squeeze
-    linears have ``groups`` groups (default ``params.linear_groups``)."""
+    """The sequence model ``params.backbone_of(name)`` ('mamba' or 'gru') of component ``name``;
+    its squeeze linears have ``groups`` groups (default ``params.linear_groups``)."""
     groups = params.linear_groups if groups is None else groups
-    if params.backbone == "gru":
+    if params.backbone_of(name) == "gru":
         return SqueezedGRU(name, input_size, hidden_size, output_size, num_layers, groups)
     return SqueezedMamba(
         name,
