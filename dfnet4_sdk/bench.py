@@ -166,7 +166,15 @@ def _files(path: Path) -> list[Path]:
 def _bundle_for(model: str, backend: str, precision: str):
     if backend == "torch":
         return model
+    from dfnet4_sdk.bundle import Bundle, is_bundle
     from dfnet4_sdk.shipped import shipped_model
+
+    if is_bundle(model):  # a bundle directory runs as it is, on the backend it was exported for
+        m = Bundle.load(model).manifest
+        if (m.backend, m.precision) != (backend, precision):
+            raise ConfigError(f"bundle {model} is {m.backend} {m.precision}, not {backend} {precision}: "
+                              f"pass --backend {m.backend} --precision {m.precision}")
+        return Path(model)
 
     shipped = shipped_model(model)
     for b in shipped.bundles if shipped is not None else ():

@@ -161,3 +161,16 @@ def test_bench_report_keeps_every_marked_section_in_order(tmp_path):
     path.write_text("# old\n\n" + "\n\nprose between\n\n".join(blocks) + "\n")
     write_report(path, "# new\n")
     assert path.read_text() == "# new\n\n" + "\n\n".join(blocks) + "\n"
+
+
+def test_a_bundle_directory_is_benchmarked_as_it_is():
+    """`dfsdk bench --model DIR` ran the directory through load_model (an export) and failed with
+    'no manifest.json' on a valid bundle; it runs the bundle, and says which backend it needs."""
+    from dfnet4_sdk.bench import _bundle_for
+    from dfnet4_sdk.errors import ConfigError
+    from dfnet4_sdk.shipped import SHIPPED_MODELS
+
+    shipped = SHIPPED_MODELS["dfnet4-lite-v1"].bundles[0]  # onnx fp32
+    assert _bundle_for(str(shipped.path), "onnx", "fp32") == shipped.path
+    with pytest.raises(ConfigError, match="pass --backend onnx --precision fp32"):
+        _bundle_for(str(shipped.path), "tflite", "fp16")
