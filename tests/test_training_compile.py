@@ -74,10 +74,10 @@ def test_compiled_step_of_the_fixed_batch_keeps_the_reference_terms_and_gradient
     teacher_out = teacher_targets(trainer.teacher, batch)
     targets = trainer.objective.targets(batch, teacher_out)  # made ahead, as a data worker does
     compiled._compiled.cache_clear()
-    with compiled.fused_kernels():
-        terms = trainer.objective.generator_terms(run_model(trainer.model, batch), batch, teacher_out, targets)
-        loss = sum(terms.values())
-        loss.backward()
+    compiled.use_fused_kernels(trainer.model, trainer.objective)
+    terms = trainer.objective.generator_terms(run_model(trainer.model, batch), batch, teacher_out, targets)
+    loss = sum(terms.values())
+    loss.backward()
     assert compiled._compiled.cache_info().currsize == 4  # both Functions ran compiled, forward and backward
     assert_reference_step(trainer, terms, loss)
 
@@ -135,3 +135,22 @@ def test_optim_compile_without_a_cpp_compiler_is_a_config_error_before_the_run(t
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, compile=True))
     with pytest.raises(ConfigError, match=r"compile = true needs a C\+\+ compiler.*set \[optim\] compile = false"):
         Trainer(cfg, tmp_path / "run", mode="distill", device="cpu")
+
+
+def test_fused_kernels_belong_to_one_model_and_objective(tmp_path):
+    """The fused Functions are handed to one student and one objective, not swapped in globally:
+    another model built in the same process still trains through the eager scan and losses."""
+    from dfnet4_sdk.models.dfnet4 import DfNet4
+    from dfnet4_sdk.models.mamba import MambaBlock
+    from dfnet4_sdk.models.scan_training import SelectiveScan
+    from dfnet4_sdk.training.config import LossConfig
+    from dfnet4_sdk.training.objective import Objective
+
+    student, other = DfNet4.from_preset("dfnet4-lite"), DfNet4.from_preset("dfnet4-lite")
+    objective, other_objective = Objective(LossConfig(), student), Objective(LossConfig(), other)
+    compiled.use_fused_kernels(student, objective)
+    mixers = [m for m in student.modules() if isinstance(m, MambaBlock)]
+    assert len(mixers) == 4 and all(m.train_scan is compiled.FusedSelectiveScan for m in mixers)
+    assert objective.compressed_errors is compiled.FusedCompressedErrors
+    assert all(m.train_scan is SelectiveScan for m in other.modules() if isinstance(m, MambaBlock))
+    assert other_objective.compressed_errors is None

@@ -1,9 +1,9 @@
 """``[optim] compile = true``: the training step's elementwise chains fused by ``torch.compile``.
 
-    with fused_kernels():          # the Trainer enters it around each step when compile is on
-        out = run_model(student, batch)
-        loss = sum(objective.generator_terms(out, batch, teacher_out, targets).values())
-        loss.backward()
+    use_fused_kernels(student, objective)   # the Trainer does it once when compile is on
+    out = run_model(student, batch)
+    loss = sum(objective.generator_terms(out, batch, teacher_out, targets).values())
+    loss.backward()
 
 A profile of the CPU step (DfNet4Lite, batch 4 x 1.5 s) put half its time in two hand-written
 autograd Functions made of elementwise passes over large buffers: the Mamba scan of
@@ -24,8 +24,9 @@ The recurrences and gradients are those of ``scan_training.py`` and ``losses._Co
 (derivations there); the values agree with them to float rounding (tests/test_training_compile.py
 checks the formulas in float64 and the compiled step on a real batch against the reference terms).
 
-``fused_kernels`` swaps the two Functions for the fused ones inside the block only (as the
-throughput tool swaps the losses for its ``old`` setting); inference and export never enter it.
+``use_fused_kernels`` hands the fused Functions to one student's Mamba mixers (their
+``train_scan``) and one objective (its ``compressed_errors``); nothing global changes but dynamo's
+recompile limit, raised for the process. Inference and export never use them.
 Compiled code is cached by torch under its temp folder (``TORCHINDUCTOR_CACHE_DIR``, default
 ``/tmp/torchinductor_<user>``); nothing in the package or the runtime needs it. The first step of
 a run pays the compilation (tens of seconds on one core, a few with a warm cache).
@@ -33,7 +34,6 @@ a run pays the compilation (tens of seconds on one core, a few with a warm cache
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -136,7 +136,7 @@ class FusedSelectiveScan(torch.autograd.Function):
         return _compiled(scan_backward)(gy.contiguous(), gh, *saved, *ctx.sizes)
 
 
-# -- the compressed spectral error (formulas in losses._CompressedError) ---------------------------
+# -- the compressed spectral error (formulas in losses._CompressedErrors) --------------------------
 
 
 def _compress(re: Tensor, im: Tensor, gamma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -210,16 +210,11 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-@contextlib.contextmanager
-def fused_kernels():
-    """Inside the block, the Mamba scan and the compressed spectral errors train through the
-    compiled Functions above (autograd records them in the block; their backward runs them too)."""
+def use_fused_kernels(student: torch.nn.Module, objective) -> None:
+    """``student``'s Mamba scans and ``objective``'s compressed spectral errors train through the
+    compiled Functions above (their forward and backward)."""
     import torch._dynamo.config
 
-    saved = mamba.SelectiveScan, losses._CompressedErrors, torch._dynamo.config.recompile_limit
-    mamba.SelectiveScan, losses._CompressedErrors = FusedSelectiveScan, FusedCompressedErrors
-    torch._dynamo.config.recompile_limit = max(saved[2], RECOMPILE_LIMIT)
-    try:
-        yield
-    finally:
-        mamba.SelectiveScan, losses._CompressedErrors, torch._dynamo.config.recompile_limit = saved
+    mamba.use_train_scan(student, FusedSelectiveScan)
+    objective.compressed_errors = FusedCompressedErrors
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

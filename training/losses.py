@@ -67,11 +67,13 @@ def compress_target(ref: Tensor, gamma: float) -> Compressed:
     return Compressed(*_compress(ref[..., 0], ref[..., 1], gamma))
 
 
-def _compressed_error(est: Tensor, ref: Tensor | Compressed, gamma: float, complex_weight: float) -> Tensor:
+def _compressed_error(est: Tensor, ref: Tensor | Compressed, gamma: float, complex_weight: float,
+                      errors=None) -> Tensor:
     """Per-bin (1 - c) * (|e|^g - |r|^g)^2 + c * |e_c - r_c|^2 of spectra [..., 2] -> [...];
-    ``ref`` the raw target spectrum or its ``compress_target``."""
+    ``ref`` the raw target spectrum or its ``compress_target``; ``errors`` as in ``spectral_losses``."""
+    errors = errors or _CompressedErrors
     if isinstance(ref, Compressed):
-        return _CompressedError.apply(est, *ref, gamma, complex_weight)
+        return errors.apply(est, gamma, complex_weight, *ref)[0]
     if ref.requires_grad and torch.is_grad_enabled():  # gradients to both sides: plain autograd
         mag_e, re_e, im_e = _compress(est[..., 0], est[..., 1], gamma)
         mag_r, re_r, im_r = _compress(ref[..., 0], ref[..., 1], gamma)
@@ -79,32 +81,20 @@ def _compressed_error(est: Tensor, ref: Tensor | Compressed, gamma: float, compl
         return torch.lerp((mag_e - mag_r).square(), cpl, complex_weight)
     with torch.no_grad():
         target = _compress(ref[..., 0], ref[..., 1], gamma)
-    return _CompressedError.apply(est, *target, gamma, complex_weight)
+    return errors.apply(est, gamma, complex_weight, *target)[0]
 
 
-class _CompressedError(torch.autograd.Function):
-    """``_compressed_error`` against a fixed target, with its gradient written out: the same
-    values and gradients as autograd through ``_compress`` (a test checks both), in about a
-    third of the passes over the spectra, which dominate a CPU training step.
+class _CompressedErrors(torch.autograd.Function):
+    """``_compressed_error`` of one estimate against k fixed targets (``Compressed``, flattened):
+    k errors, the estimate's compression (m2, mc, s) made once for all of them; the gradient is
+    the sum of each target's, gathered before the passes over the estimate. Written out, it has
+    the same values and gradients as autograd through ``_compress`` (a test checks both), in
+    about a third of the passes over the spectra, which dominate a CPU training step.
 
     With m2 = max(re^2 + im^2, EPS), mc = m2^(g/2), s = mc / sqrt(m2), dm = mc - mag_r,
     (er, ei) = (re, im) * s - (re_r, im_r):  err = (1 - c) dm^2 + c (er^2 + ei^2) and
     d err / d re = 2c er s + re K,  d err / d im = 2c ei s + im K,
     K = (2 (1 - c) g dm mc + 2c (g - 1) s (er re + ei im)) / m2, and K = 0 where m2 was clamped."""
-
-    @staticmethod
-    def forward(ctx, est, mag_r, re_r, im_r, gamma: float, cw: float):
-        return _CompressedErrors.forward(ctx, est, gamma, cw, mag_r, re_r, im_r)[0]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (_CompressedErrors.backward(ctx, grad)[0], None, None, None, None, None)
-
-
-class _CompressedErrors(torch.autograd.Function):
-    """``_CompressedError`` of one estimate against k fixed targets (``Compressed``, flattened):
-    k errors, the estimate's compression (m2, mc, s) made once for all of them; the gradient is
-    the sum of each target's, gathered before the passes over the estimate."""
 
     @staticmethod
     def forward(ctx, est, gamma: float, cw: float, *targets):
@@ -159,10 +149,11 @@ def _weighted_mean(err: Tensor, weight: Tensor | None) -> Tensor:
     return (reduced * weight).sum() / (weight.expand_as(reduced).sum() * copies).clamp_min(1.0)
 
 
-def spectral_loss(est: Tensor, ref: Tensor | Compressed, gamma: float, complex_weight: float, weight: Tensor | None = None) -> Tensor:
+def spectral_loss(est: Tensor, ref: Tensor | Compressed, gamma: float, complex_weight: float, weight: Tensor | None = None,
+                  errors=None) -> Tensor:
     """Compressed magnitude + complex MSE. est, ref [..., F, 2] (or ref's ``compress_target``);
-    weight broadcasts to [..., F]."""
-    return SPECTRAL_SCALE * _weighted_mean(_compressed_error(est, ref, gamma, complex_weight), weight)
+    weight broadcasts to [..., F]; ``errors`` as in ``spectral_losses``."""
+    return SPECTRAL_SCALE * _weighted_mean(_compressed_error(est, ref, gamma, complex_weight, errors), weight)
 
 
 def band_weight(band_limit_hz: Tensor, freqs_hz: Tensor, hf_weight: float, item_weight: Tensor) -> Tensor:
@@ -187,11 +178,11 @@ def multires_spectra(x: Tensor, fft_sizes: tuple[int, ...]) -> tuple[Tensor, ...
 def multires_loss(
     est: Tensor | tuple[Tensor, ...], ref: Tensor | tuple[Tensor, ...], sample_rate: int, fft_sizes: tuple[int, ...],
     gamma: float, complex_weight: float,
-    band_limit_hz: Tensor | None = None, hf_weight: float = 1.0, item_weight: Tensor | None = None,
+    band_limit_hz: Tensor | None = None, hf_weight: float = 1.0, item_weight: Tensor | None = None, errors=None,
 ) -> Tensor:
     """Compressed spectral loss over several STFT resolutions of waveforms est, ref [B, N], each
     given as the waveform or as its ``multires_spectra(x, fft_sizes)`` (ref also as the
-    ``compress_target`` of each of those)."""
+    ``compress_target`` of each of those); ``errors`` as in ``spectral_losses``."""
     est_specs = multires_spectra(est, fft_sizes) if isinstance(est, Tensor) else est
     ref_specs = multires_spectra(ref, fft_sizes) if isinstance(ref, Tensor) else ref
     first = est_specs[0]
@@ -199,7 +190,7 @@ def multires_loss(
     item_weight = first.new_ones(first.shape[0]) if item_weight is None else item_weight
     for n_fft, se, sr in zip(fft_sizes, est_specs, ref_specs, strict=True):  # [B, F, T, 2]
         w = _multires_weight(first, n_fft, sample_rate, band_limit_hz, hf_weight, item_weight)
-        total = total + spectral_loss(se, sr, gamma, complex_weight, w) * (MULTIRES_SCALE / SPECTRAL_SCALE)
+        total = total + spectral_loss(se, sr, gamma, complex_weight, w, errors) * (MULTIRES_SCALE / SPECTRAL_SCALE)
     return total / len(fft_sizes)
 
 
@@ -213,20 +204,24 @@ def _multires_weight(first: Tensor, n_fft: int, sample_rate: int, band_limit_hz:
 
 
 def spectral_losses(est: Tensor, refs: tuple[Compressed, ...], gamma: float, complex_weight: float,
-                    weights: tuple[Tensor | None, ...]) -> list[Tensor]:
+                    weights: tuple[Tensor | None, ...], errors=None) -> list[Tensor]:
     """``spectral_loss`` of one estimate against several compressed targets, each with its
-    weight: the estimate is compressed once for all (the supervised and the distillation term)."""
-    errs = _CompressedErrors.apply(est, gamma, complex_weight, *(t for ref in refs for t in ref))
+    weight: the estimate is compressed once for all (the supervised and the distillation term).
+    ``errors``: the autograd Function that computes them (default ``_CompressedErrors``; the
+    compiled form is training/compiled.py's)."""
+    errs = (errors or _CompressedErrors).apply(est, gamma, complex_weight, *(t for ref in refs for t in ref))
     return [SPECTRAL_SCALE * _weighted_mean(e, w) for e, w in zip(errs, weights, strict=True)]
 
 
 def multires_losses(
     est: Tensor | tuple[Tensor, ...], refs: tuple[tuple[Compressed, ...], ...], sample_rate: int,
     fft_sizes: tuple[int, ...], gamma: float, complex_weight: float, weightings: tuple[tuple | None, ...],
+    errors=None,
 ) -> list[Tensor]:
     """``multires_loss`` of one estimate against several targets, each given as the
     ``compress_target`` of every resolution, with its weighting (band_limit_hz, hf_weight,
-    item_weight) or None: each resolution of the estimate is compressed once for all targets."""
+    item_weight) or None: each resolution of the estimate is compressed once for all targets.
+    ``errors`` as in ``spectral_losses``."""
     est_specs = multires_spectra(est, fft_sizes) if isinstance(est, Tensor) else est
     first = est_specs[0]
     ones = first.new_ones(first.shape[0])
@@ -235,7 +230,7 @@ def multires_losses(
         targets = [ref[r] for ref in refs]
         weights = [_multires_weight(first, n_fft, sample_rate, *(wt or (None, 1.0, None))[:2],
                                     ones if wt is None or wt[2] is None else wt[2]) for wt in weightings]
-        for i, loss in enumerate(spectral_losses(se, tuple(targets), gamma, complex_weight, tuple(weights))):
+        for i, loss in enumerate(spectral_losses(se, tuple(targets), gamma, complex_weight, tuple(weights), errors)):
             totals[i] = totals[i] + loss * (MULTIRES_SCALE / SPECTRAL_SCALE)
     return [t / len(fft_sizes) for t in totals]
 

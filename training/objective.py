@@ -17,6 +17,8 @@ the MSE relative to the teacher's mean square, so every state weighs alike whate
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -41,10 +43,14 @@ class Objective(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dsp = student.dsp
+        # The autograd Function behind the compressed spectral errors (None: losses.py's own);
+        # [optim] compile gives the compiled form (training/compiled.py: use_fused_kernels).
+        self.compressed_errors = None
+        self.L = L  # the losses module (the throughput tool's `old` setting gives another revision's)
         self._warned_no_hidden = False
         self.lsnr_range = lsnr_range(student)
         self.register_buffer("widths", spectral.erb_widths_tensor(student.dsp), persistent=False)
-        self.register_buffer("freqs_hz", L.stft_bins_hz(student.dsp), persistent=False)
+        self.register_buffer("freqs_hz", self.L.stft_bins_hz(student.dsp), persistent=False)
         self.projector = None
         if teacher is not None and cfg.distill_feature > 0:
             self.projector = FeatureProjector(embedding_dim(student), embedding_dim(teacher))
@@ -78,21 +84,21 @@ class Objective(nn.Module):
         c, t = self.cfg, {}
         if not hasattr(L, "compress_target"):
             return t
-        compressed = lambda specs: tuple(L.compress_target(s, c.gamma) for s in specs)
+        compressed = lambda specs: tuple(self.L.compress_target(s, c.gamma) for s in specs)
         if bool(batch["has_clean"].any()):
             if c.spectral > 0:
-                t["spectral"] = L.compress_target(batch["clean_spec"], c.gamma)
+                t["spectral"] = self.L.compress_target(batch["clean_spec"], c.gamma)
             if c.multires > 0:
-                t["multires"] = compressed(L.multires_spectra(L.istft(batch["clean_spec"], self.dsp), c.multires_fft_sizes))
+                t["multires"] = compressed(self.L.multires_spectra(self.L.istft(batch["clean_spec"], self.dsp), c.multires_fft_sizes))
             if c.mask > 0:
-                t["mask"] = L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
+                t["mask"] = self.L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
             if c.lsnr > 0:
-                t["lsnr"] = L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
+                t["lsnr"] = self.L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
         if teacher_out is not None:
             if c.distill_spectral > 0:
-                t["d_spectral"] = L.compress_target(teacher_out["enhanced"], c.gamma)
+                t["d_spectral"] = self.L.compress_target(teacher_out["enhanced"], c.gamma)
             if c.distill_multires > 0:
-                t["d_multires"] = compressed(L.multires_spectra(teacher_out["wave"], c.multires_fft_sizes))
+                t["d_multires"] = compressed(self.L.multires_spectra(teacher_out["wave"], c.multires_fft_sizes))
         return t
 
     def generator_terms(
@@ -108,33 +114,33 @@ class Objective(nn.Module):
         student_mr = self._student_multires(out) if both_multires else out["wave"]  # transformed once for both
         paired = self._paired_terms(out, batch, tg, student_mr, has_clean) if teacher_out is not None else {}
         if has_clean.sum() > 0:
-            w = L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
+            w = self.L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
             if "spectral" in paired:
                 terms["spectral"] = paired["spectral"]
             elif c.spectral > 0:
-                terms["spectral"] = c.spectral * L.spectral_loss(
+                terms["spectral"] = c.spectral * self._errors(self.L.spectral_loss)(
                     out["enhanced"], tg.get("spectral", batch["clean_spec"]), c.gamma, c.complex_weight, w
                 )
             if "multires" in paired:
                 terms["multires"] = paired["multires"]
             elif c.multires > 0:
-                clean_mr = tg["multires"] if "multires" in tg else L.istft(batch["clean_spec"], self.dsp)
-                terms["multires"] = c.multires * L.multires_loss(
+                clean_mr = tg["multires"] if "multires" in tg else self.L.istft(batch["clean_spec"], self.dsp)
+                terms["multires"] = c.multires * self._errors(self.L.multires_loss)(
                     student_mr, clean_mr, self.dsp.sample_rate_hz, c.multires_fft_sizes, c.gamma,
                     c.complex_weight, batch["band_limit_hz"], c.band_limited_hf_weight, has_clean,
                 )
             if c.mask > 0:
-                ideal = tg["mask"] if "mask" in tg else L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
-                terms["mask"] = c.mask * L.mask_loss(out["erb_mask"], ideal, has_clean)
+                ideal = tg["mask"] if "mask" in tg else self.L.ideal_erb_mask(batch["clean_spec"], batch["spec"], self.widths)
+                terms["mask"] = c.mask * self.L.mask_loss(out["erb_mask"], ideal, has_clean)
             if c.lsnr > 0:
-                target = tg["lsnr"] if "lsnr" in tg else L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
-                terms["lsnr"] = c.lsnr * L.lsnr_loss(out["lsnr"], target, has_clean)
+                target = tg["lsnr"] if "lsnr" in tg else self.L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
+                terms["lsnr"] = c.lsnr * self.L.lsnr_loss(out["lsnr"], target, has_clean)
             if self.speaker is not None:
                 terms["speaker"] = c.speaker * self.speaker.loss(out["enhanced"], batch["clean_spec"], has_clean)
         if teacher_out is not None:
             terms.update(self._distill_terms(out, teacher_out, student_mr, tg, paired))
         if self.discriminator is not None:
-            real = L.istft(batch["clean_spec"], self.dsp) if has_clean.sum() > 0 else None
+            real = self.L.istft(batch["clean_spec"], self.dsp) if has_clean.sum() > 0 else None
             adv, fm = self.discriminator.generator_losses(out["wave"], real, has_clean)
             if c.gan > 0:
                 terms["gan"] = c.gan * adv
@@ -151,7 +157,11 @@ class Objective(nn.Module):
         ``multires_spectra``; those get the waveform and transform it per term, as the old code did."""
         if not hasattr(L, "multires_spectra"):
             return out["wave"]
-        return L.multires_spectra(out["wave"], self.cfg.multires_fft_sizes)
+        return self.L.multires_spectra(out["wave"], self.cfg.multires_fft_sizes)
+
+    def _errors(self, loss):
+        """``loss`` computing its compressed errors with this objective's Function."""
+        return loss if self.compressed_errors is None else functools.partial(loss, errors=self.compressed_errors)
 
     def _paired_terms(self, out, batch, tg, student_mr, has_clean) -> dict[str, Tensor]:
         """The supervised and distillation spectral terms (model resolution; multires) computed
@@ -161,12 +171,12 @@ class Objective(nn.Module):
         if not hasattr(L, "spectral_losses") or has_clean.sum() == 0:
             return paired
         if c.spectral > 0 and c.distill_spectral > 0 and "spectral" in tg and "d_spectral" in tg:
-            w = L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
-            sup, dis = L.spectral_losses(out["enhanced"], (tg["spectral"], tg["d_spectral"]), c.gamma, c.complex_weight, (w, None))
+            w = self.L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
+            sup, dis = self._errors(self.L.spectral_losses)(out["enhanced"], (tg["spectral"], tg["d_spectral"]), c.gamma, c.complex_weight, (w, None))
             paired["spectral"], paired["d_spectral"] = c.spectral * sup, c.distill_spectral * dis
         if c.multires > 0 and c.distill_multires > 0 and "multires" in tg and "d_multires" in tg:
             weighting = (batch["band_limit_hz"], c.band_limited_hf_weight, has_clean)
-            sup, dis = L.multires_losses(student_mr, (tg["multires"], tg["d_multires"]), self.dsp.sample_rate_hz,
+            sup, dis = self._errors(self.L.multires_losses)(student_mr, (tg["multires"], tg["d_multires"]), self.dsp.sample_rate_hz,
                                          c.multires_fft_sizes, c.gamma, c.complex_weight, (weighting, None))
             paired["multires"], paired["d_multires"] = c.multires * sup, c.distill_multires * dis
         return paired
@@ -181,22 +191,22 @@ class Objective(nn.Module):
         c, tg = self.cfg, tg or {}
         terms = {k: v for k, v in (paired or {}).items() if k.startswith("d_")}
         if c.distill_spectral > 0 and "d_spectral" not in terms:
-            terms["d_spectral"] = c.distill_spectral * L.spectral_loss(
+            terms["d_spectral"] = c.distill_spectral * self._errors(self.L.spectral_loss)(
                 out["enhanced"], tg.get("d_spectral", t["enhanced"]), c.gamma, c.complex_weight
             )
         if c.distill_multires > 0 and "d_multires" not in terms:
-            terms["d_multires"] = c.distill_multires * L.multires_loss(
+            terms["d_multires"] = c.distill_multires * self._errors(self.L.multires_loss)(
                 out["wave"] if student_mr is None else student_mr, tg.get("d_multires", t["wave"]), self.dsp.sample_rate_hz,
                 c.multires_fft_sizes, c.gamma, c.complex_weight,
             )
         if c.distill_mask > 0:
-            terms["d_mask"] = c.distill_mask * L.mask_distill_loss(out["erb_mask"], t["erb_mask"], c.temperature)
+            terms["d_mask"] = c.distill_mask * self.L.mask_distill_loss(out["erb_mask"], t["erb_mask"], c.temperature)
         if c.distill_lsnr > 0:
             terms["d_lsnr"] = c.distill_lsnr * (out["lsnr"] - t["lsnr"]).pow(2).mean()
         if c.distill_df > 0 and out["df_coefs"].shape == t["df_coefs"].shape:
             terms["d_df"] = c.distill_df * (out["df_coefs"] - t["df_coefs"]).pow(2).mean()
         if self.projector is not None:
-            terms["d_feature"] = c.distill_feature * L.feature_distill_loss(self.projector(out["emb"]), t["emb"])
+            terms["d_feature"] = c.distill_feature * self.L.feature_distill_loss(self.projector(out["emb"]), t["emb"])
         if c.distill_hidden > 0:
             hidden = hidden_distill_terms(out, t, c.distill_hidden_names, c.distill_hidden)
             if not hidden and not self._warned_no_hidden:
@@ -213,7 +223,7 @@ class Objective(nn.Module):
         has_clean = batch["has_clean"]
         if self.discriminator is None or not bool(has_clean.any()):
             return None
-        real = L.istft(batch["clean_spec"], self.dsp)[has_clean]
+        real = self.L.istft(batch["clean_spec"], self.dsp)[has_clean]
         return self.discriminator.discriminator_loss(real, out["wave"].detach()[has_clean])
 
 

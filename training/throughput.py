@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.util
 import logging
 import math
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from dfnet4_sdk.models import mamba
 from dfnet4_sdk.training.config import OptimConfig, TrainConfig
 from dfnet4_sdk.training.data import build_lists, load_mono
 from dfnet4_sdk.training.trainer import Callback, Trainer
@@ -103,14 +105,9 @@ class _Clock(Callback):
         self.terms.append(dict(terms))
 
 
-@contextlib.contextmanager
-def _losses_of(rev: str | None):
-    """The objective computes with training/losses.py as of git ``rev`` inside the block."""
-    from dfnet4_sdk.training import objective
-
-    if rev is None:
-        yield
-        return
+@functools.cache
+def _losses_module(rev: str):
+    """training/losses.py as of git ``rev``, loaded as its own module (for one objective's ``L``)."""
     repo = Path(__file__).resolve().parents[1]
     source = subprocess.run(["git", "show", f"{rev}:training/losses.py"], cwd=repo, capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / "losses_baseline.py"
@@ -118,38 +115,18 @@ def _losses_of(rev: str | None):
     spec = importlib.util.spec_from_file_location("dfnet4_sdk_losses_baseline", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    current = objective.L
-    objective.L = module
-    try:
-        yield
-    finally:
-        objective.L = current
+    return module
 
 
-@contextlib.contextmanager
-def _autograd_scan(on: bool):
-    """Inside the block (when ``on``) the Mamba layers train through the chunked scan with
-    autograd, as before the scan's gradient was written out."""
-    from dfnet4_sdk.models import mamba
+class _AutogradScan:
+    """The chunked scan with autograd through it, as before the scan's gradient was written out
+    (a ``train_scan`` for ``mamba.use_train_scan``)."""
 
-    if not on:
-        yield
-        return
-
-    class _Autograd:
-        apply = staticmethod(mamba._chunk_scan)
-
-    current, mamba.SelectiveScan = mamba.SelectiveScan, _Autograd
-    try:
-        yield
-    finally:
-        mamba.SelectiveScan = current
+    apply = staticmethod(mamba._chunk_scan)
 
 
 def build_cache(cfg: TrainConfig, setting: Setting, batches: int, cache_dir: str, mode: str = "distill") -> float:
     """Fills the teacher cache of ``setting`` (pool of ``batches``); returns seconds per batch."""
-    from dfnet4_sdk.training.pipeline import BatchPipeline
-
     with tempfile.TemporaryDirectory() as out:
         applied = setting.apply(cfg, batches, cache_dir)
         batches = applied.data.teacher_cache_batches
@@ -165,9 +142,12 @@ def build_cache(cfg: TrainConfig, setting: Setting, batches: int, cache_dir: str
 def measure(cfg: TrainConfig, setting: Setting, steps: int, warmup: int, mode: str = "distill", cache_dir: str = "") -> dict[str, float]:
     """One run of ``setting``: audio s / wall s, samples / s, mean phase seconds per step."""
     clock = _Clock()
-    with (tempfile.TemporaryDirectory() as out, _losses_of(BASELINE_REV if setting.baseline_losses else None),
-          _autograd_scan(not setting.scan_gradient)):
+    with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(setting.apply(cfg, warmup + steps, cache_dir), out, mode=mode, device="cpu", callbacks=[clock])
+        if setting.baseline_losses:
+            trainer.objective.L = _losses_module(BASELINE_REV)
+        if not setting.scan_gradient:
+            mamba.use_train_scan(trainer.model, _AutogradScan)
         trainer.fit(resume=False)
     wall = clock.ends[-1] - clock.ends[warmup - 1]
     audio_s = steps * setting.processes * setting.batch_size * cfg.data.segment_s

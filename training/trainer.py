@@ -31,7 +31,6 @@ Callbacks (e.g. quantisation-aware training) observe and modify the run; see ``C
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -49,7 +48,7 @@ import torch
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models import load_model, save_checkpoint
 from dfnet4_sdk.models.dfnet4 import DfNet4
-from dfnet4_sdk.training.compiled import fused_kernels, require_compiler
+from dfnet4_sdk.training.compiled import require_compiler, use_fused_kernels
 from dfnet4_sdk.training.config import TrainConfig
 from dfnet4_sdk.training.data import MixtureDataset, build_lists
 from dfnet4_sdk.training.distill import check_compatible, run_model, teacher_targets
@@ -137,6 +136,8 @@ class Trainer:
             if problems:
                 raise ConfigError("cannot distill: " + "; ".join(problems))
         self.objective = Objective(cfg.loss, self.model, self.teacher).to(self.device)
+        if cfg.optim.compile:
+            use_fused_kernels(self.model, self.objective)  # training/compiled.py
         lists = build_lists(cfg.data)
         log.info("training data: %s", json.dumps(lists.summary()))
         self.data = MixtureDataset(cfg.data, self.model.dsp, lists, "train")
@@ -233,8 +234,7 @@ class Trainer:
             targets = _to_device(targets, self.device)
         timings = {"t_teacher": lap()}
         self.model.train()
-        with fused_kernels() if self.cfg.optim.compile else contextlib.nullcontext():  # training/compiled.py
-            return self._step(batch, teacher_out, targets, timings, lap)
+        return self._step(batch, teacher_out, targets, timings, lap)
 
     def _step(self, batch, teacher_out, targets, timings, lap) -> dict[str, float]:
         out = run_model(self.model, batch)

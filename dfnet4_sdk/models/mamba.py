@@ -112,21 +112,33 @@ def selective_scan(
     D: Tensor,
     h0: Tensor | None = None,
     block_frames: int = SCAN_BLOCK_FRAMES,
+    train_scan=SelectiveScan,
 ) -> tuple[Tensor, Tensor]:
     """Sequence form of ``selective_scan_reference`` (same arguments and results): a two-level
     chunked scan in about 3 * sqrt(T) vectorised steps instead of T, over blocks of
-    ``block_frames`` frames (state carried) so that long inputs keep bounded buffers."""
+    ``block_frames`` frames (state carried) so that long inputs keep bounded buffers.
+    ``train_scan``: what computes it when a gradient is needed (an autograd Function's form:
+    ``.apply`` with ``_chunk_scan``'s arguments and results)."""
     h = x.new_zeros(x.shape[0], A.shape[1], x.shape[2]) if h0 is None else h0
     # Training: the same scan with its gradient written out (scan_training.py), not autograd
     # through every step of it. Inference and export keep the plain ops.
     train = torch.is_grad_enabled() and any(v.requires_grad for v in (x, dt, A, B, C, D, h))
-    scan = SelectiveScan.apply if train else _chunk_scan
+    scan = train_scan.apply if train else _chunk_scan
     ys = []
     for s in range(0, x.shape[1], block_frames):  # blocks of ~10 s, not frames
         e = s + block_frames
         y, h = scan(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, h)
         ys.append(y)
     return torch.cat(ys, dim=1), h
+
+
+def use_train_scan(model: nn.Module, scan) -> int:
+    """Every Mamba mixer of ``model`` trains through ``scan`` (``selective_scan``'s
+    ``train_scan``); inference and export are unaffected. Returns how many mixers it set."""
+    mixers = [m for m in model.modules() if isinstance(m, MambaBlock)]
+    for m in mixers:
+        m.train_scan = scan
+    return len(mixers)
 
 
 def softplus(x: Tensor) -> Tensor:
@@ -142,6 +154,10 @@ def _inverse_softplus(y: Tensor) -> Tensor:
 
 class MambaBlock(nn.Module):
     """The Mamba-1 mixer: in_proj -> causal depthwise conv -> selective SSM -> gate -> out_proj."""
+
+    # What the selective scan trains through (``selective_scan``'s ``train_scan``); a trainer may
+    # choose another form of the same Function per model (``use_train_scan``).
+    train_scan = SelectiveScan
 
     def __init__(
         self,
@@ -201,7 +217,7 @@ class MambaBlock(nn.Module):
         xc = self.conv1d.bias + sum(xcat[:, k : k + t] * kernel[:, k] for k in range(self.d_conv))  # [B, T, D]
         xc, dt, b, c = self._ssm_inputs(xc)
         A = -torch.exp(self.A_log)
-        y, h = selective_scan(xc, dt, A, b, c, self.D, ssm_state)
+        y, h = selective_scan(xc, dt, A, b, c, self.D, ssm_state, train_scan=self.train_scan)
         return self.out_proj(y * F.silu(z)), xcat[:, -(self.d_conv - 1) :], h
 
     def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor, runs: Tensor | None = None):
