@@ -6,7 +6,12 @@ the oracle. Two forms share one implementation of each formula:
 
 - whole-signal functions (``stft``, ``istft``, ``erb_features`` ...) for files and training;
 - ``FrontEnd`` (constants, shared, read-only) + ``FrontEndState`` (one stream's memories) with
-  one call per hop for streaming. Feeding the same audio hop by hop gives the same numbers.
+  one call per hop for streaming. Feeding the same audio hop by hop gives the same numbers;
+- ``FrontEnd.analysis_into`` / ``synthesis_into``: one hop of many streams into buffers the
+  caller owns (``StreamPool``'s bound graph), each row's numbers those of the one-stream hop.
+
+Over 400 lines: the frame, whole-signal and many-stream forms share the formulas kept here;
+split into modules, each would repeat them.
 
 Shapes: N samples, T frames, F = fft_size/2 + 1 bins, E = nb_erb bands, D = nb_df bins,
 O = deep-filter order (taps). Audio is float32, spectra complex64, features float32.
@@ -39,6 +44,24 @@ try:
 except ImportError:  # numpy < 2
     _irfft = _rfft_even = None
 _ONE = np.float32(1.0)
+
+
+def _rfft_rows(frames: np.ndarray, out: np.ndarray) -> None:
+    """rfft of each row of ``frames`` [R, fft] (fft even) into ``out`` [R, F] complex64."""
+    if _rfft_even is not None:
+        _rfft_even(frames, _ONE, out=out)
+    else:
+        out[...] = np.fft.rfft(frames, axis=-1)
+
+
+def _irfft_rows(spec: np.ndarray, out: np.ndarray) -> None:
+    """libDF's unnormalised inverse rfft of each row of ``spec`` [R, F] into ``out`` [R, fft] float32."""
+    if _irfft is not None:
+        _irfft(spec, _ONE, out=out)
+    else:
+        out[...] = np.fft.irfft(spec, n=out.shape[-1], axis=-1, norm="forward")
+
+
 EMA_BLOCK_FRAMES = 64  # frames per matmul of the whole-signal exponential means
 
 
@@ -211,6 +234,29 @@ class FrontEnd:
             rows = slice(start, start + FFT_ROWS_PER_CALL)
             np.multiply(np.fft.irfft(spec[rows], n=self.fft_size, axis=-1, norm="forward"), self.window, out=frames[rows])
         return frames
+
+    # -- one hop of R streams into caller-owned buffers (nothing allocated) -----------------------
+
+    def analysis_into(self, hops: np.ndarray, memory: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+        """hops [R, hop] float32 -> ``out`` [R, F] complex64 (``analysis_frame`` per row, written in
+        place); ``memory`` [R, fft - hop] is each row's analysis memory and becomes ``hops``;
+        ``scratch`` [>= R, fft] float32."""
+        h, window = self.hop, self._scaled_window
+        windowed = scratch[: len(hops)]
+        np.multiply(memory, window[:h], out=windowed[:, :h])
+        np.multiply(hops, window[h:], out=windowed[:, h:])
+        _rfft_rows(windowed, out)
+        memory[:] = hops
+
+    def synthesis_into(self, spec: np.ndarray, memory: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+        """spec [R, F] complex64 -> ``out`` [R, hop] float32 (``synthesis_frame`` per row, written
+        in place), overlap-added with ``memory`` [R, fft - hop], which becomes each frame's second
+        half; ``scratch`` [>= R, fft] float32."""
+        frames = scratch[: len(spec)]
+        _irfft_rows(spec, frames)
+        frames *= self.window
+        np.add(frames[:, : self.hop], memory, out=out)
+        memory[:] = frames[:, self.hop :]
 
     def _erb_db(self, spec: np.ndarray) -> np.ndarray:
         """[..., F] -> [..., E] float32: 10*log10(mean band power + 1e-10)."""

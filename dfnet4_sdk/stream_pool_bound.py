@@ -8,7 +8,7 @@ object's buffers (two state sets, A in -> B out then B in -> A out, alternating,
 ``EnhancementStream`` does for one stream), and synthesis reads ``spec_enhanced`` where the graph
 wrote it. Per hop nothing is validated, converted, stacked, gathered or allocated but the output.
 
-The formulas are ``dsp.FrontEnd``'s (its window, scale and pocketfft gufuncs: each row's numbers
+The formulas are ``dsp.FrontEnd``'s (``analysis_into`` / ``synthesis_into``: each row's numbers
 are those of the one-stream hop), applied in blocks of ``BLOCK_ROWS`` rows. A fixed-count
 graph (LiteRT's 32) is called once per group of rows; the buffers then have R rows, B padded up
 to whole groups (the padding rows' spectra stay zero, their outputs are never read).
@@ -28,7 +28,6 @@ import numpy as np
 
 from dfnet4_sdk import dsp
 
-_ONE = np.float32(1.0)
 # Rows per FFT call. The gufuncs write into the graph's buffers (no np.fft wrapper, no output
 # allocation), so the ~100 KB jump ``dsp.FFT_ROWS_PER_CALL`` avoids does not show: analysis +
 # synthesis of 128 streams cost 6.4 / 5.2 / 4.7 / 4.3 / 4.2 us per stream-hop with 8 / 16 / 32 /
@@ -85,7 +84,6 @@ class BoundFrames:
         block = min(BLOCK_ROWS, streams)
         self._windowed = np.empty((block, front_end.fft_size), np.float32)
         self._frame = np.empty((block, front_end.fft_size), np.float32)
-        self._gufuncs = _fft_gufuncs()
         self.restart()
 
     @property
@@ -109,15 +107,10 @@ class BoundFrames:
 
     def analysis(self, x: np.ndarray, memory: np.ndarray) -> None:
         """x [B, H] and its analysis memory [B, M] -> the graph's ``spec`` rows; memory <- x."""
-        rfft, _ = self._gufuncs
-        window, h, block = self._fe._scaled_window, self._hop, len(self._windowed)
+        block = len(self._windowed)
         for start in range(0, self.streams, block):
-            end = min(start + block, self.streams)
-            w = self._windowed[: end - start]
-            np.multiply(memory[start:end], window[:h], out=w[:, :h])
-            np.multiply(x[start:end], window[h:], out=w[:, h:])
-            rfft(w, _ONE, out=self._spec[start:end])
-        memory[:] = x
+            rows = slice(start, min(start + block, self.streams))
+            self._fe.analysis_into(x[rows], memory[rows], self._spec[rows], self._windowed)
         if self._samples is not None:
             self._samples.reshape(self.rows, -1)[: self.streams] = x
 
@@ -129,29 +122,9 @@ class BoundFrames:
 
     def synthesis(self, spec: np.ndarray, memory: np.ndarray) -> np.ndarray:
         """[B, F] complex64 -> [B, H] float32: inverse FFT, window, overlap-add with ``memory``."""
-        _, irfft = self._gufuncs
-        window, h, block = self._fe.window, self._hop, len(self._frame)
-        out = np.empty((self.streams, h), np.float32)
+        out = np.empty((self.streams, self._hop), np.float32)
+        block = len(self._frame)
         for start in range(0, self.streams, block):
-            end = min(start + block, self.streams)
-            f = self._frame[: end - start]
-            irfft(spec[start:end], _ONE, out=f)  # libDF's unnormalised inverse
-            f *= window
-            np.add(f[:, :h], memory[start:end], out=out[start:end])
-            memory[start:end] = f[:, h:]
+            rows = slice(start, min(start + block, self.streams))
+            self._fe.synthesis_into(spec[rows], memory[rows], out[rows], self._frame)
         return out
-
-
-def _fft_gufuncs() -> tuple[Callable, Callable]:
-    """(rfft, irfft) called as ``f(frames, 1, out=...)``: ``dsp``'s pocketfft gufuncs (numpy >= 2,
-    the one-stream hop's own), else ``np.fft`` behind the same signature."""
-    if dsp._rfft_even is not None and dsp._irfft is not None:
-        return dsp._rfft_even, dsp._irfft
-
-    def rfft(frames, _fct, out):
-        out[...] = np.fft.rfft(frames, axis=-1)
-
-    def irfft(spec, _fct, out):
-        out[...] = np.fft.irfft(spec, n=out.shape[-1], axis=-1, norm="forward")
-
-    return rfft, irfft
