@@ -100,6 +100,19 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
             bundles=(ShippedBundle("onnx", "fp32", "dfnet4-lite-v1-onnx"),),
             checkpoint="dfnet4-lite-v1.pt",
         ),
+        ShippedModel(
+            "dfnet4-mix-v1",
+            "dfnet4",
+            "DfNet4 at DFN3's widths (preset dfnet4-dfn3conv-mix): GRU enc and df_dec initialised from "
+            "DFN3, a Mamba erb_dec trained here, fine-tuned end to end by this project's training/; "
+            "prebuilt LiteRT fp16 bundle; docs/MODEL_CARD.md",
+            trained_here=True,
+            # As DFN3's bundle: LiteRT ran it fastest, fp16 weights expanded to fp32 at load; its
+            # GRUs get no block graphs on LiteRT (unrolled per frame), so files stream hop by hop.
+            bundles=(ShippedBundle("tflite", "fp16", "dfnet4-mix-v1-tflite-fp16", fused=True, blocks=False),),
+            checkpoint="dfnet4-mix-v1.pt",
+            notice="licenses/DeepFilterNet3-NOTICE.md",  # two of its three components start from DFN3's weights
+        ),
     )
 }
 
