@@ -9,7 +9,9 @@
 # under runs/<config name>/ and comes back as $OUT/<config name>.tar (at most 8 files of 16 MiB
 # come back from a call: the optimiser state stays there); one config keeps $OUT's top level.
 # What travels (tracked files + carry) must stay under 64 MiB: with the 33 MB pack the shipped
-# bundles in dfnet4_sdk/assets/ (24 MB, unused there) have to be moved aside for the call.
+# bundles and checkpoints in dfnet4_sdk/assets/ (41 MB, unused there: dfn3-tflite-fp16,
+# dfnet4-lite-v1-onnx, dfnet4-mix-v1-tflite-fp16, dfnet4-mix-v1.pt) have to be moved aside for
+# the call and back after it.
 # DFSDK_DEVICE=cpu runs the same script here (a dry run of the tooling with tiny configs).
 # DFSDK_SRC names the package source to install (default: this checkout; a clean `git archive` of
 # a commit keeps a chunk independent of edits in progress).
