@@ -166,3 +166,16 @@ def test_learning_curve_points_count_audio_hours_and_wall_time(tmp_path):
         (20, round(20 * 6 / 3600, 6), round(50 / 60, 6)),  # 20 steps x 4 items x 1.5 s; 10x2 + 10x3 s
         (30, round(30 * 6 / 3600, 6), round(60 / 60, 6)),
     ]
+
+
+def test_splice_cli_says_what_does_not_splice(tmp_path, capsys):
+    """A student at other widths ends in a message naming the mismatches, not a traceback."""
+    from dfnet4_sdk.models import save_checkpoint
+    from dfnet4_sdk.training.splice import main
+
+    save_checkpoint(DfNet4.from_preset("dfnet4-lite"), tmp_path / "lite.pt")
+    with pytest.raises(SystemExit, match="does not splice with DFN3") as e:
+        main([str(tmp_path / "lite.pt")])
+    assert "shape" in str(e.value)
+    with pytest.raises(SystemExit, match="held-out sets"):
+        main([str(tmp_path / "lite.pt"), "--data-root", str(tmp_path)])

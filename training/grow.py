@@ -25,13 +25,10 @@ import torch
 from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models import load_checkpoint, save_checkpoint
 from dfnet4_sdk.models.dfnet4 import DfNet4
+from dfnet4_sdk.models.dfnet4_params import LAYER_FIELDS
 
 # backbone -> (ModelParams4 field, the state_dict prefix of its layers)
-BACKBONES = {
-    "enc": ("enc_num_layers", "enc.backbone.layers"),
-    "erb_dec": ("erb_dec_num_layers", "erb_dec.backbone.layers"),
-    "df_dec": ("df_num_layers", "df_dec.backbone.layers"),
-}
+BACKBONES = {c: (field, f"{c}.backbone.layers") for c, field in LAYER_FIELDS.items()}
 
 
 def grow(model: DfNet4, layers: dict[str, int]) -> DfNet4:

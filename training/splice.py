@@ -23,11 +23,10 @@ from dfnet4_sdk.errors import ConfigError
 from dfnet4_sdk.models import load_model
 from dfnet4_sdk.models.dfn3_init import init_from_dfn3, take_components
 from dfnet4_sdk.models.dfnet4 import PRESETS, DfNet4
-from dfnet4_sdk.models.dfnet4_params import COMPONENTS
+from dfnet4_sdk.models.dfnet4_params import COMPONENTS, LAYER_FIELDS
 
 log = logging.getLogger(__name__)
 
-LAYER_FIELDS = {"enc": "enc_num_layers", "erb_dec": "erb_dec_num_layers", "df_dec": "df_num_layers"}
 DFN3_GRU = PRESETS["dfnet4-dfn3conv-gru"]  # DFN3's backbones: GRU, 1 / 2 / 2 layers
 
 
@@ -41,7 +40,12 @@ def assemble(student: DfNet4, dfn3, from_dfn3: set[str]) -> DfNet4:
         changes[f"{c}_backbone"] = "gru"
         changes[LAYER_FIELDS[c]] = getattr(DFN3_GRU, LAYER_FIELDS[c])
     model = DfNet4(replace(student.params, **changes))
-    init_from_dfn3(model, dfn3)
+    report = init_from_dfn3(model, dfn3)
+    fresh = [n for n in report.untouched if n.split(".")[0] in from_dfn3]
+    if fresh:  # a component "from DFN3" that DFN3's weights do not fill would be a fresh one
+        raise ConfigError(f"DFN3's weights do not fill {len(fresh)} tensors of {sorted(from_dfn3)} at this "
+                          f"student's widths (e.g. {', '.join(fresh[:3])}); skipped: "
+                          + "; ".join(f"{n}: {why}" for n, why in report.skipped[:3]))
     take_components(model, student, [c for c in COMPONENTS if c not in from_dfn3])
     return model.eval()
 
@@ -61,14 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the scores here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    data = Path(args.data_root)
+    if not (data / "noisy_real").is_dir() or not (data / "dev_eval" / "ears").is_dir():
+        raise SystemExit(f"error: {data} has no noisy_real/ and dev_eval/ears/ (the held-out sets); pass --data-root")
     student, dfn3 = load_model(args.student), load_model(args.dfn3)
     if not isinstance(student, DfNet4):
         raise SystemExit(f"error: {args.student} is a {type(student).__name__}, not a DfNet4 student")
-    held = HeldOut(Path(args.data_root))
+    try:  # every assembly's shapes, before minutes of scoring
+        assemblies = [{c for c, pick in zip(COMPONENTS, picks) if pick}
+                      for picks in itertools.product((False, True), repeat=len(COMPONENTS))]
+        for from_dfn3 in assemblies:
+            assemble(student, dfn3, from_dfn3)
+    except ConfigError as e:
+        raise SystemExit(f"error: {args.student} does not splice with DFN3 (a dfnet4-dfn3conv* student does):\n{e}") from None
+    held = HeldOut(data)
     rows = []
     print("| enc | erb_dec | df_dec | OVRL noisy_real | PESQ EARS | OVRL EARS |\n|---|---|---|---|---|---|")
-    for picks in itertools.product((False, True), repeat=len(COMPONENTS)):
-        from_dfn3 = {c for c, pick in zip(COMPONENTS, picks) if pick}
+    for from_dfn3 in assemblies:
         scores = held.score(assemble(student, dfn3, from_dfn3))
         rows.append({"from_dfn3": sorted(from_dfn3), "label": label(from_dfn3), **scores})
         cells = ["DFN3" if c in from_dfn3 else "student" for c in COMPONENTS]

@@ -14,8 +14,8 @@ presets get whatever matches (usually nothing: the report says which shapes diff
 ``python -m dfnet4_sdk.models.dfn3_init --preset dfnet4-dfn3conv -o init.pt`` writes an
 initialised checkpoint for a training config's ``[model] init_checkpoint``. With
 ``--student CKPT --components enc erb_dec`` the named components then come whole from an already
-trained student (``take_components``): e.g. a Mamba student's enc and erb_dec with DFN3's GRU
-df_dec (``dfnet4-dfn3conv-dfgru``). Students distilled on DFN3's hidden states at the component
+trained student (``take_components``): e.g. a Mamba student's erb_dec with DFN3's GRU enc and
+df_dec (``dfnet4-dfn3conv-mix``). Students distilled on DFN3's hidden states at the component
 boundaries (``distill_hidden_names``) fit together without training.
 """
 

@@ -19,7 +19,9 @@ from dfnet4_sdk.params import DspParams, dataclass_from_dict
 
 VARIANTS = ("dfnet4", "dfnet4-lite")  # model families (see dfnet4_sdk.models registry)
 BACKBONES = ("mamba", "gru")
-COMPONENTS = ("enc", "erb_dec", "df_dec")  # the three parts that each have a backbone
+# The three parts that each have a backbone -> the field that sets its number of layers.
+LAYER_FIELDS = {"enc": "enc_num_layers", "erb_dec": "erb_dec_num_layers", "df_dec": "df_num_layers"}
+COMPONENTS = tuple(LAYER_FIELDS)
 
 
 def _doc(text: str, **kw) -> Any:
