@@ -194,3 +194,27 @@ def test_two_data_parallel_processes_apply_the_mean_gradient_of_their_batches(tm
         by_hand.optimizer.step()
     for name, a in by_hand.model.state_dict().items():
         torch.testing.assert_close(parallel.model.state_dict()[name], a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_objective_on_the_baseline_losses_module_gives_the_current_terms(tmp_path):
+    """The throughput tool's `old` row hands one objective training/losses.py as of BASELINE_REV
+    (no compress_target, multires_spectra or spectral_losses). The objective's feature checks must
+    read that module, not the current one: after the per-objective change they read the global
+    one, and the step called functions the old module lacks. Both modules give the same terms on
+    the fixed real batch to float rounding (the old multires STFT path differs at ~2e-5)."""
+    from dfnet4_sdk.training.distill import run_model, teacher_targets
+    from dfnet4_sdk.training.throughput import BASELINE_REV, _losses_module
+
+    torch.set_num_threads(1)
+    trainer = distill_trainer(tmp_path)
+    batch = trainer.data.batch(0, 4)
+    teacher_out = teacher_targets(trainer.teacher, batch)
+    with torch.no_grad():
+        out = run_model(trainer.model, batch)
+        current = trainer.objective.generator_terms(out, batch, teacher_out)
+        trainer.objective.L = _losses_module(BASELINE_REV)
+        assert trainer.objective.targets(batch, teacher_out) == {}  # the old module makes no targets ahead
+        old = trainer.objective.generator_terms(out, batch, teacher_out)
+    assert set(old) == set(current) and len(current) >= 5
+    for name, value in current.items():
+        assert float(old[name]) == pytest.approx(float(value), rel=1e-4), name

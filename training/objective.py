@@ -18,7 +18,6 @@ the MSE relative to the teacher's mean square, so every state weighs alike whate
 from __future__ import annotations
 
 import functools
-
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -82,7 +81,7 @@ class Objective(nn.Module):
         the same numbers whichever process made it. Empty with the losses of a commit before
         ``compress_target`` (throughput's ``old``): the terms then transform the raw targets."""
         c, t = self.cfg, {}
-        if not hasattr(L, "compress_target"):
+        if not hasattr(self.L, "compress_target"):
             return t
         compressed = lambda specs: tuple(self.L.compress_target(s, c.gamma) for s in specs)
         if bool(batch["has_clean"].any()):
@@ -155,7 +154,7 @@ class Objective(nn.Module):
         and distillation) of a step: the STFTs were 15-20% of a step when each term made its own.
         The throughput tool's ``old`` setting swaps in the losses of a commit without
         ``multires_spectra``; those get the waveform and transform it per term, as the old code did."""
-        if not hasattr(L, "multires_spectra"):
+        if not hasattr(self.L, "multires_spectra"):
             return out["wave"]
         return self.L.multires_spectra(out["wave"], self.cfg.multires_fft_sizes)
 
@@ -168,7 +167,7 @@ class Objective(nn.Module):
         together where both are on and both targets are made: the student's spectra are
         compressed once for the clean and the teacher's target. {} with older losses."""
         c, paired = self.cfg, {}
-        if not hasattr(L, "spectral_losses") or has_clean.sum() == 0:
+        if not hasattr(self.L, "spectral_losses") or has_clean.sum() == 0:
             return paired
         if c.spectral > 0 and c.distill_spectral > 0 and "spectral" in tg and "d_spectral" in tg:
             w = self.L.band_weight(batch["band_limit_hz"], self.freqs_hz, c.band_limited_hf_weight, has_clean)
