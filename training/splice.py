@@ -74,15 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every assembly's shapes, before minutes of scoring
         assemblies = [{c for c, pick in zip(COMPONENTS, picks) if pick}
                       for picks in itertools.product((False, True), repeat=len(COMPONENTS))]
-        for from_dfn3 in assemblies:
-            assemble(student, dfn3, from_dfn3)
+        models = [assemble(student, dfn3, from_dfn3) for from_dfn3 in assemblies]
     except ConfigError as e:
         raise SystemExit(f"error: {args.student} does not splice with DFN3 (a dfnet4-dfn3conv* student does):\n{e}") from None
     held = HeldOut(data)
     rows = []
     print("| enc | erb_dec | df_dec | OVRL noisy_real | PESQ EARS | OVRL EARS |\n|---|---|---|---|---|---|")
-    for from_dfn3 in assemblies:
-        scores = held.score(assemble(student, dfn3, from_dfn3))
+    for from_dfn3, model in zip(assemblies, models):
+        scores = held.score(model)
         rows.append({"from_dfn3": sorted(from_dfn3), "label": label(from_dfn3), **scores})
         cells = ["DFN3" if c in from_dfn3 else "student" for c in COMPONENTS]
         print(f"| {' | '.join(cells)} | {scores['ovrl_noisy_real']:.3f} | {scores['pesq_ears']:.3f} | "
