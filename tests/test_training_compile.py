@@ -6,6 +6,9 @@ relative) and gradient norm (1e-4), and the trainer's switch trains the same run
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -154,3 +157,30 @@ def test_fused_kernels_belong_to_one_model_and_objective(tmp_path):
     assert objective.compressed_errors is compiled.FusedCompressedErrors
     assert all(m.train_scan is SelectiveScan for m in other.modules() if isinstance(m, MambaBlock))
     assert other_objective.compressed_errors is None
+
+
+FORK_AFTER_COMPILE = """
+import torch, torch.distributed as dist
+from torch._inductor import config
+from dfnet4_sdk.training.data_parallel import DataParallel
+torch.set_num_threads(1)
+config.compile_threads = 2  # the parent compiles on inductor's thread pool
+torch.compile(lambda x: (x * 2 + 1).sin())(torch.randn(64))
+dp = DataParallel(2)
+rank = dp.start()
+y = torch.compile(lambda x: (x * 3 - 1).cos(), dynamic=False)(torch.randn(40 + rank))
+total = torch.tensor([float(y.numel())])
+dist.all_reduce(total)
+dp.finish()
+print("elements", int(total.item()))
+"""
+
+
+def test_a_replica_forked_after_a_compile_compiles_new_shapes(tmp_path):
+    """A replica forked by a process that had compiled (the throughput tool's second compile
+    setting) inherited inductor's thread pool without its threads and waited forever on its
+    first new compile. Fresh inductor cache, so the compiles really run (a cache hit skips the pool)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_COMPILE], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["elements", "81"]  # 40 + 41: both processes ran their compiled graph
