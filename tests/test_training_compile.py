@@ -67,6 +67,20 @@ def test_fused_spectral_errors_equal_autograd_through_the_compression():
     torch.testing.assert_close(grad, leaf.grad, rtol=1e-9, atol=1e-12)
 
 
+def test_compiled_target_compression_equals_the_losses_one():
+    """The compiled compress_target (the step's targets under [optim] compile) against
+    losses.compress_target on a spectrum [B, F, T, 2] with silent bins (|x| clamped to sqrt(EPS))."""
+    from dfnet4_sdk.training import losses as L
+
+    spec = torch.randn(2, 65, 40, 2, generator=torch.Generator().manual_seed(3))
+    spec[:, :4] = 0.0
+    spec[0, 10:12] *= 1e-9
+    got, ref = compiled.compress_target(spec, 0.3), L.compress_target(spec, 0.3)
+    for name, a, b in zip(ref._fields, got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7, msg=name)
+    assert float(got.mag[:, :4].max()) == pytest.approx(L.EPS ** 0.15, rel=1e-5)
+
+
 @pytest.mark.slow  # compiles 4 graphs x the step's shapes: ~1 min on one loaded core, seconds with torch's cache warm
 def test_compiled_step_of_the_fixed_batch_keeps_the_reference_terms_and_gradient(tmp_path):
     from dfnet4_sdk.training.distill import run_model, teacher_targets
@@ -109,7 +123,7 @@ def test_optim_compile_trains_the_same_step_through_the_fused_functions(tmp_path
         except ModelNotAvailableError as e:
             pytest.skip(f"DFN3 teacher not available ({e}); install the [dfn3] extra")
         runs.append((trainer.fit(resume=False)["history"][0], torch.cat([p.grad.flatten() for p in trainer.model.parameters()])))
-        assert used == ({"scan_forward", "scan_backward", "errors_forward", "errors_backward"} if compile_ else set())
+        assert used == ({"scan_forward", "scan_backward", "errors_forward", "errors_backward", "compress_spectrum"} if compile_ else set())
     (plain, plain_grad), (fused, fused_grad) = runs
     for name in ("loss", "d_spectral", "d_multires", "spectral", "multires"):
         assert fused[name] == pytest.approx(plain[name], rel=1e-5), name
@@ -155,8 +169,9 @@ def test_fused_kernels_belong_to_one_model_and_objective(tmp_path):
     mixers = [m for m in student.modules() if isinstance(m, MambaBlock)]
     assert len(mixers) == 4 and all(m.train_scan is compiled.FusedSelectiveScan for m in mixers)
     assert objective.compressed_errors is compiled.FusedCompressedErrors
+    assert objective.target_compressor is compiled.compress_target
     assert all(m.train_scan is SelectiveScan for m in other.modules() if isinstance(m, MambaBlock))
-    assert other_objective.compressed_errors is None
+    assert other_objective.compressed_errors is None and other_objective.target_compressor is None
 
 
 FORK_AFTER_COMPILE = """

@@ -35,6 +35,7 @@ a run pays the compilation (tens of seconds on one core, a few with a warm cache
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,21 @@ def errors_backward(re: Tensor, im: Tensor, g: float, c: float, saved: list[Tens
     return torch.stack([er_sum * s2 + re * k, ei_sum * s2 + im * k], -1)
 
 
+def compress_spectrum(spec: Tensor, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``losses.compress_target``'s (|x|^g, re and im of x / |x| * |x|^g) of a spectrum [..., 2]."""
+    re, im = spec[..., 0], spec[..., 1]
+    _, _, mc, s = _compress(re, im, gamma)
+    return mc, re * s, im * s
+
+
+@torch.no_grad()
+def compress_target(ref: Tensor, gamma: float) -> losses.Compressed:
+    """``losses.compress_target`` in one fused pass: the targets of a step (the clean and the
+    teacher's spectrum at the model's and every multires resolution) were a fifth of a CPU step
+    without a data worker, most of it in the eager pow and products over the largest tensors."""
+    return losses.Compressed(*_compiled(compress_spectrum)(ref, gamma))
+
+
 class FusedCompressedErrors(torch.autograd.Function):
     """``losses._CompressedErrors`` (same arguments and results) with compiled bodies."""
 
@@ -187,6 +203,19 @@ class FusedCompressedErrors(torch.autograd.Function):
         grads = [torch.zeros_like(saved[0]) if g is None else g for g in grads]
         grad_est = _compiled(errors_backward)(est[..., 0], est[..., 1], ctx.gamma, ctx.cw, saved, grads)
         return (grad_est, None, None) + (None,) * (len(saved) - 4)
+
+
+def after_fork(worker_id: int | None = None) -> None:
+    """In a forked process (a data-parallel replica, a data worker: ``worker_id``): drop torch
+    inductor's compile thread pool inherited from the parent.
+
+    A fork copies the pool object but not its threads, so the child's first compile of a new
+    shape would wait forever on a future no thread runs (the parent had compiled before forking,
+    e.g. an earlier setting of the throughput tool). torch resets its process pool at fork but
+    not this one (torch 2.13); the child makes a fresh pool when it needs one."""
+    async_compile = sys.modules.get("torch._inductor.async_compile")
+    if async_compile is not None:
+        async_compile.AsyncCompile.pool.cache_clear()
 
 
 def require_compiler(device: torch.device) -> None:
@@ -212,9 +241,11 @@ def _compiled(fn):
 
 def use_fused_kernels(student: torch.nn.Module, objective) -> None:
     """``student``'s Mamba scans and ``objective``'s compressed spectral errors train through the
-    compiled Functions above (their forward and backward)."""
+    compiled Functions above (their forward and backward), and its targets are compressed by the
+    compiled ``compress_target``."""
     import torch._dynamo.config
 
     mamba.use_train_scan(student, FusedSelectiveScan)
     objective.compressed_errors = FusedCompressedErrors
+    objective.target_compressor = compress_target
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

@@ -22,21 +22,9 @@ import tempfile
 import torch
 import torch.distributed as dist
 
+from dfnet4_sdk.training import compiled
+
 TIMEOUT = datetime.timedelta(minutes=30)  # a validation in process 0 may keep the others waiting
-
-
-def _forget_compile_threads() -> None:
-    """In a forked replica: drop torch inductor's compile thread pool inherited from the parent.
-
-    A fork copies the pool object but not its threads, so the replica's first compile of a new
-    shape would wait forever on a future no thread runs (the parent had compiled before forking,
-    e.g. an earlier setting of the throughput tool). torch resets its process pool at fork but
-    not this one (torch 2.13); the replica makes a fresh pool when it needs one."""
-    import sys
-
-    async_compile = sys.modules.get("torch._inductor.async_compile")
-    if async_compile is not None:
-        async_compile.AsyncCompile.pool.cache_clear()
 
 
 class DataParallel:
@@ -53,7 +41,7 @@ class DataParallel:
             pid = os.fork()
             if pid == 0:
                 self.rank, self._children = rank, []
-                _forget_compile_threads()
+                compiled.after_fork()
                 break
             self._children.append(pid)
         store = dist.FileStore(store_path, self.processes)

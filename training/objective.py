@@ -45,6 +45,7 @@ class Objective(nn.Module):
         # The autograd Function behind the compressed spectral errors (None: losses.py's own);
         # [optim] compile gives the compiled form (training/compiled.py: use_fused_kernels).
         self.compressed_errors = None
+        self.target_compressor = None  # the same for the targets' compression (None: L.compress_target)
         self.L = L  # the losses module (the throughput tool's `old` setting gives another revision's)
         self._warned_no_hidden = False
         self.lsnr_range = lsnr_range(student)
@@ -83,10 +84,11 @@ class Objective(nn.Module):
         c, t = self.cfg, {}
         if not hasattr(self.L, "compress_target"):
             return t
-        compressed = lambda specs: tuple(self.L.compress_target(s, c.gamma) for s in specs)
+        compress = self.target_compressor or self.L.compress_target
+        compressed = lambda specs: tuple(compress(s, c.gamma) for s in specs)
         if bool(batch["has_clean"].any()):
             if c.spectral > 0:
-                t["spectral"] = self.L.compress_target(batch["clean_spec"], c.gamma)
+                t["spectral"] = compress(batch["clean_spec"], c.gamma)
             if c.multires > 0:
                 t["multires"] = compressed(self.L.multires_spectra(self.L.istft(batch["clean_spec"], self.dsp), c.multires_fft_sizes))
             if c.mask > 0:
@@ -95,7 +97,7 @@ class Objective(nn.Module):
                 t["lsnr"] = self.L.local_snr_target(batch["clean_spec"], batch["spec"], self.lsnr_range)
         if teacher_out is not None:
             if c.distill_spectral > 0:
-                t["d_spectral"] = self.L.compress_target(teacher_out["enhanced"], c.gamma)
+                t["d_spectral"] = compress(teacher_out["enhanced"], c.gamma)
             if c.distill_multires > 0:
                 t["d_multires"] = compressed(self.L.multires_spectra(teacher_out["wave"], c.multires_fft_sizes))
         return t

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dfnet4_sdk.training import compiled
 from dfnet4_sdk.training.data import MixtureDataset
 from dfnet4_sdk.training.distill import teacher_targets
 from dfnet4_sdk.training.teacher_cache import TeacherCache
@@ -52,4 +53,5 @@ class BatchPipeline(Dataset):
         thread each) that keep up to two batches each ready ahead of the consumer."""
         if workers <= 0:
             return (self[i] for i in range(len(self)))
-        return iter(DataLoader(self, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2))
+        return iter(DataLoader(self, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2,
+                               worker_init_fn=compiled.after_fork))
