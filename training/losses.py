@@ -169,7 +169,7 @@ def stft_bins_hz(params: DspParams) -> Tensor:
 
 
 def multires_spectra(x: Tensor, fft_sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
-    """The STFTs [B, F, T, 2] of waveforms x [B, N] at each of ``fft_sizes``, as ``multires_loss``
+    """The STFTs [B, T, F, 2] of waveforms x [B, N] at each of ``fft_sizes``, as ``multires_loss``
     takes them: a waveform that enters several multires terms (the student's output against the
     clean target and against the teacher) is transformed once per step, not once per term."""
     return tuple(_stft(x, n_fft) for n_fft in fft_sizes)
@@ -188,7 +188,7 @@ def multires_loss(
     first = est_specs[0]
     total = first.new_zeros(())
     item_weight = first.new_ones(first.shape[0]) if item_weight is None else item_weight
-    for n_fft, se, sr in zip(fft_sizes, est_specs, ref_specs, strict=True):  # [B, F, T, 2]
+    for n_fft, se, sr in zip(fft_sizes, est_specs, ref_specs, strict=True):  # [B, T, F, 2]
         w = _multires_weight(first, n_fft, sample_rate, band_limit_hz, hf_weight, item_weight)
         total = total + spectral_loss(se, sr, gamma, complex_weight, w, errors) * (MULTIRES_SCALE / SPECTRAL_SCALE)
     return total / len(fft_sizes)
@@ -196,11 +196,11 @@ def multires_loss(
 
 def _multires_weight(first: Tensor, n_fft: int, sample_rate: int, band_limit_hz: Tensor | None, hf_weight: float,
                      item_weight: Tensor) -> Tensor:
-    """[B, F, 1] bin weights of one multires resolution (band limits, items)."""
+    """[B, 1, F] bin weights of one multires resolution (band limits, items)."""
     batch = first.shape[0]
     freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float32, device=first.device) * sample_rate / n_fft
     limit = band_limit_hz if band_limit_hz is not None else first.new_full((batch,), sample_rate / 2)
-    return band_weight(limit, freqs, hf_weight, item_weight)[:, 0, 0, :, None]
+    return band_weight(limit, freqs, hf_weight, item_weight)[:, 0]
 
 
 def spectral_losses(est: Tensor, refs: tuple[Compressed, ...], gamma: float, complex_weight: float,
@@ -236,12 +236,19 @@ def multires_losses(
 
 
 def _stft(x: Tensor, n_fft: int) -> Tensor:
-    """[B, N] -> [B, F, T, 2] with a Hann window and hop n_fft / 4 (torch's own layout: the
-    losses sum over bins and frames, so no transpose is needed)."""
+    """[B, N] -> [B, T, F, 2] with a Hann window and hop n_fft / 4, centred: frames first, as
+    torch.stft computes them and as the model's spectra are."""
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
     if x.requires_grad and torch.is_grad_enabled():
         return _Stft.apply(x, n_fft, window)
-    return torch.view_as_real(torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True))
+    return _frames_first(torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True))
+
+
+def _frames_first(spec: Tensor) -> Tensor:
+    """torch.stft's complex [B, F, T] as the real [B, T, F, 2] its memory already holds (torch
+    transforms frame by frame and returns a transposed view): no copy here, and none for the
+    gradient, which the errors' backward writes in the same order."""
+    return torch.view_as_real(spec.transpose(1, 2))
 
 
 class _Stft(torch.autograd.Function):
@@ -255,15 +262,16 @@ class _Stft(torch.autograd.Function):
     def forward(ctx, x: Tensor, n_fft: int, window: Tensor) -> Tensor:
         ctx.n_fft, ctx.samples = n_fft, x.shape[-1]
         ctx.save_for_backward(window)
-        return torch.view_as_real(torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True))
+        return _frames_first(torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (window,) = ctx.saved_tensors
         n_fft, n = ctx.n_fft, ctx.samples
         hop, half = n_fft // 4, n_fft // 2
-        g = torch.view_as_complex(grad.transpose(1, 2).contiguous())  # [B, T, F]
-        g[..., 1:half] *= 0.5  # bins counted twice by irfft's Hermitian symmetry
+        bins = grad.new_ones(half + 1)
+        bins[1:half] = 0.5  # bins counted twice by irfft's Hermitian symmetry
+        g = torch.view_as_complex(grad.contiguous()) * bins  # [B, T, F]; a new tensor: grad is not ours to scale
         frames = torch.fft.irfft(g, n=n_fft, dim=-1, norm="forward") * window  # [B, T, n_fft]
         b, t, _ = frames.shape
         quarters = frames.view(b, t, 4, hop)
