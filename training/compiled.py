@@ -54,11 +54,11 @@ RECOMPILE_LIMIT = 64
 # -- the scan (dimension letters as in scan_training.py) -------------------------------------------
 
 
-def _inputs(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, t: int, p: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _inputs(x: Tensor, dt: Tensor, A_nd: Tensor, B: Tensor, t: int, p: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dt padded to P + 1 frames, a = exp(dt A) [B, P + 1, N, D], dt x [B, P, D], u = B (dt x) [B, P, N, D])."""
     dt_p = F.pad(dt, (0, 0, 0, p + 1 - t))  # zero frames keep the state; one more: a_{t+1} for the backward
     dtx = F.pad(dt * x, (0, 0, 0, p - t))
-    return dt_p, torch.exp(dt_p.unsqueeze(2) * A.t()), dtx, F.pad(B, (0, 0, 0, p - t)).unsqueeze(3) * dtx.unsqueeze(2)
+    return dt_p, torch.exp(dt_p.unsqueeze(2) * A_nd), dtx, F.pad(B, (0, 0, 0, p - t)).unsqueeze(3) * dtx.unsqueeze(2)
 
 
 def _starts(a: Tensor, u: Tensor, total: Tensor, h0: Tensor, L: int, reverse: bool = False) -> tuple[Tensor, Tensor]:
@@ -88,28 +88,32 @@ def _states(a: Tensor, u: Tensor, starts: Tensor, L: int, reverse: bool = False)
     return torch.stack(states, 2).flatten(1, 2)
 
 
-def scan_forward(x, dt, A, B, C, D, h0, t: int, L: int, p: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(y [B, T, D], h_T [B, N, D], chunk start states [B, nc, N, D]) of the selective scan."""
-    dt_p, a, _, u = _inputs(x, dt, A, B, t, p)
-    starts, h_end = _starts(a[:, :p], u, _chunk_decay(dt_p[:, :p], A, L), h0, L)
+def scan_forward(x, dt, A_nd, B, C, D, h0, t: int, L: int, p: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(y [B, T, D], h_T [B, N, D], chunk start states [B, nc, N, D]) of the selective scan;
+    ``A_nd``: A [D, N] as a contiguous [N, D], so every [B, P, N, D] buffer is laid out D-fastest
+    (from A's own strides inductor laid them out N-fastest: 16-lane vectors over N = 8, half
+    empty, in every pass of the scan)."""
+    dt_p, a, _, u = _inputs(x, dt, A_nd, B, t, p)
+    starts, h_end = _starts(a[:, :p], u, _chunk_decay(dt_p[:, :p], A_nd.t(), L), h0, L)
     H = _states(a[:, :p], u, starts, L)
     y = (F.pad(C, (0, 0, 0, p - t)).unsqueeze(3) * H).sum(2)[:, :t] + D * x
     return y, h_end, starts
 
 
-def scan_backward(gy, gh, x, dt, A, B, C, D, h0, starts, t: int, L: int, p: int) -> tuple[Tensor, ...]:
-    """The gradients of (x, dt, A, B, C, D, h0) given those of y and h_T (scan_training.py's
-    backward recurrence G_t = a_{t+1} G_{t+1} + C_t gy_t), the states recomputed from ``starts``."""
-    dt_p, a, dtx, u = _inputs(x, dt, A, B, t, p)
+def scan_backward(gy, gh, x, dt, A_nd, B, C, D, h0, starts, t: int, L: int, p: int) -> tuple[Tensor, ...]:
+    """The gradients of (x, dt, A [D, N], B, C, D, h0) given those of y and h_T (scan_training.py's
+    backward recurrence G_t = a_{t+1} G_{t+1} + C_t gy_t), the states recomputed from ``starts``;
+    ``A_nd`` as in ``scan_forward``."""
+    dt_p, a, dtx, u = _inputs(x, dt, A_nd, B, t, p)
     H = _states(a[:, :p], u, starts, L)
     pad = lambda v: F.pad(v, (0, 0, 0, p - t))
     gy_p = pad(gy)
     v = pad(C).unsqueeze(3) * gy_p.unsqueeze(2)  # dL/dH_t from y_t
-    g_starts, g0 = _starts(a[:, 1:], v, _chunk_decay(dt_p[:, 1:], A, L), gh, L, reverse=True)
+    g_starts, g0 = _starts(a[:, 1:], v, _chunk_decay(dt_p[:, 1:], A_nd.t(), L), gh, L, reverse=True)
     G = _states(a[:, 1:], v, g_starts, L, reverse=True)
     q = G * torch.cat([h0.unsqueeze(1), H[:, :-1]], 1) * a[:, :p]  # dL/d(dt_t A) = G_t H_{t-1} a_t
     d_dtx = (pad(B).unsqueeze(3) * G).sum(2)
-    d_dt = ((q * A.t()).sum(2) + d_dtx * pad(x))[:, :t]
+    d_dt = ((q * A_nd).sum(2) + d_dtx * pad(x))[:, :t]
     dA = (q * dt_p[:, :p].unsqueeze(2)).sum((0, 1)).t()
     dB = (G * dtx.unsqueeze(2)).sum(3)[:, :t]
     dC = (H * gy_p.unsqueeze(2)).sum(3)[:, :t]
@@ -125,8 +129,9 @@ class FusedSelectiveScan(torch.autograd.Function):
         t = x.shape[1]
         L = chunk_frames(t)
         p = -(-t // L) * L
-        y, h_end, starts = _compiled(scan_forward)(x, dt, A, B, C, D, h0, t, L, p)
-        ctx.save_for_backward(x, dt, A, B, C, D, h0, starts)
+        A_nd = A.t().contiguous()
+        y, h_end, starts = _compiled(scan_forward)(x, dt, A_nd, B, C, D, h0, t, L, p)
+        ctx.save_for_backward(x, dt, A_nd, B, C, D, h0, starts)
         ctx.sizes = (t, L, p)
         return y, h_end
 
@@ -141,30 +146,36 @@ class FusedSelectiveScan(torch.autograd.Function):
 
 
 def _compress(re: Tensor, im: Tensor, gamma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(m2 = max(|x|^2, EPS), |x|^2 < EPS, mc = m2^(g/2), s = mc / sqrt(m2)). The powers are
+    exp(c log m2): in inductor's vectorised C++, one log and two exps took 0.6x the time of a pow
+    and a rsqrt (the same values to float rounding)."""
     m2 = torch.addcmul(re * re, im, im)
     clamped = m2 < losses.EPS
     m2 = m2.clamp_min(losses.EPS)
-    mc = m2.pow(0.5 * gamma)
-    return m2, clamped, mc, mc * torch.rsqrt(m2)
+    log_m2 = torch.log(m2)
+    return m2, clamped, torch.exp((0.5 * gamma) * log_m2), torch.exp((0.5 * gamma - 0.5) * log_m2)
 
 
-def errors_forward(re: Tensor, im: Tensor, gamma: float, cw: float, targets: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """(the error against each (mag, re, im) target, what the backward needs)."""
-    m2, clamped, mc, s = _compress(re, im, gamma)
-    errs, saved = [], [m2, clamped, mc, s]
+def _target_errors(re: Tensor, im: Tensor, mc: Tensor, s: Tensor, targets: list[Tensor]):
+    """(dm, er, ei) of the estimate against each (mag, re, im) target."""
     for mag_r, re_r, im_r in zip(targets[0::3], targets[1::3], targets[2::3], strict=True):
-        dm = mc - mag_r
-        er, ei = torch.addcmul(-re_r, re, s), torch.addcmul(-im_r, im, s)
-        errs.append(torch.lerp(dm.square(), torch.addcmul(er * er, ei, ei), cw))
-        saved += [dm, er, ei]
-    return errs, saved
+        yield mc - mag_r, torch.addcmul(-re_r, re, s), torch.addcmul(-im_r, im, s)
 
 
-def errors_backward(re: Tensor, im: Tensor, g: float, c: float, saved: list[Tensor], grads: list[Tensor]) -> Tensor:
-    """The gradient [..., 2] of the estimate: the sum over targets of each error's."""
-    m2, clamped, mc, s, *per_target = saved
+def errors_forward(re: Tensor, im: Tensor, gamma: float, cw: float, targets: list[Tensor]) -> list[Tensor]:
+    """The error against each (mag, re, im) target."""
+    _, _, mc, s = _compress(re, im, gamma)
+    return [torch.lerp(dm.square(), torch.addcmul(er * er, ei, ei), cw) for dm, er, ei in _target_errors(re, im, mc, s, targets)]
+
+
+def errors_backward(re: Tensor, im: Tensor, g: float, c: float, targets: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """The gradient [..., 2] of the estimate: the sum over targets of each error's. The
+    compression and the differences are recomputed here, in the kernel that uses them, rather
+    than saved by the forward: ten planes written and read back cost more than the recomputation
+    (the backward's inputs are the estimate, the targets and the errors' gradients)."""
+    m2, clamped, mc, s = _compress(re, im, g)
     k = er_sum = ei_sum = 0.0
-    for grad, dm, er, ei in zip(grads, per_target[0::3], per_target[1::3], per_target[2::3], strict=True):
+    for grad, (dm, er, ei) in zip(grads, _target_errors(re, im, mc, s, targets), strict=True):
         kj = torch.addcmul(er * re, ei, im) * s * (2 * c * (g - 1)) + dm * mc * (2 * (1 - c) * g)
         k, er_sum, ei_sum = k + kj * grad, er_sum + er * grad, ei_sum + ei * grad
     k = (k / m2).masked_fill(clamped, 0.0)
@@ -184,25 +195,26 @@ def compress_target(ref: Tensor, gamma: float) -> losses.Compressed:
     """``losses.compress_target`` in one fused pass: the targets of a step (the clean and the
     teacher's spectrum at the model's and every multires resolution) were a fifth of a CPU step
     without a data worker, most of it in the eager pow and products over the largest tensors."""
-    return losses.Compressed(*_compiled(compress_spectrum)(ref, gamma))
+    return losses.Compressed(*_compiled(compress_spectrum, strided_planes=True)(ref, gamma))
 
 
 class FusedCompressedErrors(torch.autograd.Function):
-    """``losses._CompressedErrors`` (same arguments and results) with compiled bodies."""
+    """``losses._CompressedErrors`` (same arguments and results) with compiled bodies; saves only
+    its inputs (``errors_backward`` recomputes the rest)."""
 
     @staticmethod
     def forward(ctx, est: Tensor, gamma: float, cw: float, *targets: Tensor):
-        errs, saved = _compiled(errors_forward)(est[..., 0], est[..., 1], gamma, cw, list(targets))
-        ctx.save_for_backward(est, *saved)
+        errs = _compiled(errors_forward, strided_planes=True)(est[..., 0], est[..., 1], gamma, cw, list(targets))
+        ctx.save_for_backward(est, *targets)
         ctx.gamma, ctx.cw = gamma, cw
         return tuple(errs)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):
-        est, *saved = ctx.saved_tensors
-        grads = [torch.zeros_like(saved[0]) if g is None else g for g in grads]
-        grad_est = _compiled(errors_backward)(est[..., 0], est[..., 1], ctx.gamma, ctx.cw, saved, grads)
-        return (grad_est, None, None) + (None,) * (len(saved) - 4)
+        est, *targets = ctx.saved_tensors
+        grads = [torch.zeros_like(targets[0]) if g is None else g for g in grads]
+        grad_est = _compiled(errors_backward, strided_planes=True)(est[..., 0], est[..., 1], ctx.gamma, ctx.cw, targets, grads)
+        return (grad_est, None, None) + (None,) * len(targets)
 
 
 def after_fork(worker_id: int | None = None) -> None:
@@ -234,9 +246,17 @@ def require_compiler(device: torch.device) -> None:
         ) from e
 
 
+# Inductor's C++ backend leaves a loop scalar when over 12% of its loads are strided (its tiling
+# heuristic). The spectral functions read the interleaved re / im planes of a spectrum: scalar,
+# the targets' compression took 2.2x the time of its vectorised form. The scan's kernels, with
+# the heuristic, are faster than without (39 vs 31 ms per step backward), so it stays on there.
+# Triton (CUDA) ignores the option.
+_STRIDED_PLANES = {"cpp.enable_tiling_heuristics": False}
+
+
 @functools.cache
-def _compiled(fn):
-    return torch.compile(fn, dynamic=False)
+def _compiled(fn, strided_planes: bool = False):
+    return torch.compile(fn, dynamic=False, options=_STRIDED_PLANES if strided_planes else None)
 
 
 def use_fused_kernels(student: torch.nn.Module, objective) -> None:
