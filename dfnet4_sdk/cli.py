@@ -311,9 +311,10 @@ def bench(models, backends, precisions, audio_path, seconds, output_path, rounds
             raise click.BadParameter(str(e), param_hint="--streams") from e
         audio_path = audio_path or _default_clip()
         cells = bs.cells_for(models, backends)
+        official_us = bs.official_hop_us(str(audio_path), min(seconds, 10.0), echo=click.echo)
         results = bs.run_streams(cells, counts, str(audio_path), min(seconds, 10.0), echo=click.echo)
         output_path = output_path or Path("BENCHMARKS.md")
-        bs.write_section(output_path, bs.to_markdown(results, audio_path.name, min(seconds, 10.0), bs.load_note()))
+        bs.write_section(output_path, bs.to_markdown(results, audio_path.name, min(seconds, 10.0), bs.load_note(), official_us))
         click.echo(f"wrote {output_path}")
         return
     if soak_hours is not None:

@@ -196,6 +196,22 @@ def test_bench_streams_measures_a_batched_cell():
         assert r.vs_runtime == pytest.approx(r.stream_hop_us / r.runtime_hop_us)
 
 
+def test_bench_streams_report_has_the_official_runtime_as_host_reference():
+    """The streams table carries the official runtime's hop on the same host: streams per core
+    depend on the machine, the ratio to the official runtime much less."""
+    from dfnet4_sdk.bench_streams import StreamsResult, official_hop_us, to_markdown
+
+    from audio_data import data_file
+
+    us = official_hop_us(str(data_file(CLIP)), 1.0, echo=lambda line: None)
+    assert us is not None and 10 < us < 10_000  # a 10 ms hop of DFN3 on one core
+    r = StreamsResult("dfn3", "onnx", 32, True, call_ms=3.2, stream_hop_us=100.0, graph_us=90.0, runtime_hop_us=300.0, hop_ms=10.0)
+    table = to_markdown([r], "clip.flac", 1.0, "load", official_us=250.0)
+    assert "took 250.0 us per hop on this machine (40 real-time streams per core)" in table
+    assert "| 100 | 0.33x | 0.40x |" in table
+    assert "official" not in to_markdown([r], "clip.flac", 1.0, "load")
+
+
 def test_bench_streams_options_are_checked():
     from click.testing import CliRunner
 
