@@ -262,7 +262,7 @@ class FrontEnd:
         """[..., F] -> [..., E] float32: 10*log10(mean band power + 1e-10)."""
         power = spec.real * spec.real + spec.imag * spec.imag
         band_power = np.add.reduceat(power * self._bin_weight, self.band_starts, axis=-1)
-        return np.log10(band_power + np.float32(ERB_POWER_EPS)) * np.float32(10.0)
+        return band_power_db(band_power)
 
     def _ema_update(self, mean: np.ndarray, x: np.ndarray) -> None:
         """mean <- x*(1-alpha) + mean*alpha, in place, float32 like libDF."""
@@ -408,6 +408,17 @@ def istft(spec: np.ndarray, params: DspParams) -> np.ndarray:
     by ``params.stft_delay_samples`` (fft - hop) samples."""
     fe = front_end(params)
     return fe.synthesis(_check_spec(spec, params), FrontEndState.initial(params))
+
+
+def band_power_db(band_power: np.ndarray) -> np.ndarray:
+    """float32 band power -> float32 10*log10(power + 1e-10), the log10 rounded correctly once.
+
+    The log10 runs in float64: numpy's float32 log10 is SIMD code whose rounding changes with the
+    numpy release and the CPU (numpy 2.4 on AVX-512: up to 2 ulp, half the values one off), while
+    every port of this front-end (libDF, web/src/dsp.js) rounds correctly; features must not
+    depend on which numpy a user has."""
+    shifted = (np.asarray(band_power, dtype=np.float32) + np.float32(ERB_POWER_EPS)).astype(np.float64)
+    return np.log10(shifted).astype(np.float32) * np.float32(10.0)
 
 
 def erb_features(spec: np.ndarray, params: DspParams) -> np.ndarray:

@@ -12,7 +12,8 @@ import { CACHE } from "./paths.js";
 
 // log10, hypot, sqrt and division may round differently in libm and in JS by an ulp: an ulp of a
 // band's dB (3.8e-6 between 32 and 64 dB) over 40 is 1e-7, and the means carry a few of them
-// (3.9e-7 measured; the unrounded means of before were 2.3e-6 off).
+// (3.9e-7 measured; the unrounded means of before were 2.3e-6 off; so was 7.7e-7 while Python took
+// numpy 2.4's float32 log10, up to 2 ulp off on AVX-512: dsp.band_power_db now rounds once).
 const TOLERANCE = 5e-7;
 
 test("features from Python's spectra equal Python's features over 500 hops", async () => {
