@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dfnet4_sdk.cli_errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, fail_on_sdk_errors
+from dfnet4_sdk.shipped import DEFAULT_MODEL
 
 
 @click.command()
@@ -27,7 +28,7 @@ from dfnet4_sdk.cli_errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, fail_on
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Batch on a Ray cluster (Ray Data; the [ray] extra): --ray=auto or --ray=ray://HOST:10001, "
                    "--ray alone for a local Ray. Inputs and outputs must be on a filesystem every node sees.")
-@click.option("-m", "--model", default=None, help="Model: a shipped model (default dfn3; `dfsdk models` lists them), a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
+@click.option("-m", "--model", default=None, help=f"Model: a shipped model (default {DEFAULT_MODEL}; `dfsdk models` lists them), a DfNet4 preset, a checkpoint .pt, a DFN3 archive or a bundle.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tflite", "coreml"]), default=None,
               help="Backend (default: a shipped model's packaged bundle, a bundle's own backend, else onnx when "
                    "installed, else torch). A model that is not a bundle is exported once for the backend and cached.")

@@ -99,8 +99,8 @@ class Runtime:
     ``enhance``.
 
     Args:
-        model: a model name (a shipped model: "dfn3", the default, or "dfnet4-lite-v1"; `dfsdk
-            models` lists them), a DfNet4 preset, a checkpoint, a DFN3 archive, a bundle directory,
+        model: a model name (a shipped model such as "dfnet4-mix-v2" or "dfn3"; `dfsdk models`
+            lists them), a DfNet4 preset, a checkpoint, a DFN3 archive, a bundle directory,
             or an ``EnhancementModel``; None for the default (``dfnet4_sdk.shipped.DEFAULT_MODEL``,
             chosen by measurement: docs/MODEL_CARD.md).
         backend: "torch", "onnx", "tflite" or "coreml". None: a shipped model runs its packaged

@@ -9,7 +9,7 @@ module imports neither torch nor any backend runtime.
 
 The bundles are regenerated from their sources with::
 
-    python -m dfnet4_sdk.shipped            # re-export every shipped bundle (needs the [all] extras)
+    python -m dfnet4_sdk.shipped [NAME...]  # re-export the shipped bundles (needs the [all] extras)
 """
 
 from __future__ import annotations
@@ -112,6 +112,16 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
             bundles=(ShippedBundle("tflite", "fp16", "dfnet4-mix-v1-tflite-fp16", fused=True, blocks=False),),
             checkpoint="dfnet4-mix-v1.pt",
             notice="licenses/DeepFilterNet3-NOTICE.md",  # two of its three components start from DFN3's weights
+        ),
+        ShippedModel(
+            "dfnet4-mix-v2",
+            "dfnet4",
+            "dfnet4-mix-v1 continued on DFN3's targets alone (no clean-target losses) by this project's "
+            "training/; same architecture and cost per hop; prebuilt LiteRT fp16 bundle; docs/MODEL_CARD.md",
+            trained_here=True,
+            bundles=(ShippedBundle("tflite", "fp16", "dfnet4-mix-v2-tflite-fp16", fused=True, blocks=False),),
+            checkpoint="dfnet4-mix-v2.pt",
+            notice="licenses/DeepFilterNet3-NOTICE.md",
         ),
     )
 }
@@ -243,5 +253,7 @@ def export_shipped_bundles(names: tuple[str, ...] = tuple(SHIPPED_MODELS)) -> li
 
 
 if __name__ == "__main__":
-    for root in export_shipped_bundles():
+    import sys
+
+    for root in export_shipped_bundles(tuple(sys.argv[1:]) or tuple(SHIPPED_MODELS)):
         print(f"wrote {root}")

@@ -217,6 +217,7 @@ def test_models_command_lists_every_shipped_model_as_json():
         assert {"name", "family", "default", "trained_here", "parameters", "macs_per_second", "latency_ms",
                 "quality", "stability"} <= set(r)
     assert [r["name"] for r in rows if r["default"]] == [DEFAULT_MODEL]
-    assert {r["name"]: r["trained_here"] for r in rows} == {"dfn3": False, "dfnet4-lite-v1": True, "dfnet4-mix-v1": True}
+    assert {r["name"]: r["trained_here"] for r in rows} == {"dfn3": False, "dfnet4-lite-v1": True, "dfnet4-mix-v1": True,
+                                                             "dfnet4-mix-v2": True}
     table = CliRunner().invoke(main, ["models"])
     assert table.exit_code == 0 and "dfn3" in table.output and "default" in table.output
