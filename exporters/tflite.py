@@ -72,8 +72,10 @@ class TfliteConverter:
         precisions=("fp32", "fp16", "int8"),
         frame_graph=("fp32",),
         # The batched frame graph at a fixed count (litert_torch converts static shapes): StreamPool
-        # pads the last call of a hop to it.
-        frame_streams={"fp32": 32},
+        # pads the last call of a hop to it. fp16 is weight-only (fp32 arithmetic), as in the fused
+        # frame graph the shipped fp16 bundles carry: dfnet4-mix-v2's ran 96-99 real-time streams per
+        # core at 32-128 streams, the fp32 export's 103-109, per-stream calls 67 (bench --streams).
+        frame_streams={"fp32": 32, "fp16": 32},
         # LiteRT/XNNPACK runs the offline path fastest at 25 frames per call (RTF 0.0062 vs 0.0075
         # at 100, `enhance`, DfNet4Lite, 2-core x86: a smaller block's activations stay in cache
         # while the three graphs alternate).

@@ -63,6 +63,7 @@ CASES = {  # id: (model, backend, batched graph calls)
     "onnx-dfnet4-lite-frame-streams": (None, None, True),  # the exported frame_streams graph
     "onnx-dfnet4-lite-shipped": ("dfnet4-lite-v1", None, False),  # no frame_streams: per-stream calls
     "tflite-dfn3-shipped": ("dfn3", None, False),
+    "tflite-mix-v2-shipped": ("dfnet4-mix-v2", None, True),  # fp16 frame_streams at 32 per call
 }
 
 
@@ -74,6 +75,15 @@ def test_rows_equal_runtime_on_each_backend(case, rows, request):
     pool = StreamPool(model, streams=rows.shape[0], backend=backend)
     assert pool.batched is batched
     assert_rows_equal_runtime(pool, Runtime(model, backend), rows, chunk=777)  # chunks that split hops
+
+
+def test_default_model_pool_fills_its_shipped_batched_graph(rows):
+    """StreamPool() as a call server uses it: the default model's packaged bundle carries the
+    batched frame graph, and 32 streams (one full call per hop) equal their own Runtime()s."""
+    x = np.concatenate([rows * g for g in np.linspace(1.0, 0.1, 8, dtype=np.float32)])  # 32 rows
+    pool = StreamPool(streams=len(x))
+    assert pool.batched and pool.manifest.graph("frame_streams").streams == len(x)
+    assert_rows_equal_runtime(pool, Runtime(), x, chunk=HOP * 2)
 
 
 def test_frame_streams_graph_is_validated_like_the_others(onnx_streams_bundle):
