@@ -355,6 +355,23 @@ def write_report(path: str | Path, markdown: str) -> None:
     path.write_text(markdown)
 
 
+def write_section(path: str | Path, markdown: str) -> None:
+    """Put one section (``markdown`` between its ``<!-- NAME:start -->`` / ``<!-- NAME:end -->``
+    markers: `dfsdk bench --streams`, `--corpus`) into the report at ``path``, replacing the
+    previous one of that name, else appending it."""
+    match = re.match(r"<!-- ([\w-]+):start -->", markdown)
+    if match is None:
+        raise ValueError("a report section starts with its <!-- NAME:start --> marker")
+    start, end = match.group(0), f"<!-- {match.group(1)}:end -->"
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    if start in old and end in old:
+        new = old[: old.index(start)] + markdown.rstrip("\n") + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + markdown
+    path.write_text(new)
+
+
 def run(
     cells: list[tuple[str, str, str]], audio_path: str, seconds: float, echo=print, rounds: int = 3
 ) -> list[BenchResult]:

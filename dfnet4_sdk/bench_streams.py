@@ -263,17 +263,3 @@ def to_markdown(results: list[StreamsResult], audio_name: str, seconds: float, l
                      + (f" {r.stream_hop_us / official_us:.2f}x |" if official_col else ""))
     lines += ["", MARKERS[1]]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path, markdown: str) -> None:
-    """Put the streams section into the report at ``path``, replacing the previous one."""
-    from pathlib import Path
-
-    path = Path(path)
-    old = path.read_text() if path.is_file() else ""
-    start, end = MARKERS
-    if start in old and end in old:
-        new = old[: old.index(start)] + markdown.rstrip("\n") + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + markdown
-    path.write_text(new)

@@ -293,8 +293,12 @@ def conformance(bundle_or_model, audio_path, reference_model, full, targets, pre
 @click.option("--streams", "streams_text", default=None, metavar="B1,B2,...",
               help="Instead: StreamPool with these stream counts (e.g. 1,8,32,128), one thread: cost per stream-hop, "
                    "real-time streams per core, the graph's share; writes its section of the report.")
+@click.option("--corpus", "corpus_files", type=int, default=None, metavar="FILES",
+              help="Instead: enhance a corpus of FILES clips of --seconds each (cut from --audio) as `dfsdk run "
+                   "--output-dir` does, with 1 and 2 local jobs and 1 and 2 Ray actors (with the [ray] extra): seconds "
+                   "of audio per second; writes its section of the report. --model: the model (default: the default).")
 @fail_on_sdk_errors
-def bench(models, backends, precisions, audio_path, seconds, output_path, rounds, soak_hours, streams_text):
+def bench(models, backends, precisions, audio_path, seconds, output_path, rounds, soak_hours, streams_text, corpus_files):
     """Per-frame latency, offline RTF, memory and size, side by side with the official runtime."""
     from dfnet4_sdk import bench as b
 
@@ -302,6 +306,28 @@ def bench(models, backends, precisions, audio_path, seconds, output_path, rounds
         b.check_models(models)
     except DfSdkError as e:
         raise click.BadParameter(str(e), param_hint="--model") from e
+    if corpus_files is not None:
+        from dfnet4_sdk import bench_corpus as bc
+        from dfnet4_sdk.bench_streams import load_note
+        from dfnet4_sdk.shipped import DEFAULT_MODEL
+
+        try:
+            bc.check_files(corpus_files)
+        except DfSdkError as e:
+            raise click.BadParameter(str(e), param_hint="--corpus") from e
+        if len(models) > 1 or backends or precisions:
+            raise click.UsageError("--corpus enhances with one model: pass at most one --model (no --backend/--precision)")
+        if not 0.1 <= seconds <= 3600:
+            raise click.BadParameter(f"the corpus's files are 0.1 s to an hour long, got {seconds:g}", param_hint="--seconds")
+        audio_path = audio_path or _default_clip()
+        model = next(iter(models), None)
+        results = bc.run_corpus(audio_path, corpus_files, seconds, model, echo=click.echo)
+        output_path = output_path or Path("BENCHMARKS.md")
+        b.write_section(output_path, bc.to_markdown(results, audio_path.name, seconds, model or DEFAULT_MODEL, load_note()))
+        click.echo(f"wrote {output_path}")
+        if not all(r.same_outputs and not r.failed for r in results):
+            raise SystemExit(1)
+        return
     if streams_text is not None:
         from dfnet4_sdk import bench_streams as bs
 
@@ -314,7 +340,7 @@ def bench(models, backends, precisions, audio_path, seconds, output_path, rounds
         official_us = bs.official_hop_us(str(audio_path), min(seconds, 10.0), echo=click.echo)
         results = bs.run_streams(cells, counts, str(audio_path), min(seconds, 10.0), echo=click.echo)
         output_path = output_path or Path("BENCHMARKS.md")
-        bs.write_section(output_path, bs.to_markdown(results, audio_path.name, min(seconds, 10.0), bs.load_note(), official_us))
+        b.write_section(output_path, bs.to_markdown(results, audio_path.name, min(seconds, 10.0), bs.load_note(), official_us))
         click.echo(f"wrote {output_path}")
         return
     if soak_hours is not None:

@@ -137,6 +137,19 @@ def quiet_ray_logs(level: int = logging.WARNING) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR if level >= logging.WARNING else level)
 
 
+@contextlib.contextmanager
+def local_ray(cpus: int):
+    """A local Ray with ``cpus`` CPUs for the ``with`` block (``enhance_corpus`` with no address
+    runs on it), shut down after: a measurement can time the start-up apart."""
+    ray = _ray()
+    quiet_ray_logs()
+    ray.init(num_cpus=check_workers(cpus), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def check_workers(workers: int) -> int:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}")

@@ -64,6 +64,9 @@ def _clip() -> str:
         (["--soak", "inf"], "--soak", "got inf"),
         (["--soak", "0.01", "--model", "dfn3", "--model", "dfnet4-lite-v1"], None, "at most one --model"),
         (["--backend", "nosuch"], "--backend", "'nosuch' is not one of"),
+        (["--corpus", "0"], "--corpus", "at least 1"),
+        (["--corpus", "2", "--seconds", "0.01"], "--seconds", "0.1 s to an hour"),
+        (["--corpus", "2", "--model", "dfn3", "--model", "dfnet4-lite-v1"], None, "at most one --model"),
     ],
 )
 def test_bad_bench_options_exit_2_with_a_message(tmp_path, args, option, message):
@@ -174,3 +177,48 @@ def test_a_bundle_directory_is_benchmarked_as_it_is():
     assert _bundle_for(str(shipped.path), "onnx", "fp32") == shipped.path
     with pytest.raises(ConfigError, match="pass --backend onnx --precision fp32"):
         _bundle_for(str(shipped.path), "tflite", "fp16")
+
+
+# -- corpus ----------------------------------------------------------------------------------------
+
+
+def test_corpus_bench_runs_every_local_runner_on_the_same_files_with_the_same_outputs():
+    from dfnet4_sdk.bench_corpus import run_corpus, to_markdown
+
+    lines = []
+    results = run_corpus(_clip(), files=3, seconds=1.5, model="dfnet4-lite-v1",
+                         runners=(("local", 1), ("local", 2)), echo=lines.append)
+    assert [(r.runner, r.workers) for r in results] == [("local", 1), ("local", 2)]
+    for r in results:
+        assert r.files == 3 and r.failed == 0 and r.same_outputs and r.startup_seconds is None
+        assert r.audio_seconds == pytest.approx(4.5) and r.throughput == pytest.approx(4.5 / r.wall_seconds)
+    table = to_markdown(results, "clip.flac", 1.5, "dfnet4-lite-v1", "load")
+    rows = [line for line in table.splitlines() if line.startswith("| local")]
+    assert rows[0].startswith("| local | 1 | 3 | 0.1 |") and "| 1.00x |" in rows[0] and rows[1].endswith("| 0 | yes |")
+    assert lines[0] == "corpus: 3 files, 0.1 min of audio"
+
+
+def test_corpus_bench_on_ray_gives_the_local_outputs():
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dfnet4-sdk[ray]'")
+    from dfnet4_sdk.bench_corpus import run_corpus
+
+    results = run_corpus(_clip(), files=2, seconds=1.0, model="dfnet4-lite-v1", runners=(("local", 1), ("ray", 1)),
+                         echo=lambda line: None)
+    ray_row = results[1]
+    assert ray_row.runner == "ray" and ray_row.same_outputs and ray_row.failed == 0
+    assert ray_row.startup_seconds is not None and ray_row.startup_seconds > 0
+
+
+def test_report_sections_replace_their_own_block_only(tmp_path):
+    from dfnet4_sdk.bench import write_section
+
+    report = tmp_path / "BENCH.md"
+    report.write_text("# Benchmarks\n\n<!-- streams:start -->\nold streams\n<!-- streams:end -->\n\ntail\n")
+    write_section(report, "<!-- corpus:start -->\ncorpus 1\n<!-- corpus:end -->\n")
+    write_section(report, "<!-- streams:start -->\nnew streams\n<!-- streams:end -->\n")
+    write_section(report, "<!-- corpus:start -->\ncorpus 2\n<!-- corpus:end -->\n")
+    text = report.read_text()
+    assert "old streams" not in text and "corpus 1" not in text
+    assert text.index("new streams") < text.index("tail") < text.index("corpus 2")
+    with pytest.raises(ValueError, match="marker"):
+        write_section(report, "no markers")
