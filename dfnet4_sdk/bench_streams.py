@@ -29,7 +29,6 @@ import numpy as np
 from dfnet4_sdk.errors import ConfigError
 
 DEFAULT_STREAMS = (1, 8, 32, 128)
-# model -> backends measured by default: each model's best backends (BENCHMARKS.md) and torch.
 def _default_cells() -> tuple[tuple[str, str], ...]:
     """The default model on its packaged bundle's backend (what ``StreamPool()`` runs), then
     DfNet4Lite and DFN3 on the two backends that batch."""
@@ -102,7 +101,7 @@ def _source(model: str, backend: str) -> str:
     for ``backend`` where it has the batched frame graph (what ``StreamPool(name)`` runs); else
     the model exported once with the batched frame graph for ``backend`` (the model name itself
     for torch)."""
-    from dfnet4_sdk.bundle import Bundle, is_bundle
+    from dfnet4_sdk.bundle import is_bundle
     from dfnet4_sdk.shipped import shipped_model
 
     if backend == "torch" or is_bundle(model):
@@ -110,7 +109,7 @@ def _source(model: str, backend: str) -> str:
     shipped = shipped_model(model)
     packaged = shipped.bundle_for(backend) if shipped is not None else None
     if packaged is not None and packaged.streams:
-        return str(Bundle.load(packaged.path).root)
+        return str(packaged.path)
     from dfnet4_sdk.exporters.cache import cached_export
     from dfnet4_sdk.models import load_model
 
