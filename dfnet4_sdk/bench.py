@@ -357,8 +357,8 @@ def write_report(path: str | Path, markdown: str) -> None:
 
 def write_section(path: str | Path, markdown: str) -> None:
     """Put one section (``markdown`` between its ``<!-- NAME:start -->`` / ``<!-- NAME:end -->``
-    markers: `dfsdk bench --streams`, `--corpus`) into the report at ``path``, replacing the
-    previous one of that name, else appending it."""
+    markers: `dfsdk bench --streams`, `--corpus`, training/throughput.py) into the report at
+    ``path``, replacing the previous one of that name, else appending it."""
     match = re.match(r"<!-- ([\w-]+):start -->", markdown)
     if match is None:
         raise ValueError("a report section starts with its <!-- NAME:start --> marker")
@@ -368,7 +368,7 @@ def write_section(path: str | Path, markdown: str) -> None:
     if start in old and end in old:
         new = old[: old.index(start)] + markdown.rstrip("\n") + old[old.index(end) + len(end):]
     else:
-        new = old.rstrip("\n") + "\n\n" + markdown
+        new = old.rstrip("\n") + ("\n\n" if old else "") + markdown
     path.write_text(new)
 
 

@@ -31,7 +31,6 @@ import numpy as np
 from dfnet4_sdk.errors import ConfigError
 
 MARKERS = ("<!-- corpus:start -->", "<!-- corpus:end -->")
-DEFAULT_FILES = 96
 RUNNERS = (("local", 1), ("local", 2), ("ray", 1), ("ray", 2))
 
 

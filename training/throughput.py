@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from dfnet4_sdk.bench import write_section  # the report's marked sections, one home
 from dfnet4_sdk.models import mamba
 from dfnet4_sdk.training.config import OptimConfig, TrainConfig
 from dfnet4_sdk.training.data import build_lists, load_mono
@@ -298,18 +299,6 @@ def gpu_markdown(folders: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str | Path, section: str, start: str = START, end: str = END) -> None:
-    """Replace the section of ``path`` between the ``start`` and ``end`` markers (or append it)."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else ""
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="training/configs/dfnet4_lite_distill.toml")
@@ -326,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         section = gpu_markdown(args.chunks)
         sys.stdout.write(section)
         if args.write:
-            write_section(args.write, section, GPU_START, GPU_END)
+            write_section(args.write, section)
         return
     cfg = TrainConfig.load(args.config)
     settings = tuple(s for s in SETTINGS if not args.only or s.name in args.only or s.name == "old")
