@@ -9,9 +9,10 @@ time of the batch call (model loading, file I/O and the records that make a reru
 Ray's own start-up is timed apart, as a cluster pays it once. Every runner's outputs must be the
 bytes of the first one's (``same outputs``).
 
-Threads: the local batch with one job gives its Runtime the cores for the offline path
-(``offline_threads``, two here), as `dfsdk run --jobs 1` does; every worker of two jobs, and every
-Ray actor, runs one thread.
+Threads: the local batch with one job runs one Runtime with its default threads, as `dfsdk run
+--jobs 1` does (a model with offline block graphs overlaps them on two cores; the default model's
+LiteRT bundle streams files hop by hop, on one); every worker of two jobs, and every Ray actor,
+runs one thread.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def to_markdown(results: list[CorpusResult], audio_name: str, seconds: float, mo
              f"Machine: {machine_description()}; {load}.",
              f"Input: {files} files of {seconds:g} s cut from `{audio_name}` (16-bit FLAC, two folders), enhanced with "
              f"`{model_name}` into a fresh output folder as `dfsdk run CORPUS --output-dir OUT` does, by the local batch "
-             "(`--jobs`: worker processes; one job runs the offline path on both cores, each of two jobs on one) and by "
+             "(`--jobs`: worker processes; one job is one Runtime with its default threads, each of two jobs one thread) and by "
              "Ray Data on a local Ray (`--ray`: one actor per worker, one CPU each). Throughput: seconds of audio per "
              "second of wall time of the batch call (model loading, reading, writing and the skip records included); "
              "Ray's start-up (`ray.init`) is timed apart: a cluster pays it once. Same outputs: every enhanced file "
