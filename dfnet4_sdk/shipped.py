@@ -187,9 +187,9 @@ def shipped_model(name: object) -> ShippedModel | None:
 
 
 def model_listing() -> list[dict[str, Any]]:
-    """What `dfsdk models --json` prints: one object per shipped model."""
+    """What `dfsdk models --json` prints: one object per shipped model, the default first."""
     rows = []
-    for m in SHIPPED_MODELS.values():
+    for m in sorted(SHIPPED_MODELS.values(), key=lambda m: m.name != DEFAULT_MODEL):
         facts = m.facts
         rows.append({
             "name": m.name,

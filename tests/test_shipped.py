@@ -216,7 +216,7 @@ def test_models_command_lists_every_shipped_model_as_json():
     for r in rows:
         assert {"name", "family", "default", "trained_here", "parameters", "macs_per_second", "latency_ms",
                 "quality", "stability"} <= set(r)
-    assert [r["name"] for r in rows if r["default"]] == [DEFAULT_MODEL]
+    assert [r["name"] for r in rows if r["default"]] == [DEFAULT_MODEL] and rows[0]["name"] == DEFAULT_MODEL
     assert {r["name"]: r["trained_here"] for r in rows} == {"dfn3": False, "dfnet4-lite-v1": True, "dfnet4-mix-v1": True,
                                                              "dfnet4-mix-v2": True}
     table = CliRunner().invoke(main, ["models"])
