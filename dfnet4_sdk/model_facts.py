@@ -35,37 +35,48 @@ DEMO_CLIP = REPO / "examples" / "noisy_speech_48k.flac"
 QUALITY_METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 
 
-def measure_quality(name: str) -> list[dict[str, Any]]:
-    from dfnet4_sdk import evaluation as ev
+def shipped_runtimes(name: str):
+    """One ``Runtime`` per shipped bundle of ``name``: the first is what ``Runtime(name)`` runs
+    where its backend is installed, the others what platforms without it run."""
     from dfnet4_sdk.runtime import Runtime
 
-    runtime = Runtime(name)
+    return [Runtime(name, backend=b.backend) for b in SHIPPED_MODELS[name].bundles]
+
+
+def measure_quality(name: str) -> list[dict[str, Any]]:
+    """Every held-out set through every shipped bundle of ``name``, as `dfsdk eval` scores them."""
+    from dfnet4_sdk import evaluation as ev
+
     today = datetime.date.today().isoformat()
     quality = []
-    for set_name, (source, description) in HELD_OUT_SETS.items():
-        items = ev.find_eval_items(source)
-        rows = ev.evaluate(items, runtime, systems=("enhanced",))
-        (summary,) = ev.summarise(rows, by=("system",))
-        entry: dict[str, Any] = {"set": set_name, "description": description, "items": summary["items"], "date": today,
-                                 "backend": runtime.backend.name, "precision": runtime.manifest.precision}
-        entry.update({m: round(summary[m], 4) for m in QUALITY_METRICS if summary[m] == summary[m]})  # drop NaN
-        quality.append(entry)
+    for runtime in shipped_runtimes(name):
+        for set_name, (source, description) in HELD_OUT_SETS.items():
+            items = ev.find_eval_items(source)
+            rows = ev.evaluate(items, runtime, systems=("enhanced",))
+            (summary,) = ev.summarise(rows, by=("system",))
+            entry: dict[str, Any] = {"set": set_name, "description": description, "items": summary["items"],
+                                     "date": today, "backend": runtime.backend.name,
+                                     "precision": runtime.manifest.precision}
+            entry.update({m: round(summary[m], 4) for m in QUALITY_METRICS if summary[m] == summary[m]})  # drop NaN
+            quality.append(entry)
     return quality
 
 
-def measure_stability(name: str, repeats: int = 8) -> dict[str, Any]:
-    """The demo clip (9.6 s) streamed ``repeats`` times through one stream: how long until
-    consecutive repeats agree (dfnet4_sdk/stability.py)."""
+def measure_stability(name: str, repeats: int = 8) -> list[dict[str, Any]]:
+    """Per shipped bundle: the demo clip (9.6 s) streamed ``repeats`` times through one stream,
+    and how long until consecutive repeats agree (dfnet4_sdk/stability.py)."""
     import soundfile as sf
 
     from dfnet4_sdk.audio_io import resample
-    from dfnet4_sdk.runtime import Runtime
     from dfnet4_sdk.stability import repeated_clip_agreement
 
-    runtime = Runtime(name)
     clip, rate = sf.read(DEMO_CLIP, dtype="float32")
-    report = repeated_clip_agreement(runtime, resample(clip, rate, runtime.sample_rate), repeats=repeats)
-    return {"clip": DEMO_CLIP.name, **report.as_dict()}
+    reports = []
+    for runtime in shipped_runtimes(name):
+        report = repeated_clip_agreement(runtime, resample(clip, rate, runtime.sample_rate), repeats=repeats)
+        reports.append({"backend": runtime.backend.name, "precision": runtime.manifest.precision,
+                        "clip": DEMO_CLIP.name, **report.as_dict()})
+    return reports
 
 
 def measure(name: str) -> dict[str, Any]:
